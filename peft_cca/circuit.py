@@ -1,0 +1,198 @@
+"""Circuit: the components CCA updates, as a file a person can read, diff and validate.
+
+A circuit is, per decoder layer, the selected query heads, key heads, value heads and MLP neurons.
+It carries the shape of the model it was learned on, so applying it to another model is a clear
+error that names what differs instead of a silent out-of-range index.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from peft_cca.arch import COMPONENT_KINDS, ModelShape, describe
+
+FORMAT = "peft-cca/circuit@1"
+
+
+class CircuitShapeError(ValueError):
+    """A circuit applied to a model of another shape, or with indices outside the model."""
+
+
+def _shape_of(model_or_shape: nn.Module | ModelShape) -> ModelShape:
+    return model_or_shape if isinstance(model_or_shape, ModelShape) else describe(model_or_shape).shape
+
+
+class Circuit:
+    """Selected components per layer: ``circuit.selected(layer, kind) -> sorted list of indices``."""
+
+    def __init__(self, shape: ModelShape, selection: Mapping[int, Mapping[str, list[int]]] | None = None):
+        self.shape = shape
+        self._selection: dict[int, dict[str, list[int]]] = {}
+        for layer, kinds in (selection or {}).items():
+            layer = int(layer)
+            if not 0 <= layer < shape.num_layers:
+                raise CircuitShapeError(f"layer {layer} is outside the model's {shape.num_layers} layers")
+            for kind, indices in kinds.items():
+                if kind not in COMPONENT_KINDS:
+                    raise CircuitShapeError(f"unknown component kind {kind!r}; expected {COMPONENT_KINDS}")
+                clean = sorted({int(i) for i in indices})
+                limit = shape.count(kind)
+                bad = [i for i in clean if not 0 <= i < limit]
+                if bad:
+                    raise CircuitShapeError(
+                        f"layer {layer} {kind}: indices {bad[:5]} outside 0..{limit - 1} for this model"
+                    )
+                if clean:
+                    self._selection.setdefault(layer, {})[kind] = clean
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def full(cls, model_or_shape: nn.Module | ModelShape) -> Circuit:
+        """Every component: the paper's "CCA w/o mask" ablation."""
+        shape = _shape_of(model_or_shape)
+        every = {kind: list(range(shape.count(kind))) for kind in COMPONENT_KINDS}
+        return cls(shape, {layer: every for layer in range(shape.num_layers)})
+
+    @classmethod
+    def empty(cls, model_or_shape: nn.Module | ModelShape) -> Circuit:
+        return cls(_shape_of(model_or_shape))
+
+    @classmethod
+    def from_masks(cls, shape: ModelShape, masks: Mapping[str, torch.Tensor]) -> Circuit:
+        """From boolean tensors ``masks[kind]`` of shape ``(num_layers, count(kind))``, as DCM produces."""
+        selection: dict[int, dict[str, list[int]]] = {}
+        for kind, mask in masks.items():
+            expected = (shape.num_layers, shape.count(kind))
+            if tuple(mask.shape) != expected:
+                raise CircuitShapeError(f"{kind} mask has shape {tuple(mask.shape)}, expected {expected}")
+            for layer, index in mask.nonzero().tolist():
+                selection.setdefault(layer, {}).setdefault(kind, []).append(index)
+        return cls(shape, selection)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Circuit:
+        fmt = data.get("format")
+        if fmt != FORMAT:
+            raise ValueError(f"not a circuit file: format is {fmt!r}, expected {FORMAT!r}")
+        shape = ModelShape(**data["model"])
+        return cls(shape, {int(layer): kinds for layer, kinds in data["layers"].items()})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Circuit:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    # -- io -----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form; layers and kinds in a fixed order so that two files diff line by line."""
+        return {
+            "format": FORMAT,
+            "model": self.shape.to_dict(),
+            "stats": self.stats(),
+            "layers": {
+                str(layer): {
+                    kind: self._selection[layer][kind] for kind in COMPONENT_KINDS if kind in self._selection[layer]
+                }
+                for layer in sorted(self._selection)
+            },
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = self.to_dict()
+        # one line per layer and kind keeps the file short and diffable even for thousands of neurons
+        lines = [
+            "{",
+            f'  "format": {json.dumps(data["format"])},',
+            f'  "model": {json.dumps(data["model"])},',
+            f'  "stats": {json.dumps(data["stats"])},',
+            '  "layers": {',
+        ]
+        layer_items = list(data["layers"].items())
+        for n, (layer, kinds) in enumerate(layer_items):
+            inner = ",\n".join(f"    {json.dumps(kind)}: {json.dumps(idx)}" for kind, idx in kinds.items())
+            end = "," if n < len(layer_items) - 1 else ""
+            lines.append(f"   {json.dumps(layer)}: {{\n{inner}\n   }}{end}")
+        lines += ["  }", "}"]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    # -- queries ------------------------------------------------------------------------------
+    def selected(self, layer: int, kind: str) -> list[int]:
+        return list(self._selection.get(layer, {}).get(kind, []))
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Boolean ``(num_layers, count(kind))`` tensor per kind."""
+        out = {k: torch.zeros(self.shape.num_layers, self.shape.count(k), dtype=torch.bool) for k in COMPONENT_KINDS}
+        for layer, kinds in self._selection.items():
+            for kind, indices in kinds.items():
+                out[kind][layer, indices] = True
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Selected components per kind (the paper's Table 7)."""
+        return {kind: sum(len(k.get(kind, [])) for k in self._selection.values()) for kind in COMPONENT_KINDS}
+
+    def __len__(self) -> int:
+        return sum(self.counts().values())
+
+    @property
+    def fraction(self) -> float:
+        """The paper's "% Mask" as a fraction: selected / (layers x (heads + 2 kv heads + MLP width))."""
+        return len(self) / self.shape.total_components
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "selected": len(self),
+            "total": self.shape.total_components,
+            "fraction": self.fraction,
+            "percent": 100.0 * self.fraction,
+            "counts": self.counts(),
+        }
+
+    def validate(self, model_or_shape: nn.Module | ModelShape) -> None:
+        """Raise :class:`CircuitShapeError` naming every field where the model's shape differs."""
+        other = _shape_of(model_or_shape)
+        diffs = self.shape.differences(other)
+        if diffs:
+            raise CircuitShapeError(
+                "this circuit was made for another model shape (circuit != model): " + "; ".join(diffs)
+            )
+
+    # -- set operations -----------------------------------------------------------------------
+    def _combine(self, other: Circuit, op: str) -> Circuit:
+        if self.shape != other.shape:
+            raise CircuitShapeError(
+                "cannot combine circuits of different shapes: " + "; ".join(self.shape.differences(other.shape))
+            )
+        mine, theirs = self.masks(), other.masks()
+        combined = {k: (mine[k] | theirs[k]) if op == "or" else (mine[k] & theirs[k]) for k in COMPONENT_KINDS}
+        return Circuit.from_masks(self.shape, combined)
+
+    def union(self, other: Circuit) -> Circuit:
+        return self._combine(other, "or")
+
+    def intersection(self, other: Circuit) -> Circuit:
+        return self._combine(other, "and")
+
+    __or__ = union
+    __and__ = intersection
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Circuit) and self.shape == other.shape and self._selection == other._selection
+
+    def __hash__(self) -> int:
+        return hash((self.shape, json.dumps(self._selection, sort_keys=True)))
+
+    def __repr__(self) -> str:
+        c = self.counts()
+        return (
+            f"Circuit({self.shape.model_type}, {len(self)}/{self.shape.total_components} components "
+            f"= {100 * self.fraction:.3f}%: q={c['q']} k={c['k']} v={c['v']} mlp={c['mlp']})"
+        )

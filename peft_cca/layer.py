@@ -1,0 +1,145 @@
+"""CCALayer: trainable fp32 deltas for a few rows (or columns) of one linear-like layer.
+
+Why not a dense masked update: a gradient or optimizer state the size of the whole weight costs
+memory for nothing; a saved adapter would be as large as the layer; and in bf16/fp16 a small update
+added to the weight rounds away. Here only the selected rows exist as parameters (like peft's
+TrainableTokens does for embedding rows), stay fp32 whatever the base dtype, and the forward adds
+their contribution: ``y[..., rows] += x @ delta.T`` for output rows, ``y += x[..., cols] @ delta.T``
+for input columns (an MLP neuron's down projection column).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check_adapters_to_merge
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from peft_cca.arch import Side
+
+
+def is_quantized_weight(weight: torch.Tensor) -> bool:
+    """bitsandbytes 4-bit/8-bit parameters (Params4bit, Int8Params) live in the bitsandbytes package."""
+    return type(weight).__module__.split(".")[0] == "bitsandbytes"
+
+
+class QuantizedMergeError(RuntimeError):
+    """Merging into a quantized weight is refused: re-quantizing rounds away most of a small update."""
+
+
+class CCALayer(nn.Module, BaseTunerLayer):
+    """Wraps ``nn.Linear`` (also bitsandbytes ``Linear4bit``/``Linear8bitLt``) or transformers ``Conv1D``."""
+
+    adapter_layer_names = ("cca_delta",)
+    other_param_names = ("cca_index",)
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, side: Side, index: torch.Tensor) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.cca_delta = nn.ParameterDict()
+        # Indices are derived from the circuit in adapter_config.json, so they are not saved (persistent=False).
+        self.cca_index = BufferDict(persistent=False)
+        self.side: Side = side
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self._merged_originals: dict[str, torch.Tensor] = {}
+        base = self.get_base_layer()
+        self.transposed = isinstance(base, Conv1D)  # Conv1D stores weight as (in, out)
+        self.in_features, self.out_features = _get_in_out_features(base)
+        if self.in_features is None:
+            raise TypeError(f"CCA supports nn.Linear and Conv1D layers, not {type(base).__name__}")
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, side, index)
+
+    def update_layer(self, adapter_name: str, side: Side, index: torch.Tensor, inference_mode: bool = False) -> None:
+        """Add a zero-initialised delta for ``index`` (output rows or input columns) under ``adapter_name``."""
+        if side != self.side:
+            raise ValueError(f"a layer adapts either output rows or input columns, not both ({self.side} vs {side})")
+        index = torch.as_tensor(index, dtype=torch.long).unique(sorted=True)
+        limit = self.out_features if side == "output" else self.in_features
+        if index.numel() == 0 or int(index.max()) >= limit or int(index.min()) < 0:
+            raise ValueError(f"indices for {side} side must lie in 0..{limit - 1} and be non-empty")
+        device = self._base_weight().device
+        other = self.in_features if side == "output" else self.out_features
+        shape = (index.numel(), other) if side == "output" else (other, index.numel())
+        self.cca_delta[adapter_name] = nn.Parameter(torch.zeros(shape, dtype=torch.float32, device=device))
+        self.cca_index[adapter_name] = index.to(device)
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def _base_weight(self) -> torch.Tensor:
+        return self.get_base_layer().weight
+
+    def _weight_dim(self) -> int:
+        """Dimension of the stored weight that the indices select."""
+        row_of_output = 1 if self.transposed else 0
+        return row_of_output if self.side == "output" else 1 - row_of_output
+
+    def _oriented_delta(self, adapter: str) -> torch.Tensor:
+        """The delta laid out like ``weight.index_select(self._weight_dim(), index)``."""
+        delta = self.cca_delta[adapter]
+        return delta.T if self.transposed else delta
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        """Dense fp32 delta in the base weight's layout (for inspection; merging never builds it)."""
+        weight = self._base_weight()
+        dense = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        return dense.index_add_(self._weight_dim(), self.cca_index[adapter], self._oriented_delta(adapter).detach())
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Write the deltas into the base weight, keeping the original rows so unmerge is exact."""
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        weight = self._base_weight()
+        for adapter in adapter_names:
+            if adapter not in self.cca_delta:
+                continue
+            if is_quantized_weight(weight):
+                raise QuantizedMergeError(
+                    f"cannot merge CCA adapter {adapter!r} into a quantized ({type(weight).__name__}) weight: "
+                    "re-quantizing would round away most of the update. Keep the adapter unmerged, or load the "
+                    "base model unquantized to merge."
+                )
+            dim, index = self._weight_dim(), self.cca_index[adapter]
+            original = weight.data.index_select(dim, index)
+            # index add computed in fp32: a bf16/fp16 weight receives the rounded sum, not a rounded delta
+            merged = (original.float() + self._oriented_delta(adapter).detach()).to(weight.dtype)
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(f"NaN or inf in the merged weights; adapter {adapter!r} seems broken")
+            self._merged_originals[adapter] = original
+            weight.data.index_copy_(dim, index, merged)
+            self.merged_adapters.append(adapter)
+
+    def unmerge(self) -> None:
+        """Restore the saved original rows, newest merge first: the base comes back bit for bit."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
+        weight = self._base_weight()
+        while self.merged_adapters:
+            adapter = self.merged_adapters.pop()
+            original = self._merged_originals.pop(adapter)
+            weight.data.index_copy_(self._weight_dim(), self.cca_index[adapter], original)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        x32 = x.to(torch.float32)
+        for adapter in self.active_adapters:
+            if adapter not in self.cca_delta:
+                continue
+            delta, index = self.cca_delta[adapter], self.cca_index[adapter]
+            if self.side == "output":
+                result = result.index_add(-1, index, (x32 @ delta.T).to(result.dtype))
+            else:
+                result = result + (x32.index_select(-1, index) @ delta.T).to(result.dtype)
+        return result
+
+    def __repr__(self) -> str:
+        return "cca." + super().__repr__()
