@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import torch
+from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 COMPONENT_KINDS: tuple[str, ...] = ("q", "k", "v", "mlp")
@@ -219,7 +220,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     """The transformers model under a PeftModel or a PEFT tuner (CCAModel, LoraModel), if any."""
     if hasattr(model, "get_base_model"):  # PeftModel
         model = model.get_base_model()
-    if hasattr(model, "peft_config") and isinstance(getattr(model, "model", None), nn.Module):  # BaseTuner
+    if isinstance(model, BaseTuner):
         model = model.model
     return model
 
