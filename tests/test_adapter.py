@@ -230,12 +230,12 @@ def test_unsupported_model_error_names_the_module_and_the_way_out():
         )
     )
     model.config.model_type = "mystery"
-    with pytest.raises(peft_cca.UnsupportedModelError, match="no layout known for model_type 'mystery'.*Layout"):
+    with pytest.raises(peft_cca.UnsupportedModelError, match=r"no layout known for model_type 'mystery'.*Layout"):
         describe(model)
     model.config.model_type = "llama"
     layout = peft_cca.arch.LAYOUTS["llama"]
     broken = peft_cca.Layout(**{**layout.__dict__, "up": "mlp.up"})
-    with pytest.raises(peft_cca.UnsupportedModelError, match="could not find the mlp.up .* module 'mlp.up'"):
+    with pytest.raises(peft_cca.UnsupportedModelError, match=r"could not find the mlp.up .* module 'mlp.up'"):
         describe(model, layout=broken)
 
 
