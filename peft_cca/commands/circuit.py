@@ -1,0 +1,111 @@
+"""``peft-cca circuit``: learn the circuit with DCM from an Error-Localization dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+HELP = "stage 2: learn the circuit with Desiderata-based Component Masking (DCM)"
+
+
+def _lambdas(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--lambda takes a number or a comma list of numbers, not {text!r}") from err
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError("--lambda values must be >= 0")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Learn a mask in [0,1] per query/key/value head and MLP neuron that, applied at the pivot token, raises "
+        "logit(desired) - logit(undesired); components with mask > 0.5 form the circuit. Writes circuit.json "
+        "(for `peft-cca amplify` / CCAConfig), history.json, circuit.png and history.png; with several lambdas "
+        "also sweep.json and one sub-folder per lambda, and circuit.json is the chosen one."
+    )
+    parser.add_argument("--data", required=True, help="Error-Localization dataset folder (records.jsonl, meta.json)")
+    parser.add_argument("--model", default="smollm2-135m-instruct",
+                        help="offline model name, HF id or local path (default: %(default)s)")
+    parser.add_argument("--lambda", dest="lambdas", type=_lambdas, default=[1e-2],
+                        help="sparsity weight, or a comma list to sweep, e.g. 1e-3,1e-2,1e-1 (default: 1e-2). "
+                        "A sweep picks the sparsest circuit within 90%% of the best validation gain")
+    parser.add_argument("--form", choices=("paper", "authors"), default="paper",
+                        help="paper: h -> (1+m)h, m starts at 0; authors: h -> 2mh, m starts at 1 (0.5 = identity). "
+                        "Selected means m > 0.5 in both (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=50, help="training epochs (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8, help="records per step (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate (default: %(default)s)")
+    parser.add_argument("--decay-every", type=int, default=None,
+                        help="multiply the lr by --decay-gamma every N epochs (default: constant lr)")
+    parser.add_argument("--decay-gamma", type=float, default=0.5, help="step decay factor (default: %(default)s)")
+    parser.add_argument("--early-stop", type=float, default=0.2,
+                        help="stop when the selected set is unchanged for this fraction of an epoch's batches; "
+                        "0 disables (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the batch order (default: %(default)s)")
+    parser.add_argument("--path", choices=("fast", "full"), default="fast",
+                        help="fast: cache the prefix keys/values once and run the last token only (exact); "
+                        "full: run whole prefixes every step (the slow reference) (default: %(default)s)")
+    parser.add_argument("--cache-budget-mb", type=float, default=2048.0,
+                        help="memory for the prefix cache of the fast path; past it records go to --overflow "
+                        "(default: %(default)s)")
+    parser.add_argument("--overflow", choices=("spill", "recompute"), default="spill",
+                        help="what to do with records past the cache budget: spill to disk or recompute their "
+                        "prefix each time (default: %(default)s)")
+    parser.add_argument("--checkpoint-every", type=int, default=5,
+                        help="save the mask and optimizer every N epochs (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    parser.add_argument("--attn-implementation", choices=("eager", "sdpa"), default=None,
+                        help="attention kernel to load the model with (default: the model's own)")
+    parser.add_argument("--out", required=True, help="output folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from peft_cca.dcm.data import load_records
+    from peft_cca.dcm.plot import plot_circuit, plot_history
+    from peft_cca.dcm.sweep import choose, sweep
+    from peft_cca.dcm.train import DCMConfig
+    from peft_cca.models import load_model
+
+    extra = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+    model, tokenizer = load_model(args.model, **extra)
+    vocab = model.get_input_embeddings().num_embeddings
+    records = load_records(args.data, vocab_size=vocab, tokenizer=tokenizer)
+    train = [r for r in records if r.split == "train"]
+    validation = [r for r in records if r.split == "validation"]
+    if not train:
+        print(f"error: {args.data} has no records in the train split")
+        return 2
+    config = DCMConfig(
+        form=args.form, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        decay_every=args.decay_every, decay_gamma=args.decay_gamma,
+        early_stop_fraction=args.early_stop or None, checkpoint_every=args.checkpoint_every,
+        path=args.path, cache_budget_mb=args.cache_budget_mb, overflow=args.overflow,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = sweep(model, train, validation, args.lambdas, replace(config, lam=args.lambdas[0]), out, args.resume)
+    chosen = choose(results)
+    for result in results:
+        folder = out / f"lambda_{result.lam:g}"
+        result.circuit.save(folder / "circuit.json")
+        plot_circuit(result.circuit, folder / "circuit.png")
+    chosen.circuit.save(out / "circuit.json")
+    (out / "history.json").write_text(json.dumps({"lambda": chosen.lam, **chosen.history}, indent=1))
+    (out / "sweep.json").write_text(json.dumps({"rule": choose.__doc__, "chosen_lambda": chosen.lam,
+                                                "rows": [r.row() for r in results]}, indent=1))
+    plot_circuit(chosen.circuit, out / "circuit.png")
+    plot_history(chosen.history, out / "history.png")
+    print(f"{'lambda':>10} {'% mask':>8} {'q':>5} {'k':>5} {'v':>5} {'mlp':>7} {'train LD':>9} {'val LD':>9}")
+    for r in results:
+        row = r.row()
+        c = row["counts"]
+        mark = " <- chosen" if r is chosen else ""
+        print(f"{r.lam:>10g} {100 * row['fraction']:>8.3f} {c['q']:>5} {c['k']:>5} {c['v']:>5} {c['mlp']:>7} "
+              f"{row['train_logit_diff']:>9.3f} {row['validation_logit_diff']:>9.3f}{mark}")
+    print(f"base model: train LD {chosen.base_train_logit_diff:.3f}, val LD {chosen.base_validation_logit_diff:.3f}")
+    print(f"wrote {out / 'circuit.json'} ({chosen.circuit})")
+    return 0
