@@ -1,0 +1,96 @@
+"""``peft-cca evaluate``: exact match on the target task, retention suite, KL drift (and lm-eval when online)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+HELP = "exact match on the target task, retention suite and KL drift"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from peft_cca.evaluate import LM_EVAL_TASKS, RETENTION_TASKS
+
+    parser.add_argument("--run", required=True, type=Path, help="stage 1 run folder (meta.json, records.jsonl)")
+    parser.add_argument("--adapter", type=Path, help="a saved adapter (CCA or LoRA); without it, the base model")
+    parser.add_argument("--name", help="label of this run in reports (default: derived from the adapter)")
+    parser.add_argument("--model", help="model name or path (default: the one in meta.json)")
+    parser.add_argument("--out", type=Path, help="output JSON (default: <adapter>/../eval.json, <run>/eval-base.json)")
+    parser.add_argument("--task", help="task spec (default: the one in meta.json)")
+    parser.add_argument("--split-seed", type=int, default=0, help="split seed with --task")
+    parser.add_argument("--test-limit", type=int, help="use at most this many test problems")
+    parser.add_argument("--val-limit", type=int, help="use at most this many validation problems (0: skip)")
+    parser.add_argument("--prompt-style", help="prompt style (default: the one in meta.json, else chat)")
+    parser.add_argument("--retention-tasks", nargs="*", default=list(RETENTION_TASKS),
+                        help="reasoning-gym tasks of the retention suite (none: skip)")
+    parser.add_argument("--retention-size", type=int, default=50, help="problems per retention task")
+    parser.add_argument("--no-kl", action="store_true", help="skip the KL drift on neutral text")
+    parser.add_argument("--lm-eval", nargs="*", metavar="TASK",
+                        help=f"run lm-eval tasks (needs the hub; no names: {' '.join(LM_EVAL_TASKS)})")
+    parser.add_argument("--lm-eval-limit", type=float, help="lm-eval examples per task")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+
+
+def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
+    """Localization method, seed, dataset size and validation curves, read from the files the stages wrote."""
+    meta = json.loads((run_dir / "meta.json").read_text())
+    records = run_dir / "records.jsonl"
+    lines = records.read_text().splitlines() if records.exists() else []
+    size = sum(1 for line in lines if line.strip() and json.loads(line).get("split", "train") == "train")
+    curves = []
+    if adapter is not None:
+        for name in ("amplify.json", "lora.json"):
+            summary = adapter.parent / name
+            if summary.exists():
+                curves = [{"lr": r["lr"], "history": r["history"]} for r in json.loads(summary.read_text())["runs"]]
+    return {"method": meta.get("method"), "seed": meta.get("seed"), "dataset_size": size, "curves": curves,
+            "model": meta.get("model")}
+
+
+def run(args: argparse.Namespace) -> int:
+    from peft import PeftModel
+
+    import peft_cca  # noqa: F401 - registers the "cca" method so CCA adapters load
+    from peft_cca.evaluate import LM_EVAL_TASKS, NEUTRAL_TEXTS, evaluate_model, run_problems, split_problems
+    from peft_cca.models import load_model
+
+    info = _provenance(args.run, args.adapter)
+    model, tokenizer = load_model(args.model or info["model"])
+    if args.adapter is not None:
+        model = PeftModel.from_pretrained(model, args.adapter)
+    meta = json.loads((args.run / "meta.json").read_text())
+
+    def problems(split: str, limit: int | None) -> list:
+        if args.task:
+            return split_problems(args.task, split, seed=args.split_seed, limit=limit)
+        return run_problems(args.run, split, limit=limit)
+
+    lm_tasks = (args.lm_eval or list(LM_EVAL_TASKS)) if args.lm_eval is not None else None
+    limit = int(args.lm_eval_limit) if args.lm_eval_limit and args.lm_eval_limit >= 1 else args.lm_eval_limit
+    result = evaluate_model(
+        model, tokenizer, problems("test", args.test_limit),
+        val_problems=problems("validation", args.val_limit) if args.val_limit != 0 else None,
+        retention_tasks=args.retention_tasks, retention_size=args.retention_size,
+        kl_texts=() if args.no_kl else NEUTRAL_TEXTS,
+        lm_eval_tasks=lm_tasks, lm_eval_limit=limit,
+        prompt_style=args.prompt_style or meta.get("prompt_style", "chat"),
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+    )
+    result = {"name": args.name or (args.adapter.parent.name if args.adapter else "base"), **info, **result}
+    out = args.out or (args.adapter.parent / "eval.json" if args.adapter else args.run / "eval-base.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    general = result["general"]
+    print(f"{result['name']} ({result['config']}): test macro exact match {100 * result['test']['macro']:.1f}% "
+          f"over {result['test']['n']} problems")
+    if "retention" in general:
+        print(f"retention macro {100 * general['retention']['macro']:.1f}%")
+    if "kl" in general:
+        print(f"KL drift {general['kl']:.5f} nats/token")
+    for task, metrics in general.get("lm_eval", {}).items():
+        print(f"lm-eval {task}: {metrics}")
+    print(f"written: {out}")
+    return 0

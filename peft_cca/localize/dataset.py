@@ -1,0 +1,82 @@
+"""The Error-Localization dataset on disk: incremental, resumable JSONL.
+
+``records.jsonl`` holds one record per pivot (the schema of DESIGN.md); ``progress.jsonl`` holds one line per
+finished problem (greedy correctness, whether a counterfactual and a pivot were found, tokens spent). A
+problem counts as done only once its progress line is written, after its record; on restart, records of
+unfinished problems and a torn last line are dropped, so a killed run resumes to the same dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+RECORDS = "records.jsonl"
+PROGRESS = "progress.jsonl"
+RECORD_FIELDS = (
+    "problem_id", "group_id", "split", "method", "prefix_text", "prefix_ids", "desired_token_id", "desired_token",
+    "undesired_token_id", "undesired_token", "correct_trace", "question", "gold_answer",
+)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Complete JSON lines of ``path``; a torn line from a killed writer is ignored."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+class DatasetWriter:
+    """Appends records and progress lines, and knows which problems a previous run already finished."""
+
+    def __init__(self, out_dir: str | Path):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.progress: dict[str, dict[str, Any]] = {row["problem_id"]: row for row in _read_jsonl(self.path(PROGRESS))}
+        records = [r for r in _read_jsonl(self.path(RECORDS)) if r.get("problem_id") in self.progress]
+        # Rewrite both files clean: no torn lines, no records of problems that did not finish.
+        self._rewrite(RECORDS, records)
+        self._rewrite(PROGRESS, list(self.progress.values()))
+
+    def path(self, name: str) -> Path:
+        return self.out_dir / name
+
+    def _rewrite(self, name: str, rows: list[dict[str, Any]]) -> None:
+        tmp = self.path(name + ".tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        os.replace(tmp, self.path(name))
+
+    def done(self, problem_id: str) -> bool:
+        return problem_id in self.progress
+
+    def _append(self, name: str, row: dict[str, Any]) -> None:
+        with self.path(name).open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def finish(self, problem_id: str, status: dict[str, Any], record: dict[str, Any] | None) -> None:
+        """Write a problem's record (if any), then mark it done."""
+        if record is not None:
+            self._append(RECORDS, record)
+        row = {"problem_id": problem_id, **status}
+        self._append(PROGRESS, row)
+        self.progress[problem_id] = row
+
+
+def load_dataset(out_dir: str | Path) -> datasets.Dataset:
+    """The Error-Localization dataset of a run folder as a ``datasets.Dataset``."""
+    path = Path(out_dir) / RECORDS
+    if path.stat().st_size == 0:
+        return datasets.Dataset.from_list([])
+    return datasets.Dataset.from_json(str(path))

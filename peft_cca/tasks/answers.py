@@ -1,0 +1,85 @@
+"""Answer extraction and scoring, as the CCA authors score GSM-style traces.
+
+Rule (numeric): take the text after the first "answer is" up to the end of that sentence, drop commas,
+read the last number in it and compare numerically with the gold answer. Without "answer is", the last
+number of the whole completion is read. Anything unparseable is simply wrong, never an exception.
+
+The "end of that sentence" is a newline or a period not followed by a digit. That choice makes the
+extracted answer *final* once the sentence is closed: no later token can change it, which is what lets
+fast branching stop a completion early and still give exactly the answer of the full completion.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+ANSWER_CUE = re.compile(r"answer is", re.IGNORECASE)
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+# A sentence closes at a newline or at a period not followed by a digit (at the very end of a completion
+# still being generated, a period is not yet closed: "12." may become "12.5").
+SENTENCE_END = re.compile(r"\n|\.(?!\d)")
+
+
+def answer_segment(text: str, finished: bool = True) -> str | None:
+    """The text after the first "answer is", up to the end of its sentence.
+
+    With ``finished=False`` (a completion still being generated) an unclosed sentence returns None,
+    because more tokens could still extend it.
+    """
+    cue = ANSWER_CUE.search(text)
+    if cue is None:
+        return None
+    rest = text[cue.end():]
+    end = SENTENCE_END.search(rest)
+    if end is None or (not finished and end.end() == len(rest) and end.group() == "."):
+        return rest if finished else None
+    return rest[: end.start()]
+
+
+def extract_number(text: str) -> str | None:
+    """The final numeric answer of a completion as a string without commas, or None."""
+    segment = answer_segment(text)
+    source = text if segment is None else segment
+    numbers = NUMBER.findall(source.replace(",", ""))
+    return numbers[-1] if numbers else None
+
+
+def extract_text(text: str) -> str | None:
+    """The final free-text answer: the "answer is" sentence, else the last non-empty line."""
+    segment = answer_segment(text)
+    if segment is None:
+        lines = [line for line in text.splitlines() if line.strip()]
+        segment = lines[-1] if lines else None
+    if segment is None:
+        return None
+    return segment.strip().strip("\"'`*").strip() or None
+
+
+def answer_is_final(text: str) -> bool:
+    """True when the answer extracted from ``text`` can no longer change as more tokens are appended."""
+    return answer_segment(text, finished=False) is not None
+
+
+def parse_number(value: str) -> float | None:
+    """A gold or predicted answer as a float; None when it is not a number."""
+    try:
+        number = float(value.replace(",", "").strip().rstrip("."))
+    except (AttributeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def numbers_equal(predicted: str | None, gold: str) -> bool:
+    """Numeric comparison with a small relative tolerance (so "12.0" equals "12")."""
+    if predicted is None:
+        return False
+    a, b = parse_number(predicted), parse_number(gold)
+    if a is None or b is None:
+        return False
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def score_numeric(completion: str, gold: str) -> bool:
+    """The authors' GSM scoring of one completion."""
+    return numbers_equal(extract_number(completion), gold)

@@ -1,0 +1,41 @@
+"""The one record type every problem source produces."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from peft_cca.tasks.answers import score_numeric
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A question with its gold answer and the scorer that decides whether a completion is right.
+
+    ``group_id`` is the unit of splitting and of the accuracy filter: the GSM-Symbolic template id, or the
+    reasoning-gym task (and generator) name. ``scorer`` takes the raw completion text; sources set it so
+    that each task is scored the way its authors score it.
+    """
+
+    id: str
+    group_id: str
+    question: str
+    answer: str
+    source: str = ""
+    scorer: Callable[[str], bool] | None = field(default=None, compare=False, repr=False)
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def score(self, completion: str) -> bool:
+        """Whether ``completion`` is right; unparseable or odd output is wrong, never an exception."""
+        try:
+            if self.scorer is not None:
+                return bool(self.scorer(completion))
+            return score_numeric(completion, self.answer)
+        except Exception:
+            return False
+
+
+def score(problem: Problem, completion: str) -> bool:
+    """Functional form of :meth:`Problem.score` for callers that map over problems."""
+    return problem.score(completion)

@@ -1,0 +1,67 @@
+"""Prompt formats: the tokenizer's chat template for instruct models, or k-shot plain text.
+
+A prompt is returned as the exact text the model sees, special tokens included, so it is encoded with
+``add_special_tokens=False`` and stored verbatim in the Error-Localization dataset.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+import yaml
+
+from peft_cca.tasks.problem import Problem
+
+PROMPT_STYLES = ("chat", "fewshot")
+DEFAULT_PROMPT_STYLE = "chat"
+FEWSHOT_STOP_STRINGS = ("Q:", "\n\n")
+
+
+@lru_cache(maxsize=1)
+def gsm8k_cot_exemplars() -> tuple[tuple[str, str], ...]:
+    """The 8 (question, chain-of-thought) exemplars of lm-eval's gsm8k-cot task, read from the installed
+    lm-eval so that the few-shot prompt is the one the authors used, not a retyped copy."""
+    path = resources.files("lm_eval") / "tasks" / "gsm8k" / "gsm8k-cot.yaml"
+    config = yaml.safe_load(path.read_text())
+    samples = config["fewshot_config"]["samples"]
+    return tuple((sample["question"], sample["target"]) for sample in samples)
+
+
+def _bos_text(tokenizer) -> str:
+    """The BOS token as text when the tokenizer would add one by itself (prompts are encoded without it)."""
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    bos = tokenizer.bos_token_id
+    return tokenizer.bos_token if bos is not None and probe and probe[0] == bos else ""
+
+
+def build_prompt(
+    tokenizer, problem: Problem | str, style: str = DEFAULT_PROMPT_STYLE, shots: int = 8, instruction: str = ""
+) -> str:
+    """The full prompt text for ``problem`` in ``style`` ("chat" or "fewshot" with ``shots`` exemplars).
+
+    The chat prompt is the bare question by default: on SmolLM2-135M an added instruction such as 'End with
+    "The answer is N."' lowered accuracy (it then often answers with a bare, wrong number); see the README.
+    ``instruction`` is appended on its own line when given.
+    """
+    question = problem if isinstance(problem, str) else problem.question
+    if style == "chat":
+        content = question.strip() + (f"\n{instruction}" if instruction else "")
+        messages = [{"role": "user", "content": content}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if style == "fewshot":
+        # lm-eval's gsm8k-cot format: "Q: <question>\nA: <target>" joined by blank lines.
+        blocks = [f"Q: {q}\nA: {a}" for q, a in gsm8k_cot_exemplars()[:shots]]
+        blocks.append(f"Q: {question.strip()}\nA:")
+        return _bos_text(tokenizer) + "\n\n".join(blocks)
+    raise ValueError(f"unknown prompt style {style!r}; expected one of {PROMPT_STYLES}")
+
+
+def stop_strings(style: str) -> tuple[str, ...]:
+    """Strings that end a completion in ``style`` (chat ends on the EOS token alone)."""
+    return FEWSHOT_STOP_STRINGS if style == "fewshot" else ()
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a prompt built by :func:`build_prompt` (its special tokens are already in the text)."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]

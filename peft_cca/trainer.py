@@ -1,0 +1,380 @@
+"""Stage 3: amplify the circuit with a ``transformers.Trainer``.
+
+The loss is the paper's: ``-(logit[desired] - logit[undesired])`` at the last position of each
+Error-Localization prefix, averaged over the whole dataset. Each optimizer step sees the whole dataset
+(full-batch, as the authors do) through gradient accumulation, so the batch size only trades memory for
+nothing else. Validation exact match runs at steps 2, 4, 6, 8, 10 and every 10 after; the best step's
+weights are restored at the end and become the adapter.
+
+Trainer pieces replaced here and why:
+- the sampler is sequential and the dataset is padded with zero-weight copies to a multiple of
+  ``batch x processes x accumulation``, so one epoch is exactly one optimizer step on every process and
+  accelerate never has to repeat real records to even out a shard (which would bias the mean);
+- the loss is normalised by the dataset size, not by micro-batch counts, so it is the exact dataset mean
+  whatever the number of micro-batches or processes (DDP averages gradients over processes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from peft import PeftModel, get_peft_model
+from torch import nn
+from torch.utils.data import Dataset, SequentialSampler
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+from peft_cca.circuit import Circuit
+from peft_cca.config import CCAConfig
+from peft_cca.generation import left_pad
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LRS: tuple[float, ...] = (1e-2, 5e-3, 1e-3, 5e-4, 1e-4, 5e-5, 1e-5)
+DEFAULT_STEPS = 50
+OPTIMIZERS = {"sgd": "sgd", "adamw": "adamw_torch"}
+RECORD_FIELDS = ("prefix_ids", "desired_token_id", "undesired_token_id")
+
+EvaluateFn = Callable[[nn.Module], float]
+
+
+def eval_schedule(max_steps: int) -> list[int]:
+    """The authors' validation steps: 2, 4, 6, 8, 10, then every 10 (up to ``max_steps``)."""
+    return [s for s in (2, 4, 6, 8, 10) if s <= max_steps] + list(range(20, max_steps + 1, 10))
+
+
+def as_row(record: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """The training fields of a record: a JSON dict of records.jsonl or a ``peft_cca.dcm.data.Record``."""
+    if isinstance(record, Mapping):
+        return {name: record[name] for name in RECORD_FIELDS}
+    return {"prefix_ids": list(record.prefix_ids), "desired_token_id": record.desired,
+            "undesired_token_id": record.undesired}
+
+
+def split_of(record: Mapping[str, Any] | Any) -> str:
+    return record.get("split", "train") if isinstance(record, Mapping) else getattr(record, "split", "train")
+
+
+class PivotDataset(Dataset):
+    """Error-Localization records, padded with zero-weight copies to a multiple of ``multiple``."""
+
+    def __init__(self, records: Iterable[Mapping[str, Any]], multiple: int = 1) -> None:
+        rows = [as_row(record) for record in records]
+        if not rows:
+            raise ValueError("no Error-Localization records to train on")
+        self.num_records = len(rows)
+        padded = math.ceil(len(rows) / multiple) * multiple
+        self.rows = [{**row, "weight": 1.0} for row in rows]
+        self.rows += [{**rows[i % len(rows)], "weight": 0.0} for i in range(padded - len(rows))]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.rows[index]
+
+
+@dataclass
+class PivotCollator:
+    """Left-pads prefixes so the pivot is the last position of every row; positions ignore the padding."""
+
+    pad_token_id: int
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = left_pad([f["prefix_ids"] for f in features], self.pad_token_id)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            # the same positions generate() gives a left-padded row: the pivot logits match the unpadded prefix
+            "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),
+            "desired": torch.tensor([f["desired_token_id"] for f in features], dtype=torch.long),
+            "undesired": torch.tensor([f["undesired_token_id"] for f in features], dtype=torch.long),
+            "weight": torch.tensor([float(f.get("weight", 1.0)) for f in features], dtype=torch.float32),
+        }
+
+
+def logit_difference(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Per-row ``logit[desired] - logit[undesired]`` at the last position."""
+    outputs = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        use_cache=False,
+        logits_to_keep=1,
+    )
+    last = outputs.logits[:, -1, :].float()
+    return (last.gather(-1, batch["desired"][:, None]) - last.gather(-1, batch["undesired"][:, None])).squeeze(-1)
+
+
+class CCATrainer(Trainer):
+    """Full-batch logit-difference training of a CCA (or any PEFT) model on Error-Localization records.
+
+    ``args.gradient_accumulation_steps`` is overwritten so that one optimizer step covers the whole dataset
+    on all processes together; ``per_device_train_batch_size`` is the micro-batch size.
+    """
+
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, model: nn.Module, args: TrainingArguments, records: Iterable[Mapping[str, Any]],
+                 pad_token_id: int, **kwargs: Any) -> None:
+        records = list(records)
+        per_round = args.per_device_train_batch_size * args.world_size
+        args.gradient_accumulation_steps = max(1, math.ceil(len(records) / per_round))
+        args.remove_unused_columns = False
+        dataset = PivotDataset(records, multiple=per_round * args.gradient_accumulation_steps)
+        super().__init__(
+            model=model, args=args, train_dataset=dataset, data_collator=PivotCollator(pad_token_id), **kwargs
+        )
+        self.remove_callback(PrinterCallback)  # library code logs; the loss curve is in state.log_history
+
+    def _get_train_sampler(self, train_dataset: Dataset | None = None) -> torch.utils.data.Sampler:
+        # order is irrelevant to a full-batch gradient; sequential keeps every process's shard fixed
+        return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> torch.Tensor | tuple[torch.Tensor, dict]:
+        diff = logit_difference(model, inputs)
+        # sum / N on each process, x processes because DDP averages: the gradient is the exact dataset mean
+        scale = self.accelerator.num_processes / self.train_dataset.num_records
+        loss = -(diff * inputs["weight"]).sum() * scale
+        return (loss, {"logit_difference": diff}) if return_outputs else loss
+
+
+def cca_training_arguments(output_dir: str | Path, lr: float, steps: int = DEFAULT_STEPS, batch_size: int = 8,
+                           optimizer: str = "sgd", seed: int = 0, **overrides: Any) -> TrainingArguments:
+    """The authors' setting: constant lr, no warmup, no weight decay, no clipping, ``steps`` full-batch steps."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose from {sorted(OPTIMIZERS)}")
+    settings: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "learning_rate": lr,
+        "max_steps": steps,
+        "per_device_train_batch_size": batch_size,
+        "optim": OPTIMIZERS[optimizer],
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "max_grad_norm": 0.0,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": seed,
+        "disable_tqdm": True,
+        "ddp_find_unused_parameters": False,
+        "dataloader_drop_last": False,
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        # without a GPU, say so: accelerate then runs several processes on the CPU with gloo instead of one
+        "use_cpu": not torch.cuda.is_available(),
+    }
+    settings.update(overrides)
+    return TrainingArguments(**settings)
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the trainable parameters (the CCA deltas): tiny, so the best step is kept in memory."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def load_trainable_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    for name, value in state.items():
+        params[name].copy_(value)
+
+
+@torch.no_grad()
+def reset_deltas(model: nn.Module) -> None:
+    """Zero every CCA delta: the model is the base model again, ready for another learning rate."""
+    for name, param in model.named_parameters():
+        if "cca_delta" in name:
+            param.zero_()
+
+
+class BestStepCallback(TrainerCallback):
+    """Validation at the scheduled steps; keeps the best step's trainable weights and restores them at the end.
+
+    Evaluates at the steps of ``schedule``, and with ``every`` also at each multiple of it and at the last
+    step (the LoRA baseline's "every N steps"). Ties keep the earlier step. Step 0 (the untouched model) is
+    evaluated for the curve when ``evaluate_at_start``, but the chosen step is always a trained one. With no
+    scheduled step reached, the final weights are kept.
+    """
+
+    def __init__(self, evaluate_fn: EvaluateFn, schedule: Iterable[int], evaluate_at_start: bool = True,
+                 save_dir: str | Path | None = None, every: int | None = None) -> None:
+        self.evaluate_fn = evaluate_fn
+        self.schedule = set(schedule)
+        self.every = every
+        self.evaluate_at_start = evaluate_at_start
+        self.save_dir = Path(save_dir) if save_dir is not None else None
+        self.history: list[dict[str, float]] = []
+        self.best_step: int | None = None
+        self.best_score = -math.inf
+        self._best_state: dict[str, torch.Tensor] | None = None
+
+    def _evaluate(self, model: nn.Module, step: int) -> float:
+        was_training = model.training
+        model.eval()
+        score = float(self.evaluate_fn(model))
+        model.train(was_training)
+        self.history.append({"step": step, "score": score})
+        logger.info("step %d: validation %.4f", step, score)
+        return score
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.evaluate_at_start:
+            self._evaluate(model, 0)
+
+    def _due(self, step: int, max_steps: int) -> bool:
+        periodic = self.every is not None and (step % self.every == 0 or step == max_steps)
+        return step in self.schedule or periodic
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if not self._due(state.global_step, state.max_steps):
+            return
+        score = self._evaluate(model, state.global_step)
+        if score > self.best_score:
+            self.best_score, self.best_step = score, state.global_step
+            self._best_state = trainable_state(model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self._best_state is None:
+            self.best_step = state.global_step
+            self._best_state = trainable_state(model)
+        else:
+            load_trainable_state(model, self._best_state)
+        if self.save_dir is not None and state.is_world_process_zero:
+            model.save_pretrained(self.save_dir)
+
+    @property
+    def best_state(self) -> dict[str, torch.Tensor] | None:
+        return self._best_state
+
+
+@dataclass
+class RunResult:
+    """One learning rate of the sweep: the validation curve, the loss curve and the chosen step."""
+
+    lr: float
+    best_step: int
+    best_score: float
+    history: list[dict[str, float]]
+    losses: list[dict[str, float]]
+    base_score: float | None = None
+    state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("state")
+        return data
+
+
+@dataclass
+class AmplifyResult:
+    """The sweep; ``model`` holds the best run's best step; ``adapter_dir`` is where it was saved."""
+
+    model: nn.Module
+    best: RunResult
+    runs: list[RunResult]
+    adapter_dir: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.best.to_dict(),
+            "runs": [run.to_dict() for run in self.runs],
+            "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
+        }
+
+
+def train_one(model: nn.Module, records: Sequence[Mapping[str, Any]], evaluate_fn: EvaluateFn, lr: float,
+              pad_token_id: int, *, steps: int = DEFAULT_STEPS, batch_size: int = 8, optimizer: str = "sgd",
+              seed: int = 0, output_dir: str | Path | None = None, schedule: Iterable[int] | None = None,
+              evaluate_at_start: bool = True) -> RunResult:
+    """Train ``model``'s trainable weights from their current values at one ``lr``; leaves the best step loaded."""
+    callback = BestStepCallback(evaluate_fn, eval_schedule(steps) if schedule is None else schedule,
+                                evaluate_at_start=evaluate_at_start)
+    with tempfile.TemporaryDirectory() as scratch:
+        args = cca_training_arguments(output_dir or scratch, lr, steps, batch_size, optimizer, seed)
+        trainer = CCATrainer(model, args, records, pad_token_id, callbacks=[callback])
+        trainer.train()
+    losses = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
+    base = callback.history[0]["score"] if evaluate_at_start and callback.history else None
+    return RunResult(lr=lr, best_step=int(callback.best_step), best_score=callback.best_score,
+                     history=callback.history, losses=losses, base_score=base, state=callback.best_state)
+
+
+def wrap(model: nn.Module, circuit: Circuit | None, mlp_targets: Sequence[str] = ("up",)) -> PeftModel:
+    """``model`` as a CCA PeftModel (unchanged when it already is a PeftModel)."""
+    if isinstance(model, PeftModel):
+        return model
+    if circuit is None:
+        raise ValueError("amplify needs a circuit to wrap a base model (or pass a PeftModel)")
+    return get_peft_model(model, CCAConfig(circuit=circuit, mlp_targets=list(mlp_targets)))
+
+
+def amplify(
+    model: nn.Module,
+    tokenizer,
+    records: Iterable[Mapping[str, Any]],
+    circuit: Circuit | None,
+    val_problems: Sequence | None = None,
+    *,
+    lrs: Sequence[float] = DEFAULT_LRS,
+    steps: int = DEFAULT_STEPS,
+    optimizer: str = "sgd",
+    batch_size: int = 8,
+    mlp_targets: Sequence[str] = ("up",),
+    prompt_style: str = "chat",
+    max_new_tokens: int = 256,
+    eval_batch_size: int = 16,
+    evaluate_fn: EvaluateFn | None = None,
+    output_dir: str | Path | None = None,
+    seed: int = 0,
+) -> AmplifyResult:
+    """Learning-rate sweep of CCA; the best run (by validation macro exact match) is loaded and saved.
+
+    ``evaluate_fn(model) -> float`` replaces the validation exact match on ``val_problems`` when given.
+    Writes ``<output_dir>/adapter/`` and ``<output_dir>/amplify.json`` when ``output_dir`` is set.
+    """
+    records = [r for r in records if split_of(r) == "train"]
+    peft_model = wrap(model, circuit, mlp_targets)
+    if evaluate_fn is None:
+        if not val_problems:
+            raise ValueError("amplify needs validation problems (or an evaluate_fn) to pick the best step")
+        from peft_cca.evaluate import evaluate_exact_match
+
+        def evaluate_fn(m: nn.Module) -> float:
+            return evaluate_exact_match(m, tokenizer, val_problems, prompt_style=prompt_style,
+                                        batch_size=eval_batch_size, max_new_tokens=max_new_tokens)["macro"]
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    runs: list[RunResult] = []
+    base_score: float | None = None
+    for lr in lrs:
+        reset_deltas(peft_model)
+        run = train_one(peft_model, records, evaluate_fn, lr, pad_id, steps=steps, batch_size=batch_size,
+                        optimizer=optimizer, seed=seed, evaluate_at_start=base_score is None)
+        # the untouched model scores the same for every lr: evaluate it once
+        base_score = run.base_score if base_score is None else base_score
+        run.base_score = base_score
+        if run.history and run.history[0]["step"] != 0:
+            run.history.insert(0, {"step": 0, "score": base_score})
+        runs.append(run)
+        logger.info("lr %g: best validation %.4f at step %d", lr, run.best_score, run.best_step)
+    best = max(runs, key=lambda r: r.best_score)  # max keeps the first of equals: the larger lr listed first
+    load_trainable_state(peft_model, best.state)
+    result = AmplifyResult(model=peft_model, best=best, runs=runs)
+    if output_dir is not None and PartialState().is_main_process:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        result.adapter_dir = out / "adapter"
+        peft_model.save_pretrained(result.adapter_dir)
+        (out / "amplify.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return result

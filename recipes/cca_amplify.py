@@ -1,0 +1,27 @@
+"""Recipe: `peft-cca amplify` as a script for `accelerate launch`.
+
+    accelerate launch --config_file recipes/accelerate/single_cpu.yaml recipes/cca_amplify.py --help
+    accelerate launch --config_file recipes/accelerate/ddp_cpu.yaml recipes/cca_amplify.py ...
+
+Same options as `peft-cca amplify`; the work is done by peft_cca.commands.amplify.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from peft_cca.commands import amplify as command
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=command.HELP)
+    command.add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return command.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

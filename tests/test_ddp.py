@@ -1,0 +1,70 @@
+"""Two CPU processes under `accelerate launch` (DDP, gloo) make the same CCA update as one process.
+
+Run by pytest, this file launches itself as the worker: `accelerate launch ... tests/test_ddp.py <out.pt>`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS, LR, BATCH, RECORDS = 3, 0.3, 2, 7  # 7 records over 2 processes x 2 rows: padding is exercised
+
+
+def update() -> dict[str, torch.Tensor]:
+    """The CCA deltas after a few full-batch steps on a tiny model (same in every process)."""
+    import random
+
+    from peft import get_peft_model
+    from tiny_models import VOCAB, tiny_model
+
+    from peft_cca import CCAConfig, Circuit, describe
+    from peft_cca.trainer import train_one, trainable_state
+
+    rng = random.Random(0)
+    records = [{"prefix_ids": [rng.randrange(4, VOCAB) for _ in range(rng.randrange(3, 9))],
+                "desired_token_id": rng.randrange(4, VOCAB), "undesired_token_id": rng.randrange(4, VOCAB)}
+               for _ in range(RECORDS)]
+    model = tiny_model("llama")
+    circuit = Circuit(describe(model).shape, {0: {"q": [1], "k": [0]}, 1: {"mlp": [2, 7]}})
+    peft_model = get_peft_model(model, CCAConfig(circuit=circuit))
+    train_one(peft_model, records, lambda _m: 0.0, LR, pad_token_id=2, steps=STEPS, batch_size=BATCH,
+              evaluate_at_start=False)
+    return trainable_state(peft_model)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path):
+    out = tmp_path / "ddp.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "recipes" / "accelerate" / "ddp_cpu.yaml"), "--main_process_port", str(_free_port()),
+               str(Path(__file__)), str(out)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    distributed = torch.load(out)
+    assert distributed.pop("world_size") == 2
+    single = update()
+    assert set(distributed) == set(single)
+    for name, value in single.items():
+        torch.testing.assert_close(distributed[name], value, rtol=1e-4, atol=1e-6)
+
+
+if __name__ == "__main__":
+    from accelerate import PartialState
+
+    state = PartialState()
+    result = update()
+    if state.is_main_process:
+        torch.save({**result, "world_size": torch.tensor(state.num_processes)}, sys.argv[1])

@@ -1,0 +1,107 @@
+"""Evaluation on tiny random models: exact match aggregation, KL drift, retention, lm-eval on a local task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import get_peft_model
+from tiny_models import tiny_model
+from tiny_tokenizer import tiny_tokenizer
+
+import peft_cca  # noqa: F401 - registers the "cca" method
+from peft_cca import CCAConfig, Circuit, describe
+from peft_cca.evaluate import evaluate_exact_match, kl_drift, lm_eval_bridge, retention
+from peft_cca.tasks.problem import Problem
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL_TASKS = ROOT / "tests" / "fixtures" / "lm_eval_local"
+
+
+def perturbed_cca(seed: int = 0, scale: float = 0.5):
+    model = tiny_model("llama")
+    circuit = Circuit(describe(model).shape, {0: {"q": [0, 2]}, 1: {"mlp": list(range(10))}})
+    peft_model = get_peft_model(model, CCAConfig(circuit=circuit))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "cca_delta" in name:
+                param.copy_(scale * torch.randn(param.shape, generator=generator))
+    return peft_model.eval()
+
+
+def test_exact_match_is_macro_over_groups_and_uses_the_problem_scorer():
+    tokenizer = tiny_tokenizer()
+    seen = []
+
+    def right(text: str) -> bool:
+        seen.append(text)
+        return True
+
+    problems = [Problem(id="a0", group_id="a", question="1+1?", answer="2", scorer=right)]
+    problems += [Problem(id=f"b{i}", group_id="b", question=f"{i}?", answer="x", scorer=lambda _: False)
+                 for i in range(3)]
+    result = evaluate_exact_match(tiny_model("llama"), tokenizer, problems, max_new_tokens=3, batch_size=2,
+                                  return_completions=True)
+    assert result["groups"] == {"a": {"accuracy": 1.0, "n": 1}, "b": {"accuracy": 0.0, "n": 3}}
+    assert result["macro"] == pytest.approx(0.5)
+    assert result["micro"] == pytest.approx(0.25)
+    assert len(seen) == 1 and [c["correct"] for c in result["completions"]] == [True, False, False, False]
+
+
+def test_exact_match_is_the_same_in_any_batch_size():
+    tokenizer = tiny_tokenizer()
+    model = tiny_model("llama")
+    problems = [Problem(id=f"p{i}", group_id="g", question=f"What is {i} + {i}?", answer=str(2 * i))
+                for i in range(5)]
+    texts = [
+        [c["completion"] for c in evaluate_exact_match(model, tokenizer, problems, max_new_tokens=6, batch_size=b,
+                                                       return_completions=True)["completions"]]
+        for b in (1, 5)
+    ]
+    assert texts[0] == texts[1]
+
+
+def test_kl_drift_is_zero_for_the_base_and_positive_after_an_update():
+    tokenizer = tiny_tokenizer()
+    texts = ["The cat sat on the mat.", "Rivers flow to the sea, slowly."]
+    untouched = perturbed_cca(scale=0.0)
+    assert kl_drift(untouched, tokenizer, texts) == pytest.approx(0.0, abs=1e-7)
+    updated = perturbed_cca(scale=0.5)
+    drift = kl_drift(updated, tokenizer, texts)
+    assert drift > 1e-4
+    assert kl_drift(updated, tokenizer, texts, base_model=tiny_model("llama")) == pytest.approx(drift, rel=1e-4)
+
+
+def test_retention_scores_each_non_target_task():
+    result = retention(tiny_model("llama"), tiny_tokenizer(), ("letter_counting", "spell_backward"), size=2,
+                       max_new_tokens=2)
+    assert set(result["groups"]) == {"letter_counting", "spell_backward"}
+    assert result["n"] == 4
+
+
+def _own_multiple_choice_accuracy(model, tokenizer) -> float:
+    """lm-eval's multiple-choice rule computed by hand: the choice with the highest summed log-probability."""
+    docs = [json.loads(line) for line in (LOCAL_TASKS / "local_qa.jsonl").read_text().splitlines()]
+    right = 0
+    for doc in docs:
+        context = tokenizer(f"Q: {doc['question']}\nA:", add_special_tokens=False)["input_ids"]
+        scores = []
+        for choice in doc["choices"]:
+            continuation = tokenizer(f" {choice}", add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([context + continuation])
+            with torch.no_grad():
+                logprobs = torch.log_softmax(model(input_ids=ids).logits.float(), -1)[0]
+            positions = torch.arange(len(context) - 1, ids.shape[1] - 1)
+            scores.append(float(logprobs[positions, torch.tensor(continuation)].sum()))
+        right += int(max(range(len(scores)), key=scores.__getitem__) == doc["label"])
+    return right / len(docs)
+
+
+def test_lm_eval_runs_a_local_task_on_a_peft_model(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the task's data_files path is relative to the repository root
+    model, tokenizer = perturbed_cca(scale=1.0), tiny_tokenizer()
+    result = lm_eval_bridge(model, tokenizer, ["peft_cca_local_qa"], include_path=str(LOCAL_TASKS), batch_size=4)
+    assert result["peft_cca_local_qa"]["acc"] == pytest.approx(_own_multiple_choice_accuracy(model, tokenizer))

@@ -1,0 +1,82 @@
+"""The stage 1 pipeline on a tiny random model: dataset schema, summary, and exact resume after a kill."""
+
+import json
+
+import pytest
+from tiny_models import tiny_model
+from tiny_tokenizer import tiny_tokenizer
+
+from peft_cca.localize import dataset as dataset_module
+from peft_cca.localize.dataset import load_dataset
+from peft_cca.localize.run import LocalizeConfig, localize
+from peft_cca.tasks.problem import Problem
+
+CONFIG = LocalizeConfig(task="test", max_new_tokens=12, n_samples=6, batch_size=3, splits=("train", "validation",
+                        "test"), max_group_accuracy=1.01)
+
+
+def _problems() -> list[Problem]:
+    return [Problem(id=f"p{i}", group_id=f"g{i % 2}", question=f"question {i}?", answer="0",
+                    scorer=lambda text: sum(map(ord, text)) % 2 == 0) for i in range(7)]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_model("llama", seed=3), tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def full_run(lm, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    summary = localize(*lm, _problems(), CONFIG, out, model_name="tiny")
+    return out, summary
+
+
+def test_dataset_schema_and_summary(full_run, lm):
+    out, summary = full_run
+    tokenizer = lm[1]
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert records and summary["records"] == len(records) == summary["pivots"]
+    assert summary["problems"] == 7 and set(summary["accuracy_by_group"]) == {"g0", "g1"}
+    assert summary["counterfactuals_found"] + summary["no_counterfactual"] == summary["localized_problems"] == 7
+    assert summary["tokens_processed"]["total"] > 0
+    for record in records:
+        assert tokenizer.decode(record["prefix_ids"]) == record["prefix_text"]
+        assert record["desired_token_id"] != record["undesired_token_id"]
+        assert record["desired_token"] == tokenizer.decode([record["desired_token_id"]])
+        assert record["method"] == "branching" and record["correct_trace"] in ("greedy", "sample")
+        assert record["split"] in ("train", "validation", "test")
+    assert len(load_dataset(out)) == len(records)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["model"] == "tiny" and meta["tokenizer"]["vocab_size"] == len(tokenizer)
+
+
+def test_killed_run_resumes_to_the_same_dataset(full_run, lm, tmp_path, monkeypatch):
+    out, summary = full_run
+    original = dataset_module.DatasetWriter.finish
+    calls = {"n": 0}
+
+    def dying_finish(self, problem_id, status, record):
+        if calls["n"] == 3:  # killed after writing its record, before its progress line
+            if record is not None:
+                self._append("records.jsonl", record)
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        original(self, problem_id, status, record)
+
+    monkeypatch.setattr(dataset_module.DatasetWriter, "finish", dying_finish)
+    with pytest.raises(KeyboardInterrupt):
+        localize(*lm, _problems(), CONFIG, tmp_path, model_name="tiny")
+    with (tmp_path / "records.jsonl").open("a") as handle:
+        handle.write('{"problem_id": "torn')  # a line cut by the kill
+    monkeypatch.setattr(dataset_module.DatasetWriter, "finish", original)
+    resumed = localize(*lm, _problems(), CONFIG, tmp_path, model_name="tiny")
+    assert (tmp_path / "records.jsonl").read_text() == (out / "records.jsonl").read_text()
+    assert resumed == summary
+
+
+def test_prefix_method_runs(lm, tmp_path):
+    config = LocalizeConfig(**{**CONFIG.__dict__, "method": "prefix"})
+    summary = localize(*lm, _problems()[:3], config, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert all(r["method"] == "prefix" for r in records) and summary["records"] == len(records)

@@ -1,0 +1,102 @@
+"""Pivot logic on a tiny random model, against a brute-force oracle and on hand-built traces."""
+
+import pytest
+import torch
+from tiny_models import tiny_model
+from tiny_tokenizer import tiny_tokenizer
+
+from peft_cca.generation import TokenCounter, generate
+from peft_cca.localize.pivots import branching_pivot_fast, branching_pivot_naive, prefix_pivot
+from peft_cca.localize.traces import DecodeSettings, Trace, counterfactual, greedy_traces
+from peft_cca.tasks.problem import Problem
+
+SETTINGS = DecodeSettings(max_new_tokens=14)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_model("llama", seed=3), tiny_tokenizer()
+
+
+def _problem(name: str) -> Problem:
+    # correctness depends on the whole completion, so flips can happen anywhere in a trace
+    return Problem(id=name, group_id="g", question="q", answer="0",
+                   scorer=lambda text: text.count("a") + text.count("e") >= 2)
+
+
+def test_prefix_pivot_on_constructed_traces():
+    prompt = [5, 6]
+    greedy = Trace((10, 11, 12, 13), "x", False)
+    sample = Trace((10, 11, 20, 21), "y", True)
+    pivot = prefix_pivot(prompt, greedy, sample)
+    assert pivot.position == 2 and pivot.prefix_ids == (5, 6, 10, 11)
+    assert (pivot.desired_token_id, pivot.undesired_token_id, pivot.correct_trace) == (20, 12, "sample")
+    flipped = prefix_pivot(prompt, Trace(greedy.token_ids, "x", True), Trace(sample.token_ids, "y", False))
+    assert (flipped.desired_token_id, flipped.undesired_token_id, flipped.correct_trace) == (12, 20, "greedy")
+    assert prefix_pivot(prompt, greedy, Trace((10, 11), "z", True)) is None
+
+
+def _oracle(model, tokenizer, problem, prompt, greedy, sample):
+    """Brute force: complete every prefix without cache, take the first flip of correctness."""
+    for j in range(1, len(sample.token_ids) + 1):
+        head = list(sample.token_ids[:j])
+        done = head[-1] == tokenizer.eos_token_id or j >= SETTINGS.max_new_tokens
+        text = tokenizer.decode(head, skip_special_tokens=True) if done else generate(
+            model, tokenizer, [list(prompt) + head], max_new_tokens=SETTINGS.max_new_tokens - j,
+            completion_starts=[len(prompt)])[0][0].text
+        if problem.score(text) != greedy.correct:
+            return j - 1
+    return None
+
+
+def test_naive_and_fast_branching_agree_with_the_oracle(lm):
+    model, tokenizer = lm
+    checked = 0
+    for q in range(6):
+        problem = _problem(f"p{q}")
+        prompt = tokenizer(f"question {q}: ", add_special_tokens=False)["input_ids"]
+        greedy = greedy_traces(model, tokenizer, [problem], [prompt], SETTINGS)[0]
+        sample = counterfactual(model, tokenizer, problem, prompt, greedy, SETTINGS, n_samples=8, seed=q)
+        if sample is None:
+            continue
+        naive_count, fast_count = TokenCounter(), TokenCounter()
+        naive = branching_pivot_naive(model, tokenizer, problem, prompt, greedy, sample, SETTINGS, naive_count)
+        fast = branching_pivot_fast(model, tokenizer, problem, prompt, greedy, sample, SETTINGS, fast_count,
+                                    branch_batch=3)
+        assert naive == fast
+        assert fast.position == _oracle(model, tokenizer, problem, prompt, greedy, sample)
+        # the pivot token is where the sample left the greedy argmax, and it is oriented by correctness
+        sampled = sample.token_ids[fast.position]
+        assert fast.desired_token_id != fast.undesired_token_id
+        assert sampled == (fast.desired_token_id if sample.correct else fast.undesired_token_id)
+        checked += 1
+    assert checked >= 3
+
+
+def test_branching_never_searches_past_the_first_flip(lm):
+    model, tokenizer = lm
+    problem = Problem(id="first", group_id="g", question="q", answer="0", scorer=lambda text: True)
+    prompt = tokenizer("hello: ", add_special_tokens=False)["input_ids"]
+    greedy = Trace(tuple(greedy_traces(model, tokenizer, [problem], [prompt], SETTINGS)[0].token_ids), "g", False)
+    # every completion is "right" while greedy is "wrong": the first divergent position must be the pivot
+    logits = model(torch.tensor([prompt + list(greedy.token_ids)])).logits[0].argmax(-1).tolist()
+    alt = (logits[len(prompt) - 1] + 1) % 90 + 4
+    sample = Trace((alt, *greedy.token_ids[1:]), "s", True)
+    counter = TokenCounter()
+    pivot = branching_pivot_fast(model, tokenizer, problem, prompt, greedy, sample, SETTINGS, counter, branch_batch=1)
+    assert pivot.position == 0 and pivot.desired_token_id == alt
+    assert counter.by_kind.get("fast-branch", 0) <= len(prompt) + SETTINGS.max_new_tokens
+
+
+def test_cached_generation_equals_plain_generation(lm):
+    model, tokenizer = lm
+    from peft_cca.localize.pivots import _argmax_and_cache, _branch_cache
+
+    prompt = tokenizer("abc: ", add_special_tokens=False)["input_ids"]
+    trace = greedy_traces(model, tokenizer, [_problem("c")], [prompt], SETTINGS)[0].token_ids
+    _, cache = _argmax_and_cache(model, list(prompt) + list(trace), None)
+    inputs = [list(prompt) + list(trace[:3]), list(prompt) + list(trace[:7])]
+    cached = generate(model, tokenizer, inputs, max_new_tokens=6, past_key_values=_branch_cache(cache, [
+        len(i) - 1 for i in inputs]), batch_size=2)
+    plain = [generate(model, tokenizer, [i], max_new_tokens=6)[0] for i in inputs]
+    assert [c[0].token_ids for c in cached] == [p[0].token_ids for p in plain]

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from peft_cca.tasks import DEFAULT_RETENTION_TASKS, DEFAULT_TASK, load_problems, parse_spec
+from peft_cca.tasks.gsm_symbolic import gold_answer
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_parse_spec_keeps_plus_and_parses_values():
+    kind, target, options = parse_spec("rg:basic_arithmetic?min_terms=2&operators=+,-&size=7&x=1.5&flag=true")
+    assert (kind, target) == ("rg", "basic_arithmetic")
+    assert options == {"min_terms": 2, "operators": ("+", "-"), "size": 7, "x": 1.5, "flag": True}
+
+
+@pytest.mark.parametrize("spec", ["nope:thing", "rg:", "basic_arithmetic", "rg:x?novalue"])
+def test_bad_specs_are_rejected(spec):
+    with pytest.raises(ValueError):
+        parse_spec(spec)
+
+
+def test_reasoning_gym_problems_are_seeded_and_scored_by_reasoning_gym():
+    spec = "rg:chain_sum?min_terms=2&max_terms=2&min_digits=1&max_digits=1&size=6&seed=3"
+    first, second = load_problems(spec), load_problems(spec)
+    assert [p.question for p in first] == [p.question for p in second]
+    assert len(first) == 6 and len({p.id for p in first}) == 6
+    problem = first[0]
+    assert problem.group_id == "chain_sum"
+    assert problem.score(f"The answer is {problem.answer}.")
+    assert not problem.score(f"The answer is {int(problem.answer) + 1}.")
+    assert not problem.score("I refuse.")
+
+
+def test_gsm_symbolic_generators_are_groups():
+    problems = load_problems("rg:gsm_symbolic?size=5&seed=1")
+    assert all(p.group_id.startswith("gsm_symbolic/") for p in problems)
+    assert problems[0].score(f"So... The answer is {problems[0].answer}.")
+
+
+def test_text_tasks_use_text_extraction():
+    problem = load_problems("rg:spell_backward?size=2&seed=0")[0]
+    assert problem.score(f"Let me reverse it.\nThe answer is {problem.answer}.")
+    assert not problem.score("The answer is zzzz.")
+
+
+def test_gsm_symbolic_file_fixture():
+    problems = load_problems(f"gsm-symbolic-file:{FIXTURES / 'gsm_symbolic_sample.jsonl'}")
+    assert len(problems) == 20
+    assert {p.group_id for p in problems} == {"gsm-symbolic/0", "gsm-symbolic/1"}
+    assert all("," not in p.answer and p.answer.isdigit() for p in problems)
+    assert gold_answer("Tom has 2 + 3 = 5.\n#### 1,005") == "1005"
+
+
+def test_spec_suite_and_limit():
+    problems = load_problems("rg:chain_sum?size=3;rg:leg_counting?size=2", limit=4)
+    assert [p.group_id for p in problems] == ["chain_sum"] * 3 + ["leg_counting"]
+
+
+def test_defaults_load():
+    assert load_problems(DEFAULT_TASK, limit=3)
+    for task in DEFAULT_RETENTION_TASKS:
+        assert load_problems(f"rg:{task}?size=1")
