@@ -47,7 +47,8 @@ def main() -> None:
     for begin in range(0, len(problems), settings.batch_size):
         chunk = problems[begin:begin + settings.batch_size]
         prompts = [encode_prompt(tokenizer, build_prompt(tokenizer, p, "chat")) for p in chunk]
-        for problem, prompt, greedy in zip(chunk, prompts, greedy_traces(model, tokenizer, chunk, prompts, settings)):
+        traces = greedy_traces(model, tokenizer, chunk, prompts, settings)
+        for problem, prompt, greedy in zip(chunk, prompts, traces, strict=True):
             if pairs >= args.pairs:
                 break
             seen += 1

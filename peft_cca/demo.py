@@ -30,6 +30,7 @@ class Preset:
     max_new_tokens: int
     lambdas: tuple[float, ...]
     dcm_epochs: int
+    dcm_lr: float  # Adam moves a mask at most lr per step: it needs >= 0.5 / lr steps to select anything
     lrs: tuple[float, ...]
     steps: int
     seeds: tuple[int, ...]
@@ -43,14 +44,37 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # every stage for real at small counts: ~15 minutes on 2 CPU cores
     "quick": Preset(
-        problems=120, n_samples=4, max_new_tokens=48, lambdas=(1e-2,), dcm_epochs=10, lrs=(1e-3, 1e-4),
-        steps=10, seeds=(0,), val_limit=16, test_limit=48, retention_size=8, lora_lrs=(2e-4,), lora_epochs=1,
+        problems=120,
+        n_samples=4,
+        max_new_tokens=48,
+        lambdas=(1e-2,),
+        dcm_epochs=10,
+        dcm_lr=0.05,
+        lrs=(1e-3, 1e-4),
+        steps=10,
+        seeds=(0,),
+        val_limit=16,
+        test_limit=48,
+        retention_size=8,
+        lora_lrs=(2e-4,),
+        lora_epochs=1,
     ),
     # the paper's protocol: lambda and lr sweeps, 50 steps, 3 seeds
     "full": Preset(
-        problems=400, n_samples=10, max_new_tokens=64, lambdas=(1e-3, 3e-3, 1e-2, 3e-2), dcm_epochs=50,
-        lrs=(1e-2, 5e-3, 1e-3, 5e-4, 1e-4, 5e-5, 1e-5), steps=50, seeds=(0, 1, 2), val_limit=32,
-        test_limit=None, retention_size=30, lora_lrs=(1e-4, 2e-4, 5e-4), lora_epochs=2,
+        problems=400,
+        n_samples=10,
+        max_new_tokens=64,
+        lambdas=(1e-3, 3e-3, 1e-2, 3e-2),
+        dcm_epochs=50,
+        dcm_lr=5e-3,
+        lrs=(1e-2, 5e-3, 1e-3, 5e-4, 1e-4, 5e-5, 1e-5),
+        steps=50,
+        seeds=(0, 1, 2),
+        val_limit=32,
+        test_limit=None,
+        retention_size=30,
+        lora_lrs=(1e-4, 2e-4, 5e-4),
+        lora_epochs=2,
     ),
 }
 
@@ -79,45 +103,152 @@ def plan(settings: DemoSettings) -> list[tuple[str, list[str]]]:
     c, out = settings.counts(), settings.out
     loc = out / "localize"
     common_eval = [
-        "--run", str(loc), "--val-limit", "0", "--retention-size", str(c.retention_size),
-        "--max-new-tokens", str(c.max_new_tokens), "--retention-tasks", *settings.retention_tasks,
+        "--run",
+        str(loc),
+        "--val-limit",
+        "0",
+        "--retention-size",
+        str(c.retention_size),
+        "--max-new-tokens",
+        str(c.max_new_tokens),
+        "--retention-tasks",
+        *settings.retention_tasks,
     ]
     if c.test_limit is not None:
         common_eval += ["--test-limit", str(c.test_limit)]
     amplify_common = [
-        "--run", str(loc), "--model", settings.model, "--lr", _csv(c.lrs), "--steps", str(c.steps),
-        "--val-limit", str(c.val_limit), "--max-new-tokens", str(c.max_new_tokens),
+        "--run",
+        str(loc),
+        "--model",
+        settings.model,
+        "--lr",
+        _csv(c.lrs),
+        "--steps",
+        str(c.steps),
+        "--val-limit",
+        str(c.val_limit),
+        "--max-new-tokens",
+        str(c.max_new_tokens),
     ]
     stages: list[tuple[str, list[str]]] = [
-        ("localize", [
-            "localize", "--model", settings.model, "--task", settings.task, "--method", settings.method,
-            "--limit", str(c.problems), "--n-samples", str(c.n_samples), "--max-new-tokens", str(c.max_new_tokens),
-            "--splits", "train", "validation", "--out", str(loc),
-        ]),
-        ("circuit", [
-            "circuit", "--data", str(loc), "--model", settings.model, "--lambda", _csv(c.lambdas),
-            "--epochs", str(c.dcm_epochs), "--resume", "--out", str(out / "circuit"),
-        ]),
-        ("evaluate-base", ["evaluate", *common_eval, "--model", settings.model, "--name", "base",
-                           "--out", str(out / "eval" / "base.json")]),
+        (
+            "localize",
+            [
+                "localize",
+                "--model",
+                settings.model,
+                "--task",
+                settings.task,
+                "--method",
+                settings.method,
+                "--limit",
+                str(c.problems),
+                "--n-samples",
+                str(c.n_samples),
+                "--max-new-tokens",
+                str(c.max_new_tokens),
+                "--splits",
+                "train",
+                "validation",
+                "--out",
+                str(loc),
+            ],
+        ),
+        (
+            "circuit",
+            [
+                "circuit",
+                "--data",
+                str(loc),
+                "--model",
+                settings.model,
+                "--lambda",
+                _csv(c.lambdas),
+                "--epochs",
+                str(c.dcm_epochs),
+                "--lr",
+                f"{c.dcm_lr:g}",
+                "--resume",
+                "--out",
+                str(out / "circuit"),
+            ],
+        ),
+        (
+            "evaluate-base",
+            [
+                "evaluate",
+                *common_eval,
+                "--model",
+                settings.model,
+                "--name",
+                "base",
+                "--out",
+                str(out / "eval" / "base.json"),
+            ],
+        ),
     ]
     for seed in c.seeds:
-        for name, extra in ((f"cca-seed{seed}", ["--circuit", str(out / "circuit" / "circuit.json")]),
-                            (f"cca-nomask-seed{seed}", ["--no-mask"])):
+        for name, extra in (
+            (f"cca-seed{seed}", ["--circuit", str(out / "circuit" / "circuit.json")]),
+            (f"cca-nomask-seed{seed}", ["--no-mask"]),
+        ):
             stages.append((name, ["amplify", *amplify_common, *extra, "--seed", str(seed), "--out", str(out / name)]))
-            stages.append((f"evaluate-{name}", [
-                "evaluate", *common_eval, "--model", settings.model, "--adapter", str(out / name / "adapter"),
-                "--name", name, "--out", str(out / "eval" / f"{name}.json"),
-            ]))
-    stages.append(("lora", [
-        "lora", "--run", str(loc), "--model", settings.model, "--lr", _csv(c.lora_lrs), "--epochs",
-        str(c.lora_epochs), "--val-limit", str(c.val_limit), "--max-new-tokens", str(c.max_new_tokens),
-        "--out", str(out / "lora"),
-    ]))
-    stages.append(("evaluate-lora", [
-        "evaluate", *common_eval, "--model", settings.model, "--adapter", str(out / "lora" / "adapter"),
-        "--name", "lora", "--out", str(out / "eval" / "lora.json"),
-    ]))
+            stages.append(
+                (
+                    f"evaluate-{name}",
+                    [
+                        "evaluate",
+                        *common_eval,
+                        "--model",
+                        settings.model,
+                        "--adapter",
+                        str(out / name / "adapter"),
+                        "--name",
+                        name,
+                        "--out",
+                        str(out / "eval" / f"{name}.json"),
+                    ],
+                )
+            )
+    stages.append(
+        (
+            "lora",
+            [
+                "lora",
+                "--run",
+                str(loc),
+                "--model",
+                settings.model,
+                "--lr",
+                _csv(c.lora_lrs),
+                "--epochs",
+                str(c.lora_epochs),
+                "--val-limit",
+                str(c.val_limit),
+                "--max-new-tokens",
+                str(c.max_new_tokens),
+                "--out",
+                str(out / "lora"),
+            ],
+        )
+    )
+    stages.append(
+        (
+            "evaluate-lora",
+            [
+                "evaluate",
+                *common_eval,
+                "--model",
+                settings.model,
+                "--adapter",
+                str(out / "lora" / "adapter"),
+                "--name",
+                "lora",
+                "--out",
+                str(out / "eval" / "lora.json"),
+            ],
+        )
+    )
     stages.append(("compare", ["compare", "--runs", str(out / "eval"), "--out", str(out / "report")]))
     return stages
 
@@ -127,8 +258,12 @@ def run_demo(settings: DemoSettings, runner: Callable[[list[str]], int], echo: C
     stages_dir = settings.out / "stages"
     stages_dir.mkdir(parents=True, exist_ok=True)
     (settings.out / "demo.json").write_text(
-        json.dumps({"settings": {**asdict(settings), "out": str(settings.out)}, "counts": asdict(settings.counts())},
-                   indent=2, default=str) + "\n"
+        json.dumps(
+            {"settings": {**asdict(settings), "out": str(settings.out)}, "counts": asdict(settings.counts())},
+            indent=2,
+            default=str,
+        )
+        + "\n"
     )
     total = time.perf_counter()
     stages = plan(settings)

@@ -176,12 +176,16 @@ def lm_eval_bridge(
 
 
 def split_problems(task: str, split: str, *, seed: int = 0, groups: Collection[str] | None = None,
-                   limit: int | None = None) -> list[Problem]:
-    """The problems of ``split`` for a task spec, split exactly as stage 1 splits them (seeded, per group)."""
+                   limit: int | None = None, task_limit: int | None = None) -> list[Problem]:
+    """The problems of ``split`` for a task spec, split exactly as stage 1 splits them (seeded, per group).
+
+    ``task_limit`` must be the ``--limit`` stage 1 used: splits are drawn per group from the problems loaded,
+    so a different count would move problems between splits and leak training problems into the test.
+    """
     from peft_cca.tasks.sources import load_problems
     from peft_cca.tasks.splits import assign_splits
 
-    problems = load_problems(task)
+    problems = load_problems(task, limit=task_limit)
     assignment = assign_splits(problems, seed=seed)
     chosen = [p for p in problems if assignment[p.id] == split and (groups is None or p.group_id in groups)]
     return chosen[:limit] if limit is not None else chosen
@@ -208,7 +212,8 @@ def run_problems(run_dir: str | Path, split: str, *, limit: int | None = None) -
     groups = _first(meta, "groups", "kept_groups") or _first(summary, "groups", "kept_groups")
     if isinstance(groups, Mapping):
         groups = list(groups)
-    return split_problems(task, split, seed=seed, groups=groups, limit=limit)
+    task_limit = (meta.get("config") or {}).get("limit")
+    return split_problems(task, split, seed=seed, groups=groups, limit=limit, task_limit=task_limit)
 
 
 def adapter_summary(model: nn.Module) -> dict[str, Any]:

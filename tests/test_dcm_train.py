@@ -61,13 +61,23 @@ def test_mask_is_clamped_after_every_step():
 def test_early_stop_when_selection_is_unchanged_for_a_fifth_of_an_epoch():
     model = tiny_model("llama")
     records = random_records(16)
-    config = DCMConfig(lam=1e3, batch_size=2, epochs=10, early_stop_fraction=0.2, early_stop_after=1)
+    # authors' form: every mask starts at 1 (all selected) and needs ~100 steps at lr 5e-3 to leave the set
+    config = DCMConfig(lam=0.0, form="authors", batch_size=2, epochs=10, early_stop_fraction=0.2, early_stop_after=1)
     result = train_mask(model, records, config, progress=False)
     # 8 batches per epoch -> patience ceil(1.6) = 2 steps; the count runs from the start, the check from epoch 1
     assert result.history["stopped_early"]
     assert len(result.history["steps"]) == 8 + 1
     config.early_stop_fraction = None
     assert len(train_mask(model, records, config, progress=False).history["steps"]) == 80
+
+
+def test_an_empty_selection_never_stops_the_run_early():
+    """Paper form: masks start at 0, so "nothing selected yet" must not count as converged."""
+    model = tiny_model("llama")
+    config = DCMConfig(lam=1e3, batch_size=2, epochs=3, early_stop_fraction=0.2, early_stop_after=1)
+    result = train_mask(model, random_records(16), config, progress=False)
+    assert not result.history.get("stopped_early")
+    assert len(result.history["steps"]) == 24
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -46,7 +46,7 @@ def test_hostile_expressions_are_refused(expression):
 def test_template_parse_and_instantiate():
     template = {"question_annotated": "{name,Ann} has {x,3} cats.\n#init:\n- name = sample(names)\n"
                 "- $x = range(2, 5)\n#conditions:\n- x != 3\n#answer: x * 4"}
-    question, init, conditions, answer = parse_template(template["question_annotated"])
+    _, init, conditions, answer = parse_template(template["question_annotated"])
     assert init == [("name", "sample(names)"), ("x", "range(2, 5)")]
     assert conditions == ["x != 3"] and answer == "x * 4"
     for seed in range(20):

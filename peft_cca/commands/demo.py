@@ -23,25 +23,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "again: finished stages are skipped and the interrupted one resumes."
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                        help="quick: every stage at small counts, ~15 min on 2 CPU cores; full: the paper's "
-                             "protocol with lambda and lr sweeps and 3 seeds (hours on a CPU)")
-    parser.add_argument("--model", default="smollm2-135m-instruct",
-                        help="offline name (smollm2-135m-instruct, gemma3-270m), HF model id or local path")
-    parser.add_argument("--task", default=DEFAULT_TASK,
-                        help="target task spec, e.g. a reasoning-gym task 'rg:NAME?key=value&...', "
-                             "'gsm-symbolic:main' (hub) or 'gsm-symbolic-file:PATH.jsonl' (see peft-cca localize "
-                             f"--help); default: {DEFAULT_TASK}")
-    parser.add_argument("--retention-tasks", nargs="+", default=list(DEFAULT_RETENTION_TASKS),
-                        help="reasoning-gym tasks the amplified model must not get worse at")
-    parser.add_argument("--method", choices=["branching", "prefix"], default="branching",
-                        help="pivot localization method of stage 1")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="quick",
+        help="quick: every stage at small counts, ~15 min on 2 CPU cores; full: the paper's "
+        "protocol with lambda and lr sweeps and 3 seeds (hours on a CPU)",
+    )
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="offline name (smollm2-135m-instruct, gemma3-270m), HF model id or local path",
+    )
+    parser.add_argument(
+        "--task",
+        default=DEFAULT_TASK,
+        help="target task spec, e.g. a reasoning-gym task 'rg:NAME?key=value&...', "
+        "'gsm-symbolic:main' (hub) or 'gsm-symbolic-file:PATH.jsonl' (see peft-cca localize "
+        f"--help); default: {DEFAULT_TASK}",
+    )
+    parser.add_argument(
+        "--retention-tasks",
+        nargs="+",
+        default=list(DEFAULT_RETENTION_TASKS),
+        help="reasoning-gym tasks the amplified model must not get worse at",
+    )
+    parser.add_argument(
+        "--method", choices=["branching", "prefix"], default="branching", help="pivot localization method of stage 1"
+    )
     group = parser.add_argument_group("counts (override the preset)")
     group.add_argument("--problems", type=int, help="problems drawn from the task")
     group.add_argument("--n-samples", type=int, help="sampled counterfactual traces per problem")
     group.add_argument("--max-new-tokens", type=int, help="generation budget per trace")
     group.add_argument("--lambdas", type=_floats, help="DCM sparsity weights, comma-separated")
     group.add_argument("--dcm-epochs", type=int, help="DCM epochs")
+    group.add_argument("--dcm-lr", type=float, help="DCM Adam learning rate")
     group.add_argument("--lrs", type=_floats, help="CCA learning rates, comma-separated")
     group.add_argument("--steps", type=int, help="CCA full-batch steps")
     group.add_argument("--seeds", type=lambda s: tuple(int(v) for v in s.split(",")), help="CCA seeds, e.g. 0,1,2")
@@ -53,11 +69,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from peft_cca.cli import main as peft_cca
 
-    overrides = {name: getattr(args, name) for name in (
-        "problems", "n_samples", "max_new_tokens", "lambdas", "dcm_epochs", "lrs", "steps", "seeds", "val_limit",
-        "test_limit", "retention_size")}
-    settings = DemoSettings(out=args.out, model=args.model, task=args.task, preset=args.preset,
-                            retention_tasks=tuple(args.retention_tasks), method=args.method, overrides=overrides)
+    overrides = {
+        name: getattr(args, name)
+        for name in (
+            "problems",
+            "n_samples",
+            "max_new_tokens",
+            "lambdas",
+            "dcm_epochs",
+            "dcm_lr",
+            "lrs",
+            "steps",
+            "seeds",
+            "val_limit",
+            "test_limit",
+            "retention_size",
+        )
+    }
+    settings = DemoSettings(
+        out=args.out,
+        model=args.model,
+        task=args.task,
+        preset=args.preset,
+        retention_tasks=tuple(args.retention_tasks),
+        method=args.method,
+        overrides=overrides,
+    )
     report = run_demo(settings, runner=peft_cca, echo=lambda line: print(line, flush=True))
     markdown = report / "report.md"
     if markdown.exists():

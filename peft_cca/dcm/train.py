@@ -5,8 +5,9 @@ clamped to [0, 1] after every step, optional step decay of the learning rate.
 
 Early stopping: the run stops once the selected set (m > 0.5) has not changed for
 ``ceil(early_stop_fraction x batches per epoch)`` consecutive steps. Counting starts only after
-``early_stop_after`` epochs: in the paper form every mask starts at 0, far below the threshold, so
-without a warm-up "nothing selected, unchanged" would stop every run within its first epoch.
+``early_stop_after`` epochs, and only steps whose selection is non-empty count: in the paper form every
+mask starts at 0 and needs at least 0.5 / lr Adam steps to cross the threshold, so "nothing selected,
+unchanged" would otherwise stop every run long before any component could be selected.
 
 Reproducible: the mask starts from a constant and the order of epoch ``e`` is a permutation drawn
 from ``seed + e``, so a resumed run sees exactly the batches an uninterrupted one would.
@@ -174,7 +175,8 @@ def train_mask(
                 optimizer.step()
                 mask.clamp_()
                 current = _selection_key(mask)
-                unchanged = unchanged + 1 if torch.equal(current, previous) else 0
+                # an empty selection is "not yet" (paper-form masks need >= 0.5 / lr steps to reach the threshold)
+                unchanged = unchanged + 1 if torch.equal(current, previous) and bool(current.any()) else 0
                 previous = current
                 epoch_loss.append(loss.item())
                 epoch_diff.append(diff.detach().mean().item())

@@ -59,7 +59,7 @@ def _pivot(prompt: Sequence[int], greedy: Trace, sample: Trace, position: int, s
 def prefix_pivot(prompt: Sequence[int], greedy: Trace, sample: Trace) -> Pivot | None:
     """First token where the two traces differ (token ids of the same tokenizer); None if one is a prefix
     of the other, which happens only when a trace was cut by the token budget."""
-    for position, (g, s) in enumerate(zip(greedy.token_ids, sample.token_ids)):
+    for position, (g, s) in enumerate(zip(greedy.token_ids, sample.token_ids, strict=False)):
         if g != s:
             return _pivot(prompt, greedy, sample, position, s, g)
     return None
@@ -165,7 +165,7 @@ def branching_pivot_fast(
     argmax, cache = _argmax_and_cache(model, list(prompt) + tokens, counter)
     # a[i]: greedy token after P + s[:i]; logits at position len(P)+i-1 predict s[i].
     a = argmax[len(prompt) - 1: len(prompt) - 1 + len(tokens)]
-    divergent = [i for i, (s, g) in enumerate(zip(tokens, a)) if s != g]
+    divergent = [i for i, (s, g) in enumerate(zip(tokens, a, strict=True)) if s != g]
     # The branch of divergent position D[r] leaves s at D[r+1]; past the last one it *is* the sample.
     for begin in range(0, len(divergent), branch_batch):
         batch = divergent[begin:begin + branch_batch]
@@ -176,7 +176,7 @@ def branching_pivot_fast(
                 outcomes[i] = sample.correct
                 continue
             nxt = divergent[r + 1]
-            generated = tokens[:nxt] + [a[nxt]]
+            generated = [*tokens[:nxt], a[nxt]]
             if _ended(tokenizer, generated, settings) or answer_is_final(
                 tokenizer.decode(generated, skip_special_tokens=True)
             ):
@@ -200,7 +200,7 @@ def branching_pivot_fast(
                 counter=counter,
                 counter_kind="fast-branch",
             )
-            for (i, _), out in zip(pending, outs):
+            for (i, _), out in zip(pending, outs, strict=True):
                 outcomes[i] = problem.score(out[0].text)
         for i in batch:
             if outcomes[i] != greedy.correct:

@@ -92,7 +92,7 @@ def _greedy_phase(model, tokenizer, problems: Sequence[Problem], prompts: Sequen
                 continue
             chunk_prompts = prompts[begin:begin + settings.batch_size]
             traces = greedy_traces(model, tokenizer, chunk, chunk_prompts, settings)
-            for problem, prompt, trace in zip(chunk, chunk_prompts, traces):
+            for problem, prompt, trace in zip(chunk, chunk_prompts, traces, strict=True):
                 if problem.id in rows:
                     continue
                 row = {"problem_id": problem.id, "group_id": problem.group_id, "correct": trace.correct,
@@ -132,7 +132,8 @@ def localize(model, tokenizer, problems: Sequence[Problem], config: LocalizeConf
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
 
     writer = DatasetWriter(out_dir)
-    todo = [(p, q) for p, q in zip(problems, prompts) if p.group_id in kept and split_of[p.id] in config.splits]
+    todo = [(p, q) for p, q in zip(problems, prompts, strict=True)
+            if p.group_id in kept and split_of[p.id] in config.splits]
     with tqdm(total=len(todo), desc=f"pivots ({config.method})", unit="problem") as bar:
         for problem, prompt in todo:
             if writer.done(problem.id):

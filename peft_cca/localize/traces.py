@@ -59,7 +59,7 @@ def greedy_traces(
     )
     return [
         Trace(tuple(g[0].token_ids), g[0].text, problem.score(g[0].text))
-        for problem, g in zip(problems, generations)
+        for problem, g in zip(problems, generations, strict=True)
     ]
 
 

@@ -50,57 +50,58 @@ class _Evaluator:
         self.functions = functions
 
     def visit(self, node: ast.AST) -> Any:
-        method = getattr(self, f"_{type(node).__name__}", None)
+        method = getattr(self, f"_{type(node).__name__.lower()}", None)
         if method is None:
             raise UnsafeExpressionError(f"not allowed in a template expression: {type(node).__name__}")
         return _check_size(method(node))
 
-    def _Expression(self, node: ast.Expression) -> Any:
+    def _expression(self, node: ast.Expression) -> Any:
         return self.visit(node.body)
 
-    def _Constant(self, node: ast.Constant) -> Any:
+    def _constant(self, node: ast.Constant) -> Any:
         if not isinstance(node.value, (int, float, str, bool)) or node.value is None:
             raise UnsafeExpressionError(f"constant of type {type(node.value).__name__} not allowed")
         return node.value
 
-    def _Name(self, node: ast.Name) -> Any:
+    def _name(self, node: ast.Name) -> Any:
         if node.id in self.names:
             return self.names[node.id]
         raise UnsafeExpressionError(f"unknown name {node.id!r}")
 
-    def _List(self, node: ast.List) -> list[Any]:
+    def _list(self, node: ast.List) -> list[Any]:
         return [self.visit(e) for e in node.elts]
 
-    def _Tuple(self, node: ast.Tuple) -> tuple[Any, ...]:
+    def _tuple(self, node: ast.Tuple) -> tuple[Any, ...]:
         return tuple(self.visit(e) for e in node.elts)
 
-    def _BinOp(self, node: ast.BinOp) -> Any:
+    def _binop(self, node: ast.BinOp) -> Any:
         op = _BINARY.get(type(node.op))
         if op is None:
             raise UnsafeExpressionError(f"operator {type(node.op).__name__} not allowed")
         left, right = self.visit(node.left), self.visit(node.right)
         if isinstance(node.op, ast.Pow) and (not isinstance(right, (int, float)) or abs(right) > MAX_EXPONENT):
             raise UnsafeExpressionError(f"exponent above {MAX_EXPONENT}")
-        if isinstance(node.op, ast.Mult) and (isinstance(left, (str, list, tuple)) or isinstance(right, (str, list, tuple))):
+        sequences = (str, list, tuple)
+        if isinstance(node.op, ast.Mult) and (isinstance(left, sequences) or isinstance(right, sequences)):
             raise UnsafeExpressionError("sequence repetition not allowed")
         try:
             return op(left, right)
         except (ArithmeticError, TypeError) as error:
             raise UnsafeExpressionError(f"cannot evaluate: {error}") from error
 
-    def _UnaryOp(self, node: ast.UnaryOp) -> Any:
+    def _unaryop(self, node: ast.UnaryOp) -> Any:
         op = _UNARY.get(type(node.op))
         if op is None:
             raise UnsafeExpressionError(f"operator {type(node.op).__name__} not allowed")
         return op(self.visit(node.operand))
 
-    def _BoolOp(self, node: ast.BoolOp) -> Any:
+    def _boolop(self, node: ast.BoolOp) -> Any:
         values = (self.visit(v) for v in node.values)
         return all(values) if isinstance(node.op, ast.And) else any(values)
 
-    def _Compare(self, node: ast.Compare) -> bool:
+    def _compare(self, node: ast.Compare) -> bool:
         left = self.visit(node.left)
-        for op_node, right_node in zip(node.ops, node.comparators):
+        for op_node, right_node in zip(node.ops, node.comparators, strict=True):
             op = _COMPARE.get(type(op_node))
             if op is None:
                 raise UnsafeExpressionError(f"comparison {type(op_node).__name__} not allowed")
@@ -110,10 +111,10 @@ class _Evaluator:
             left = right
         return True
 
-    def _IfExp(self, node: ast.IfExp) -> Any:
+    def _ifexp(self, node: ast.IfExp) -> Any:
         return self.visit(node.body) if self.visit(node.test) else self.visit(node.orelse)
 
-    def _Subscript(self, node: ast.Subscript) -> Any:
+    def _subscript(self, node: ast.Subscript) -> Any:
         container, index = self.visit(node.value), self.visit(node.slice)
         if not isinstance(container, (list, tuple, str, range)) or not isinstance(index, int):
             raise UnsafeExpressionError("only integer indexing of sequences is allowed")
@@ -122,7 +123,7 @@ class _Evaluator:
         except IndexError as error:
             raise UnsafeExpressionError(f"index out of range: {index}") from error
 
-    def _Call(self, node: ast.Call) -> Any:
+    def _call(self, node: ast.Call) -> Any:
         if not isinstance(node.func, ast.Name) or node.func.id not in self.functions:
             raise UnsafeExpressionError(f"call not allowed: {ast.unparse(node.func)}")
         if node.keywords:

@@ -99,7 +99,7 @@ def instantiate(template: dict[str, Any], rng: random.Random) -> tuple[str, Any]
             values[name] = rng.choice(value) if isinstance(value, (range, list, tuple)) else value
         if all(safe_eval(condition, values, functions) for condition in conditions):
             gold = safe_eval(answer, values, functions)
-            text = SLOT.sub(lambda m: _slot_value(values, m.group(1)), question)
+            text = SLOT.sub(lambda m, bound=values: _slot_value(bound, m.group(1)), question)
             return text, gold
     raise TemplateError(f"conditions never satisfied in {MAX_TRIES} draws")
 

@@ -1,0 +1,77 @@
+"""The demo pipeline at a tiny scale on the real offline model: every stage runs and leaves its artifacts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from peft_cca.cli import main as peft_cca
+from peft_cca.demo import PRESETS, DemoSettings, plan, run_demo
+
+TINY = dict(
+    problems=24,
+    n_samples=4,
+    max_new_tokens=32,
+    lambdas=(1e-2,),
+    dcm_epochs=6,
+    dcm_lr=0.2,
+    lrs=(1e-3,),
+    steps=2,
+    seeds=(0,),
+    val_limit=3,
+    test_limit=4,
+    retention_size=2,
+    lora_lrs=(2e-4,),
+    lora_epochs=1,
+)
+
+
+def test_plan_covers_every_stage_for_every_seed(tmp_path):
+    settings = DemoSettings(out=tmp_path, overrides={"seeds": (0, 1)})
+    names = [name for name, _ in plan(settings)]
+    assert names[:3] == ["localize", "circuit", "evaluate-base"]
+    for seed in (0, 1):
+        assert {f"cca-seed{seed}", f"cca-nomask-seed{seed}", f"evaluate-cca-seed{seed}"} <= set(names)
+    assert names[-3:] == ["lora", "evaluate-lora", "compare"]
+    assert settings.counts().seeds == (0, 1)
+    assert settings.counts().steps == PRESETS["quick"].steps
+
+
+def test_finished_stages_are_skipped_on_a_second_run(tmp_path):
+    calls: list[list[str]] = []
+    settings = DemoSettings(out=tmp_path)
+    run_demo(settings, runner=lambda argv: calls.append(argv) or 0, echo=lambda _: None)
+    first = len(calls)
+    assert first == len(plan(settings))
+    run_demo(settings, runner=lambda argv: calls.append(argv) or 0, echo=lambda _: None)
+    assert len(calls) == first
+
+
+def test_a_failing_stage_stops_the_demo_and_is_retried_next_time(tmp_path):
+    settings = DemoSettings(out=tmp_path)
+    with pytest.raises(RuntimeError, match="stage localize failed"):
+        run_demo(settings, runner=lambda argv: 1, echo=lambda _: None)
+    assert not (tmp_path / "stages" / "localize.json").exists()
+
+
+@pytest.mark.integration
+def test_tiny_end_to_end_run_on_smollm2(tmp_path):
+    settings = DemoSettings(out=tmp_path, method="prefix", retention_tasks=("letter_counting",), overrides=TINY)
+    report = run_demo(settings, runner=peft_cca, echo=lambda _: None)
+    records = (tmp_path / "localize" / "records.jsonl").read_text().splitlines()
+    assert records and all(
+        {"prefix_ids", "desired_token_id", "undesired_token_id"} <= json.loads(r).keys() for r in records
+    )
+    circuit = json.loads((tmp_path / "circuit" / "circuit.json").read_text())
+    assert circuit["format"] == "peft-cca/circuit@1"
+    for name in ("cca-seed0", "cca-nomask-seed0", "lora"):
+        assert (tmp_path / name / "adapter" / "adapter_model.safetensors").stat().st_size > 0
+    for name in ("base", "cca-seed0", "cca-nomask-seed0", "lora"):
+        result = json.loads((tmp_path / "eval" / f"{name}.json").read_text())
+        assert 0.0 <= result["test"]["macro"] <= 1.0
+    table = (report / "report.md").read_text()
+    for row in ("Base", "CCA w/ mask", "CCA w/o mask", "LoRA"):
+        assert row in table
+    assert json.loads((report / "report.json").read_text())
+    assert list(report.glob("*.png"))
