@@ -20,8 +20,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from peft_cca import CCAConfig, Circuit, describe
-from peft_cca.models import load_model
 from peft_cca.model import plan_targets
+from peft_cca.models import load_model
 
 
 def realistic_circuit(model, fraction: float, seed: int) -> Circuit:
@@ -102,7 +102,9 @@ def main() -> None:
     print(f"CCA adapter: {cca_bytes:,} bytes; minimum {minimum:,}; LoRA r=16 adapter: {lora_bytes:,} bytes")
     print(f"trainable parameters: CCA {cca.get_nb_trainable_parameters()[0]:,}")
 
-    ids = torch.randint(0, bare.config.vocab_size, (args.batch, args.length), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(
+        0, bare.config.vocab_size, (args.batch, args.length), generator=torch.Generator().manual_seed(1)
+    )
     times = forward_times({"base": bare, "unmerged": cca, "merged": merged}, ids, args.rounds)
     for name, seconds in times.items():
         print(f"forward {name}: {seconds * 1000:.1f} ms (median of {args.rounds})")
