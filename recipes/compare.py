@@ -6,22 +6,9 @@
 Same options as `peft-cca compare`; the work is done by peft_cca.commands.compare.
 """
 
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
 
-from peft_cca.commands import compare as command
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=command.HELP)
-    command.add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return command.run(args)
-
+from peft_cca.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["compare", *sys.argv[1:]]))
