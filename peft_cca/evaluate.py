@@ -90,6 +90,19 @@ def evaluate_exact_match(
     return result
 
 
+def validation_scorer(tokenizer, problems: Sequence[Problem], *, prompt_style: str = DEFAULT_PROMPT_STYLE,
+                      batch_size: int = 16, max_new_tokens: int = 256, what: str = "training"):
+    """``model -> macro exact match on problems``: how CCA and LoRA pick their best step (as the authors do)."""
+    if not problems:
+        raise ValueError(f"{what} needs validation problems (or an evaluate_fn) to pick the best step")
+
+    def score(model: nn.Module) -> float:
+        return evaluate_exact_match(model, tokenizer, problems, prompt_style=prompt_style, batch_size=batch_size,
+                                    max_new_tokens=max_new_tokens)["macro"]
+
+    return score
+
+
 def retention_problems(tasks: Sequence[str] = RETENTION_TASKS, size: int = 50, seed: int = 1234) -> list[Problem]:
     """``size`` reasoning-gym problems per non-target task (each task is one group)."""
     from peft_cca.tasks.sources import load_problems
@@ -214,6 +227,14 @@ def run_problems(run_dir: str | Path, split: str, *, limit: int | None = None) -
         groups = list(groups)
     task_limit = (meta.get("config") or {}).get("limit")
     return split_problems(task, split, seed=seed, groups=groups, limit=limit, task_limit=task_limit)
+
+
+def stage_problems(run_dir: str | Path, split: str, *, task: str | None = None, split_seed: int | None = None,
+                   limit: int | None = None) -> list[Problem]:
+    """``split`` problems of a stage 1 run, or of ``task`` split with ``split_seed`` when a command overrides it."""
+    if task:
+        return split_problems(task, split, seed=split_seed or 0, limit=limit)
+    return run_problems(run_dir, split, limit=limit)
 
 
 def adapter_summary(model: nn.Module) -> dict[str, Any]:

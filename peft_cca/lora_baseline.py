@@ -148,13 +148,10 @@ def lora_sft(
     """
     settings = settings or LoraSettings()
     if evaluate_fn is None:
-        if not val_problems:
-            raise ValueError("lora_sft needs validation problems (or an evaluate_fn) to pick the best step")
-        from peft_cca.evaluate import evaluate_exact_match
+        from peft_cca.evaluate import validation_scorer
 
-        def evaluate_fn(m: nn.Module) -> float:
-            return evaluate_exact_match(m, tokenizer, val_problems, prompt_style=prompt_style,
-                                        batch_size=eval_batch_size, max_new_tokens=max_new_tokens)["macro"]
+        evaluate_fn = validation_scorer(tokenizer, val_problems or [], prompt_style=prompt_style,
+                                        batch_size=eval_batch_size, max_new_tokens=max_new_tokens, what="lora_sft")
 
     dataset = sft_dataset(train_problems, tokenizer, prompt_style)
     runs: list[RunResult] = []

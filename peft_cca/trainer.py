@@ -346,13 +346,10 @@ def amplify(
     records = [r for r in records if split_of(r) == "train"]
     peft_model = wrap(model, circuit, mlp_targets)
     if evaluate_fn is None:
-        if not val_problems:
-            raise ValueError("amplify needs validation problems (or an evaluate_fn) to pick the best step")
-        from peft_cca.evaluate import evaluate_exact_match
+        from peft_cca.evaluate import validation_scorer
 
-        def evaluate_fn(m: nn.Module) -> float:
-            return evaluate_exact_match(m, tokenizer, val_problems, prompt_style=prompt_style,
-                                        batch_size=eval_batch_size, max_new_tokens=max_new_tokens)["macro"]
+        evaluate_fn = validation_scorer(tokenizer, val_problems or [], prompt_style=prompt_style,
+                                        batch_size=eval_batch_size, max_new_tokens=max_new_tokens, what="amplify")
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     runs: list[RunResult] = []

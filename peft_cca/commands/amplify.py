@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from peft_cca.circuit import Circuit
     from peft_cca.dcm.data import load_records
-    from peft_cca.evaluate import run_problems, split_problems
+    from peft_cca.evaluate import stage_problems
     from peft_cca.models import load_model
     from peft_cca.trainer import amplify
 
@@ -43,10 +43,7 @@ def run(args: argparse.Namespace) -> int:
     circuit = Circuit.full(model) if args.no_mask else Circuit.load(args.circuit or args.run / "circuit.json")
     records = load_records(args.run, vocab_size=model.get_input_embeddings().num_embeddings, tokenizer=tokenizer,
                            splits=("train",))
-    if args.task:
-        val = split_problems(args.task, "validation", seed=args.split_seed or 0, limit=args.val_limit)
-    else:
-        val = run_problems(args.run, "validation", limit=args.val_limit)
+    val = stage_problems(args.run, "validation", task=args.task, split_seed=args.split_seed, limit=args.val_limit)
     out = args.out or args.run / ("amplify-nomask" if args.no_mask else "amplify")
     print(f"amplify: {len(records)} records, {len(val)} validation problems, {circuit}")
     result = amplify(

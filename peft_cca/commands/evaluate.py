@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from peft import PeftModel
 
     import peft_cca  # noqa: F401 - registers the "cca" method so CCA adapters load
-    from peft_cca.evaluate import LM_EVAL_TASKS, NEUTRAL_TEXTS, evaluate_model, run_problems, split_problems
+    from peft_cca.evaluate import LM_EVAL_TASKS, NEUTRAL_TEXTS, evaluate_model, stage_problems
     from peft_cca.models import load_model
 
     info = _provenance(args.run, args.adapter)
@@ -64,9 +64,7 @@ def run(args: argparse.Namespace) -> int:
     meta = json.loads((args.run / "meta.json").read_text())
 
     def problems(split: str, limit: int | None) -> list:
-        if args.task:
-            return split_problems(args.task, split, seed=args.split_seed, limit=limit)
-        return run_problems(args.run, split, limit=limit)
+        return stage_problems(args.run, split, task=args.task, split_seed=args.split_seed, limit=limit)
 
     lm_tasks = (args.lm_eval or list(LM_EVAL_TASKS)) if args.lm_eval is not None else None
     limit = int(args.lm_eval_limit) if args.lm_eval_limit and args.lm_eval_limit >= 1 else args.lm_eval_limit

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_cca.evaluate import run_problems, split_problems
+    from peft_cca.evaluate import stage_problems
     from peft_cca.lora_baseline import LoraSettings, lora_sft
     from peft_cca.models import load_model
 
@@ -44,9 +44,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model or meta["model"])
 
     def problems(split: str, limit: int | None) -> list:
-        if args.task:
-            return split_problems(args.task, split, seed=args.split_seed, limit=limit)
-        return run_problems(args.run, split, limit=limit)
+        return stage_problems(args.run, split, task=args.task, split_seed=args.split_seed, limit=limit)
 
     train, val = problems("train", args.train_limit), problems("validation", args.val_limit)
     settings = LoraSettings(rank=args.rank, alpha=args.alpha, dropout=args.dropout, epochs=args.epochs,
