@@ -44,13 +44,13 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # every stage for real at small counts: ~15 minutes on 2 CPU cores
     "quick": Preset(
-        problems=120,
-        n_samples=4,
-        max_new_tokens=48,
+        problems=80,
+        n_samples=3,
+        max_new_tokens=32,
         lambdas=(1e-2,),
         dcm_epochs=10,
         dcm_lr=0.05,
-        lrs=(1e-3, 1e-4),
+        lrs=(1e-2, 1e-3),
         steps=10,
         seeds=(0,),
         val_limit=16,
@@ -101,6 +101,8 @@ def _csv(values: Sequence[float]) -> str:
 def plan(settings: DemoSettings) -> list[tuple[str, list[str]]]:
     """The stage commands, in order, as ``(stage name, peft-cca argv)``."""
     c, out = settings.counts(), settings.out
+    # validation records only serve DCM's choice among several lambdas; each pivot costs generation time
+    splits = ["train", "validation"] if len(c.lambdas) > 1 else ["train"]
     loc = out / "localize"
     common_eval = [
         "--run",
@@ -148,8 +150,7 @@ def plan(settings: DemoSettings) -> list[tuple[str, list[str]]]:
                 "--max-new-tokens",
                 str(c.max_new_tokens),
                 "--splits",
-                "train",
-                "validation",
+                *splits,
                 "--out",
                 str(loc),
             ],
