@@ -23,12 +23,13 @@ import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from torch import nn
 
 from peft_cca.generation import generate, left_pad, pad_token_id
+from peft_cca.tasks import DEFAULT_RETENTION_TASKS
 from peft_cca.tasks.problem import Problem
 from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, encode_prompt, stop_strings
 
 logger = logging.getLogger(__name__)
 
-RETENTION_TASKS: tuple[str, ...] = ("letter_counting", "spell_backward", "syllogism", "family_relationships")
+RETENTION_TASKS: tuple[str, ...] = DEFAULT_RETENTION_TASKS
 LM_EVAL_TASKS: tuple[str, ...] = ("mmlu_stem", "mmlu_humanities", "triviaqa", "truthfulqa_mc2")
 # Plain encyclopedic sentences with no arithmetic: drift here is drift in general language modelling.
 NEUTRAL_TEXTS: tuple[str, ...] = (
