@@ -23,12 +23,19 @@ CONFIG_ORDER = (BASE, "CCA w/ mask", "CCA w/o mask", "LoRA")
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Run JSONs from files, or from folders holding ``eval.json``."""
-    runs = []
+    """Run JSONs from files, from folders holding ``eval.json``, or from folders of run JSONs (``<run>/eval/``)."""
+    files: list[Path] = []
     for path in map(Path, paths):
-        file = path / "eval.json" if path.is_dir() else path
-        runs.append(json.loads(file.read_text()))
-    return runs
+        if not path.is_dir():
+            files.append(path)
+        elif (path / "eval.json").exists():
+            files.append(path / "eval.json")
+        else:
+            found = sorted(path.glob("*.json"))
+            if not found:
+                raise FileNotFoundError(f"{path} holds neither eval.json nor any run JSON")
+            files += found
+    return [json.loads(file.read_text()) for file in files]
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

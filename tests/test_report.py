@@ -73,3 +73,18 @@ def test_compare_command_writes_markdown_json_and_plots(tmp_path):
 def test_write_report_without_a_base_leaves_deltas_empty(tmp_path):
     tables = write_report(RUNS[1:2], tmp_path)
     assert tables["table1"][0]["delta"] is None and tables["table2"] == []
+
+
+def test_load_runs_reads_files_run_folders_and_folders_of_run_jsons(tmp_path):
+    from peft_cca.report import load_runs
+
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "base.json").write_text('{"name": "base"}')
+    (tmp_path / "eval" / "cca.json").write_text('{"name": "cca"}')
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "eval.json").write_text('{"name": "lora"}')
+    names = [r["name"] for r in load_runs([tmp_path / "eval", tmp_path / "lora", tmp_path / "eval" / "cca.json"])]
+    assert names == ["base", "cca", "lora", "cca"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither eval.json"):
+        load_runs([tmp_path / "empty"])
