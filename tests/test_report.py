@@ -86,5 +86,5 @@ def test_load_runs_reads_files_run_folders_and_folders_of_run_jsons(tmp_path):
     names = [r["name"] for r in load_runs([tmp_path / "eval", tmp_path / "lora", tmp_path / "eval" / "cca.json"])]
     assert names == ["base", "cca", "lora", "cca"]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="neither eval.json"):
+    with pytest.raises(FileNotFoundError, match=r"neither eval\.json"):
         load_runs([tmp_path / "empty"])
