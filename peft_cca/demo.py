@@ -9,16 +9,21 @@ writes its dataset incrementally, DCM checkpoints its mask).
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
-import logging
+import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from peft_cca.tasks import DEFAULT_RETENTION_TASKS, DEFAULT_TASK
 
-logger = logging.getLogger(__name__)
+# recorded in demo.json so that a committed result says exactly what produced it
+VERSIONED_PACKAGES = ("peft-cca", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "reasoning-gym")
 
 
 @dataclass(frozen=True)
@@ -258,14 +263,15 @@ def run_demo(settings: DemoSettings, runner: Callable[[list[str]], int], echo: C
     """Run (or resume) every stage; returns the report folder. ``runner`` executes one peft-cca argv."""
     stages_dir = settings.out / "stages"
     stages_dir.mkdir(parents=True, exist_ok=True)
-    (settings.out / "demo.json").write_text(
-        json.dumps(
-            {"settings": {**asdict(settings), "out": str(settings.out)}, "counts": asdict(settings.counts())},
-            indent=2,
-            default=str,
-        )
-        + "\n"
-    )
+    provenance = {
+        "command": " ".join(["peft-cca", *sys.argv[1:]]),
+        "settings": {**asdict(settings), "out": str(settings.out)},
+        "counts": asdict(settings.counts()),
+        "versions": {name: importlib.metadata.version(name) for name in VERSIONED_PACKAGES},
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+    }
+    (settings.out / "demo.json").write_text(json.dumps(provenance, indent=2, default=str) + "\n")
     total = time.perf_counter()
     stages = plan(settings)
     for number, (name, argv) in enumerate(stages, start=1):
