@@ -20,9 +20,9 @@ from peft_cca.tasks.splits import assign_splits, groups_below, split_counts
 DEFAULT_TASK = "rg:chain_sum?min_terms=2&max_terms=2&min_digits=1&max_digits=1&size=200"
 # Reasoning-gym tasks that are not the target skill, for retention: what the amplified model must not forget.
 # Chosen because SmolLM2-135M-Instruct gets some of them right (16 problems, 48 tokens: aiw 25%, number_sequence
-# 25%, products 12%, rectangle_count 6%); on letter_counting, spell_backward, word_sorting, syllogism and
+# 25%, products 12%, gcd 6%); on letter_counting, spell_backward, word_sorting, syllogism and
 # family_relationships it scores 0%, which could never show forgetting.
-DEFAULT_RETENTION_TASKS = ("aiw", "number_sequence", "products", "rectangle_count")
+DEFAULT_RETENTION_TASKS = ("aiw", "number_sequence", "products", "gcd")
 
 __all__ = [
     "DEFAULT_PROMPT_STYLE",
