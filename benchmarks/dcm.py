@@ -82,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="Error-Localization dataset folder (default: build records here)")
     parser.add_argument("--records", type=int, default=16, help="records to build when --data is absent")
-    parser.add_argument("--shots", type=int, default=2, help="few-shot exemplars in the built prompts")
+    parser.add_argument("--shots", type=int, default=8, help="few-shot exemplars per prompt (authors: 8)")
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens generated per built record")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lam", type=float, default=1e-3)
