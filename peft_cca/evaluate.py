@@ -243,8 +243,10 @@ def adapter_summary(model: nn.Module) -> dict[str, Any]:
     config = getattr(model, "peft_config", {}).get("default") if hasattr(model, "peft_config") else None
     if config is None:
         return {"config": "Base", "mask_percent": None, "circuit_counts": None, "circuit_layers": None}
-    if str(config.peft_type) != "CCA":
-        return {"config": "LoRA" if str(config.peft_type) == "LORA" else str(config.peft_type),
+    # PeftType is a str enum: str() gives "PeftType.CCA" on Python 3.11+, its value is "CCA"
+    peft_type = getattr(config.peft_type, "value", config.peft_type)
+    if peft_type != "CCA":
+        return {"config": "LoRA" if peft_type == "LORA" else peft_type,
                 "mask_percent": None, "circuit_counts": None, "circuit_layers": None}
     circuit = config.get_circuit()
     layers = {layer: {kind: len(circuit.selected(int(layer), kind)) for kind in ("q", "k", "v", "mlp")}

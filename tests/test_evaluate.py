@@ -105,3 +105,22 @@ def test_lm_eval_runs_a_local_task_on_a_peft_model(monkeypatch):
     model, tokenizer = perturbed_cca(scale=1.0), tiny_tokenizer()
     result = lm_eval_bridge(model, tokenizer, ["peft_cca_local_qa"], include_path=str(LOCAL_TASKS), batch_size=4)
     assert result["peft_cca_local_qa"]["acc"] == pytest.approx(_own_multiple_choice_accuracy(model, tokenizer))
+
+
+def test_adapter_summary_names_each_configuration(tmp_path):
+    from peft import LoraConfig, PeftModel
+
+    from peft_cca.evaluate import adapter_summary
+
+    assert adapter_summary(tiny_model("llama"))["config"] == "Base"
+    lora = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert adapter_summary(lora)["config"] == "LoRA"
+    base = tiny_model("llama")
+    full = get_peft_model(base, CCAConfig(circuit=Circuit.full(base)))
+    assert adapter_summary(full)["config"] == "CCA w/o mask"
+    base = tiny_model("llama")
+    masked = get_peft_model(base, CCAConfig(circuit=Circuit(describe(base).shape, {0: {"q": [1]}})))
+    masked.save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(tiny_model("llama"), tmp_path)  # peft_type is the enum member here
+    summary = adapter_summary(reloaded)
+    assert summary["config"] == "CCA w/ mask" and summary["circuit_counts"]["q"] == 1
