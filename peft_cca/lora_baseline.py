@@ -9,16 +9,13 @@ attention and MLP projections, AdamW, cosine schedule, 5 warmup steps, weight de
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
@@ -27,7 +24,15 @@ from transformers import PrinterCallback
 from peft_cca.arch import describe
 from peft_cca.tasks.problem import Problem
 from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt
-from peft_cca.trainer import AmplifyResult, BestStepCallback, EvaluateFn, RunResult, load_trainable_state
+from peft_cca.trainer import (
+    AmplifyResult,
+    BestStepCallback,
+    EvaluateFn,
+    RunResult,
+    add_run,
+    load_trainable_state,
+    save_result,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -161,23 +166,13 @@ def lora_sft(
         peft_model = get_peft_model(model, lora_config(model, settings))
         run = train_lora_once(peft_model, tokenizer, dataset, evaluate_fn, lr, settings, seed,
                               evaluate_at_start=base_score is None)
-        base_score = run.base_score if base_score is None else base_score
-        run.base_score = base_score
-        if run.history and run.history[0]["step"] != 0:
-            run.history.insert(0, {"step": 0, "score": base_score})
-        runs.append(run)
+        base_score = add_run(runs, run, base_score)
         logger.info("LoRA lr %g: best validation %.4f at step %d", lr, run.best_score, run.best_step)
         model = peft_model.unload()  # the base model without LoRA layers, weights untouched
     best = max(runs, key=lambda r: r.best_score)
     peft_model = get_peft_model(model, lora_config(model, settings))
     load_trainable_state(peft_model, best.state)
     result = AmplifyResult(model=peft_model, best=best, runs=runs)
-    if output_dir is not None and PartialState().is_main_process:
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        result.adapter_dir = out / "adapter"
-        peft_model.save_pretrained(result.adapter_dir)
-        summary: dict[str, Any] = {**result.to_dict(), "method": "lora", "settings": settings.__dict__}
-        (out / "lora.json").write_text(json.dumps(summary, indent=2) + "\n")
+    save_result(result, output_dir, "lora.json", method="lora", settings=settings.__dict__)
     return result
 

@@ -310,6 +310,27 @@ def train_one(model: nn.Module, records: Sequence[Mapping[str, Any]], evaluate_f
                      history=callback.history, losses=losses, base_score=base, state=callback.best_state)
 
 
+def add_run(runs: list[RunResult], run: RunResult, base_score: float | None) -> float:
+    """Append one lr's run; the untouched model scores the same for every lr, so it is evaluated once."""
+    base_score = run.base_score if base_score is None else base_score
+    run.base_score = base_score
+    if run.history and run.history[0]["step"] != 0:
+        run.history.insert(0, {"step": 0, "score": base_score})
+    runs.append(run)
+    return base_score
+
+
+def save_result(result: AmplifyResult, output_dir: str | Path | None, summary_name: str, **extra: Any) -> None:
+    """``<output_dir>/adapter/`` and the sweep summary, written by the main process only."""
+    if output_dir is None or not PartialState().is_main_process:
+        return
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result.adapter_dir = out / "adapter"
+    result.model.save_pretrained(result.adapter_dir)
+    (out / summary_name).write_text(json.dumps({**result.to_dict(), **extra}, indent=2) + "\n")
+
+
 def wrap(model: nn.Module, circuit: Circuit | None, mlp_targets: Sequence[str] = ("up",)) -> PeftModel:
     """``model`` as a CCA PeftModel (unchanged when it already is a PeftModel)."""
     if isinstance(model, PeftModel):
@@ -358,20 +379,10 @@ def amplify(
         reset_deltas(peft_model)
         run = train_one(peft_model, records, evaluate_fn, lr, pad_id, steps=steps, batch_size=batch_size,
                         optimizer=optimizer, seed=seed, evaluate_at_start=base_score is None)
-        # the untouched model scores the same for every lr: evaluate it once
-        base_score = run.base_score if base_score is None else base_score
-        run.base_score = base_score
-        if run.history and run.history[0]["step"] != 0:
-            run.history.insert(0, {"step": 0, "score": base_score})
-        runs.append(run)
+        base_score = add_run(runs, run, base_score)
         logger.info("lr %g: best validation %.4f at step %d", lr, run.best_score, run.best_step)
     best = max(runs, key=lambda r: r.best_score)  # max keeps the first of equals: the larger lr listed first
     load_trainable_state(peft_model, best.state)
     result = AmplifyResult(model=peft_model, best=best, runs=runs)
-    if output_dir is not None and PartialState().is_main_process:
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        result.adapter_dir = out / "adapter"
-        peft_model.save_pretrained(result.adapter_dir)
-        (out / "amplify.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    save_result(result, output_dir, "amplify.json")
     return result
