@@ -45,7 +45,7 @@ def main() -> None:
     naive_wall = fast_wall = 0.0
     identical = pairs = seen = right = 0
     for begin in range(0, len(problems), settings.batch_size):
-        chunk = problems[begin:begin + settings.batch_size]
+        chunk = problems[begin : begin + settings.batch_size]
         prompts = [encode_prompt(tokenizer, build_prompt(tokenizer, p, "chat")) for p in chunk]
         traces = greedy_traces(model, tokenizer, chunk, prompts, settings)
         for problem, prompt, greedy in zip(chunk, prompts, traces, strict=True):
@@ -68,14 +68,19 @@ def main() -> None:
             fast_tokens += fast_count.total
             naive_wall += middle - start
             fast_wall += end - middle
-            print(f"pair {pairs}: {problem.id} greedy_correct={greedy.correct} sample_len={len(sample.token_ids)} "
-                  f"pivot naive={naive and naive.position} fast={fast and fast.position} tokens "
-                  f"{naive_count.total}/{fast_count.total} wall {middle - start:.2f}s/{end - middle:.2f}s", flush=True)
+            print(
+                f"pair {pairs}: {problem.id} greedy_correct={greedy.correct} sample_len={len(sample.token_ids)} "
+                f"pivot naive={naive and naive.position} fast={fast and fast.position} tokens "
+                f"{naive_count.total}/{fast_count.total} wall {middle - start:.2f}s/{end - middle:.2f}s",
+                flush=True,
+            )
         if pairs >= args.pairs:
             break
     print(f"greedy accuracy on the {seen} problems seen: {right / max(seen, 1):.2f}")
-    print(f"branching_token_ratio={naive_tokens / max(fast_tokens, 1):.1f} "
-          f"wall_ratio={naive_wall / max(fast_wall, 1e-9):.1f} identical_pivots={identical}/{pairs}")
+    print(
+        f"branching_token_ratio={naive_tokens / max(fast_tokens, 1):.1f} "
+        f"wall_ratio={naive_wall / max(fast_wall, 1e-9):.1f} identical_pivots={identical}/{pairs}"
+    )
 
 
 if __name__ == "__main__":

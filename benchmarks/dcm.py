@@ -40,20 +40,34 @@ def build_records(n: int, shots: int, new_tokens: int, seed: int) -> list[dict]:
     for problem in problems:
         prompt_ids = encode_prompt(tokenizer, build_prompt(tokenizer, problem, style="fewshot", shots=shots))
         out = model.generate(
-            torch.tensor([prompt_ids]), max_new_tokens=new_tokens, do_sample=False, output_scores=True,
-            return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id,
+            torch.tensor([prompt_ids]),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=tokenizer.pad_token_id,
         )
-        generated = out.sequences[0, len(prompt_ids):].tolist()
+        generated = out.sequences[0, len(prompt_ids) :].tolist()
         k = rng.randrange(len(generated))
         top2 = out.scores[k][0].topk(2).indices.tolist()
         prefix = prompt_ids + generated[:k]
-        records.append({
-            "problem_id": problem.id, "group_id": problem.group_id, "split": "train", "method": "prefix",
-            "prefix_ids": prefix, "prefix_text": tokenizer.decode(prefix),
-            "desired_token_id": top2[1], "desired_token": tokenizer.decode([top2[1]]),
-            "undesired_token_id": top2[0], "undesired_token": tokenizer.decode([top2[0]]),
-            "correct_trace": "sample", "question": problem.question, "gold_answer": problem.answer,
-        })
+        records.append(
+            {
+                "problem_id": problem.id,
+                "group_id": problem.group_id,
+                "split": "train",
+                "method": "prefix",
+                "prefix_ids": prefix,
+                "prefix_text": tokenizer.decode(prefix),
+                "desired_token_id": top2[1],
+                "desired_token": tokenizer.decode([top2[1]]),
+                "undesired_token_id": top2[0],
+                "undesired_token": tokenizer.decode([top2[0]]),
+                "correct_trace": "sample",
+                "question": problem.question,
+                "gold_answer": problem.answer,
+            }
+        )
     return records
 
 
@@ -66,15 +80,20 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     model, _ = load_model(MODEL)
     records = load_records(args.data, vocab_size=model.get_input_embeddings().num_embeddings, splits=("train",))
-    config = DCMConfig(lam=args.lam, epochs=args.epochs, batch_size=8, seed=0, path=args.worker,
-                       early_stop_fraction=None, lr=args.lr)
+    config = DCMConfig(
+        lam=args.lam, epochs=args.epochs, batch_size=8, seed=0, path=args.worker, early_stop_fraction=None, lr=args.lr
+    )
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     result = train_mask(model, records, config, progress=False)
     seconds = time.perf_counter() - start
     torch.save(result.mask.flat(), Path(args.result) / f"{args.worker}.pt")
-    stats = {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-             "rss_after_load_mb": rss_before / 1024, "selected": len(result.circuit)}
+    stats = {
+        "seconds": seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_after_load_mb": rss_before / 1024,
+        "selected": len(result.circuit),
+    }
     (Path(args.result) / f"{args.worker}.json").write_text(json.dumps(stats))
 
 
@@ -86,8 +105,12 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens generated per built record")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lam", type=float, default=1e-3)
-    parser.add_argument("--lr", type=float, default=0.1,
-                        help="higher than the paper's 5e-3 so that masks cross 0.5 within 5 short epochs")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=0.1,
+        help="higher than the paper's 5e-3 so that masks cross 0.5 within 5 short epochs",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--worker", choices=("fast", "full"), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -102,23 +125,45 @@ def main() -> None:
             records = build_records(args.records, args.shots, args.new_tokens, seed=0)
             (Path(tmp) / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         lengths = [len(json.loads(line)["prefix_ids"]) for line in (Path(data) / "records.jsonl").open()]
-        print(f"records: {len(lengths)}, prefix tokens min/mean/max: {min(lengths)}/"
-              f"{sum(lengths) / len(lengths):.0f}/{max(lengths)}", flush=True)
+        print(
+            f"records: {len(lengths)}, prefix tokens min/mean/max: {min(lengths)}/"
+            f"{sum(lengths) / len(lengths):.0f}/{max(lengths)}",
+            flush=True,
+        )
         stats = {}
         for path in ("full", "fast"):
-            cmd = [sys.executable, __file__, "--worker", path, "--result", tmp, "--data", data,
-                   "--epochs", str(args.epochs), "--lam", str(args.lam), "--lr", str(args.lr),
-                   "--threads", str(args.threads)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                path,
+                "--result",
+                tmp,
+                "--data",
+                data,
+                "--epochs",
+                str(args.epochs),
+                "--lam",
+                str(args.lam),
+                "--lr",
+                str(args.lr),
+                "--threads",
+                str(args.threads),
+            ]
             subprocess.run(cmd, check=True)
             stats[path] = json.loads((Path(tmp) / f"{path}.json").read_text())
-            print(f"{path:>4}: {stats[path]['seconds']:.1f} s, peak RSS {stats[path]['peak_rss_mb']:.0f} MB "
-                  f"(after model load {stats[path]['rss_after_load_mb']:.0f} MB), selected {stats[path]['selected']}",
-                  flush=True)
+            print(
+                f"{path:>4}: {stats[path]['seconds']:.1f} s, peak RSS {stats[path]['peak_rss_mb']:.0f} MB "
+                f"(after model load {stats[path]['rss_after_load_mb']:.0f} MB), selected {stats[path]['selected']}",
+                flush=True,
+            )
         fast, full = torch.load(Path(tmp) / "fast.pt"), torch.load(Path(tmp) / "full.pt")
     agreement = ((fast > 0.5) == (full > 0.5)).float().mean().item()
     print(f"max |mask_fast - mask_full| = {(fast - full).abs().max().item():.2e} over {fast.numel()} components")
-    print(f"dcm_speedup={stats['full']['seconds'] / stats['fast']['seconds']:.2f} mask_agreement={agreement:.4f} "
-          f"peak_rss_ratio={stats['fast']['peak_rss_mb'] / stats['full']['peak_rss_mb']:.3f}")
+    print(
+        f"dcm_speedup={stats['full']['seconds'] / stats['fast']['seconds']:.2f} mask_agreement={agreement:.4f} "
+        f"peak_rss_ratio={stats['fast']['peak_rss_mb'] / stats['full']['peak_rss_mb']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -90,8 +90,10 @@ def measure(variant: str, model_name: str, fraction: float, batch: int, length: 
     generator = torch.Generator().manual_seed(seed)
     vocab = model.get_input_embeddings().num_embeddings
     ids = torch.randint(0, vocab, (batch + 1, length), generator=generator).tolist()
-    records = [{"prefix_ids": ids[i], "desired_token_id": ids[-1][i], "undesired_token_id": ids[-1][i + 1]}
-               for i in range(batch)]
+    records = [
+        {"prefix_ids": ids[i], "desired_token_id": ids[-1][i], "undesired_token_id": ids[-1][i + 1]}
+        for i in range(batch)
+    ]
     inputs = PivotCollator(tokenizer.pad_token_id)(records)
     resettable = _reset_peak()
     loss = -logit_difference(model, inputs).mean()
@@ -99,8 +101,12 @@ def measure(variant: str, model_name: str, fraction: float, batch: int, length: 
     optimizer.step()
     peak = _peak_rss_bytes()
     grad_bytes = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
-    state_bytes = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
-                      if torch.is_tensor(t) and t.dim() > 0)
+    state_bytes = sum(
+        t.numel() * t.element_size()
+        for s in optimizer.state.values()
+        for t in s.values()
+        if torch.is_tensor(t) and t.dim() > 0
+    )
     return {
         "variant": variant,
         "trainable_params": sum(p.numel() for p in params),
@@ -128,20 +134,29 @@ def main() -> None:
         return
     results = {}
     for variant in VARIANTS:
-        options = {"--model": args.model, "--fraction": args.fraction, "--batch": args.batch, "--length": args.length,
-                   "--seed": args.seed}
+        options = {
+            "--model": args.model,
+            "--fraction": args.fraction,
+            "--batch": args.batch,
+            "--length": args.length,
+            "--seed": args.seed,
+        }
         command = [sys.executable, __file__, "--variant", variant, *(str(x) for kv in options.items() for x in kv)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             sys.exit(f"variant {variant} failed:\n{done.stderr[-3000:]}")
         results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
     cca = results["cca"]
-    print(f"circuit: {cca['circuit_percent']:.3f}% of components, {cca['circuit_params']:,} weights; "
-          f"one AdamW step, batch {args.batch} x {args.length} tokens")
+    print(
+        f"circuit: {cca['circuit_percent']:.3f}% of components, {cca['circuit_params']:,} weights; "
+        f"one AdamW step, batch {args.batch} x {args.length} tokens"
+    )
     print(f"{'variant':<8} {'trainable':>12} {'grad+state MB':>14} {'peak RSS MB':>12}")
     for variant, r in results.items():
-        print(f"{variant:<8} {r['trainable_params']:>12,} {r['grad_state_bytes'] / 2**20:>14.1f} "
-              f"{r['peak_rss_bytes'] / 2**20:>12.1f}")
+        print(
+            f"{variant:<8} {r['trainable_params']:>12,} {r['grad_state_bytes'] / 2**20:>14.1f} "
+            f"{r['peak_rss_bytes'] / 2**20:>12.1f}"
+        )
     minimum = cca["circuit_params"] * 4 * (1 + ADAMW_STATES)
     w = cca["grad_state_bytes"] / minimum
     x = cca["peak_rss_bytes"] / results["dense"]["peak_rss_bytes"]

@@ -69,16 +69,24 @@ def evaluate_exact_match(
     inputs = [encode_prompt(tokenizer, build_prompt(tokenizer, p, prompt_style)) for p in problems]
     was_training = model.training
     model.eval()
-    outputs = generate(model, tokenizer, inputs, max_new_tokens=max_new_tokens, stop_strings=stop_strings(prompt_style),
-                       stop_when_final=True, batch_size=batch_size)
+    outputs = generate(
+        model,
+        tokenizer,
+        inputs,
+        max_new_tokens=max_new_tokens,
+        stop_strings=stop_strings(prompt_style),
+        stop_when_final=True,
+        batch_size=batch_size,
+    )
     model.train(was_training)
     correct: dict[str, list[bool]] = defaultdict(list)
     completions = []
     for problem, (generation,) in zip(problems, outputs, strict=True):
         ok = problem.score(generation.text)
         correct[problem.group_id].append(ok)
-        completions.append({"id": problem.id, "group_id": problem.group_id, "completion": generation.text,
-                            "correct": ok})
+        completions.append(
+            {"id": problem.id, "group_id": problem.group_id, "completion": generation.text, "correct": ok}
+        )
     groups = {g: {"accuracy": sum(v) / len(v), "n": len(v)} for g, v in sorted(correct.items())}
     result: dict[str, Any] = {
         "macro": sum(g["accuracy"] for g in groups.values()) / len(groups),
@@ -91,15 +99,23 @@ def evaluate_exact_match(
     return result
 
 
-def validation_scorer(tokenizer, problems: Sequence[Problem], *, prompt_style: str = DEFAULT_PROMPT_STYLE,
-                      batch_size: int = 16, max_new_tokens: int = 256, what: str = "training"):
+def validation_scorer(
+    tokenizer,
+    problems: Sequence[Problem],
+    *,
+    prompt_style: str = DEFAULT_PROMPT_STYLE,
+    batch_size: int = 16,
+    max_new_tokens: int = 256,
+    what: str = "training",
+):
     """``model -> macro exact match on problems``: how CCA and LoRA pick their best step (as the authors do)."""
     if not problems:
         raise ValueError(f"{what} needs validation problems (or an evaluate_fn) to pick the best step")
 
     def score(model: nn.Module) -> float:
-        return evaluate_exact_match(model, tokenizer, problems, prompt_style=prompt_style, batch_size=batch_size,
-                                    max_new_tokens=max_new_tokens)["macro"]
+        return evaluate_exact_match(
+            model, tokenizer, problems, prompt_style=prompt_style, batch_size=batch_size, max_new_tokens=max_new_tokens
+        )["macro"]
 
     return score
 
@@ -111,8 +127,16 @@ def retention_problems(tasks: Sequence[str] = RETENTION_TASKS, size: int = 50, s
     return [p for task in tasks for p in load_problems(f"rg:{task}?size={size}&seed={seed}")]
 
 
-def retention(model: nn.Module, tokenizer, tasks: Sequence[str] = RETENTION_TASKS, *, size: int = 50,
-              seed: int = 1234, problems: Sequence[Problem] | None = None, **kwargs: Any) -> dict[str, Any]:
+def retention(
+    model: nn.Module,
+    tokenizer,
+    tasks: Sequence[str] = RETENTION_TASKS,
+    *,
+    size: int = 50,
+    seed: int = 1234,
+    problems: Sequence[Problem] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
     """Exact match per non-target task (``groups``) and their macro average; kwargs go to exact match."""
     problems = retention_problems(tasks, size, seed) if problems is None else problems
     return evaluate_exact_match(model, tokenizer, problems, **kwargs)
@@ -126,8 +150,14 @@ def _next_token_logprobs(model: nn.Module, input_ids: torch.Tensor, mask: torch.
 
 
 @torch.no_grad()
-def kl_drift(model: nn.Module, tokenizer, texts: Sequence[str] = NEUTRAL_TEXTS, *,
-             base_model: nn.Module | None = None, batch_size: int = 8) -> float:
+def kl_drift(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str] = NEUTRAL_TEXTS,
+    *,
+    base_model: nn.Module | None = None,
+    batch_size: int = 8,
+) -> float:
     """Mean over all text positions of KL(base || updated) between next-token distributions.
 
     Without ``base_model``, ``model`` must be a PeftModel: the base is the same model with adapters
@@ -141,7 +171,7 @@ def kl_drift(model: nn.Module, tokenizer, texts: Sequence[str] = NEUTRAL_TEXTS, 
     total, count = 0.0, 0
     encoded = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
     for begin in range(0, len(encoded), batch_size):
-        input_ids, mask = left_pad(encoded[begin:begin + batch_size], pad_token_id(tokenizer))
+        input_ids, mask = left_pad(encoded[begin : begin + batch_size], pad_token_id(tokenizer))
         input_ids, mask = input_ids.to(device), mask.to(device)
         updated = _next_token_logprobs(model, input_ids, mask)
         if base_model is None:
@@ -176,8 +206,15 @@ def lm_eval_bridge(
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     manager = TaskManager(include_path=include_path) if include_path else TaskManager()
-    output = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit, num_fewshot=num_fewshot,
-                             log_samples=False, bootstrap_iters=0)
+    output = simple_evaluate(
+        model=lm,
+        tasks=list(tasks),
+        task_manager=manager,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        log_samples=False,
+        bootstrap_iters=0,
+    )
     # lm-eval keys metrics as "<metric>,<filter>"; keep the metric name and drop the stderr entries
     return {
         task: {
@@ -189,8 +226,15 @@ def lm_eval_bridge(
     }
 
 
-def split_problems(task: str, split: str, *, seed: int = 0, groups: Collection[str] | None = None,
-                   limit: int | None = None, task_limit: int | None = None) -> list[Problem]:
+def split_problems(
+    task: str,
+    split: str,
+    *,
+    seed: int = 0,
+    groups: Collection[str] | None = None,
+    limit: int | None = None,
+    task_limit: int | None = None,
+) -> list[Problem]:
     """The problems of ``split`` for a task spec, split exactly as stage 1 splits them (seeded, per group).
 
     ``task_limit`` must be the ``--limit`` stage 1 used: splits are drawn per group from the problems loaded,
@@ -230,8 +274,9 @@ def run_problems(run_dir: str | Path, split: str, *, limit: int | None = None) -
     return split_problems(task, split, seed=seed, groups=groups, limit=limit, task_limit=task_limit)
 
 
-def stage_problems(run_dir: str | Path, split: str, *, task: str | None = None, split_seed: int | None = None,
-                   limit: int | None = None) -> list[Problem]:
+def stage_problems(
+    run_dir: str | Path, split: str, *, task: str | None = None, split_seed: int | None = None, limit: int | None = None
+) -> list[Problem]:
     """``split`` problems of a stage 1 run, or of ``task`` split with ``split_seed`` when a command overrides it."""
     if task:
         return split_problems(task, split, seed=split_seed or 0, limit=limit)
@@ -246,11 +291,17 @@ def adapter_summary(model: nn.Module) -> dict[str, Any]:
     # PeftType is a str enum: str() gives "PeftType.CCA" on Python 3.11+, its value is "CCA"
     peft_type = getattr(config.peft_type, "value", config.peft_type)
     if peft_type != "CCA":
-        return {"config": "LoRA" if peft_type == "LORA" else peft_type,
-                "mask_percent": None, "circuit_counts": None, "circuit_layers": None}
+        return {
+            "config": "LoRA" if peft_type == "LORA" else peft_type,
+            "mask_percent": None,
+            "circuit_counts": None,
+            "circuit_layers": None,
+        }
     circuit = config.get_circuit()
-    layers = {layer: {kind: len(circuit.selected(int(layer), kind)) for kind in ("q", "k", "v", "mlp")}
-              for layer in map(str, range(circuit.shape.num_layers))}
+    layers = {
+        layer: {kind: len(circuit.selected(int(layer), kind)) for kind in ("q", "k", "v", "mlp")}
+        for layer in map(str, range(circuit.shape.num_layers))
+    }
     return {
         "config": "CCA w/o mask" if circuit.fraction == 1.0 else "CCA w/ mask",
         "mask_percent": 100.0 * circuit.fraction,

@@ -90,10 +90,8 @@ class _RowStops(StoppingCriteria):
                 continue
             stop = new >= self.budgets[row]
             if not stop and (self.stop_strings or self.stop_when is not None):
-                text = self.tokenizer.decode(input_ids[row, self.completion_starts[row]:], skip_special_tokens=True)
-                stop = cut_at_stop(text, self.stop_strings)[1] or (
-                    self.stop_when is not None and self.stop_when(text)
-                )
+                text = self.tokenizer.decode(input_ids[row, self.completion_starts[row] :], skip_special_tokens=True)
+                stop = cut_at_stop(text, self.stop_strings)[1] or (self.stop_when is not None and self.stop_when(text))
             if stop:
                 self.stopped_at[row] = min(new, self.budgets[row])
                 done[row] = True
@@ -107,8 +105,8 @@ def left_pad(inputs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.LongTe
     mask = torch.zeros((len(inputs), width), dtype=torch.long)
     for row, ids in enumerate(inputs):
         if ids:
-            input_ids[row, width - len(ids):] = torch.tensor(list(ids), dtype=torch.long)
-            mask[row, width - len(ids):] = 1
+            input_ids[row, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
+            mask[row, width - len(ids) :] = 1
     return input_ids, mask
 
 
@@ -151,7 +149,7 @@ def generate(
     device = next(model.parameters()).device
     results: list[list[Generation]] = []
     for batch_index, begin in enumerate(range(0, len(inputs), batch_size)):
-        batch = inputs[begin:begin + batch_size]
+        batch = inputs[begin : begin + batch_size]
         input_ids, mask = left_pad(batch, pad_id)
         width = input_ids.shape[1]
         # Every row is expanded num_samples times by generate; the per-row lists follow that order.
@@ -192,7 +190,7 @@ def generate(
             new = new[:length]
             if tokenizer.eos_token_id in new:
                 new = new[: new.index(tokenizer.eos_token_id) + 1]
-            completion = list(inputs[i][starts[i]:]) + new
+            completion = list(inputs[i][starts[i] :]) + new
             text = cut_at_stop(tokenizer.decode(completion, skip_special_tokens=True), stop_strings)[0]
             per_input.append(Generation(token_ids=new, text=text))
             prefill += len(inputs[i]) - (cached - (width - len(inputs[i])) if cached else 0)

@@ -66,9 +66,9 @@ def gold_completion(problem: Problem) -> str:
 
 def sft_dataset(problems: Sequence[Problem], tokenizer, prompt_style: str = DEFAULT_PROMPT_STYLE) -> Dataset:
     """Prompt/completion rows: TRL masks the prompt out of the loss for this form."""
-    return Dataset.from_list([
-        {"prompt": build_prompt(tokenizer, p, prompt_style), "completion": gold_completion(p)} for p in problems
-    ])
+    return Dataset.from_list(
+        [{"prompt": build_prompt(tokenizer, p, prompt_style), "completion": gold_completion(p)} for p in problems]
+    )
 
 
 def lora_target_modules(model: nn.Module) -> list[str]:
@@ -79,8 +79,13 @@ def lora_target_modules(model: nn.Module) -> list[str]:
 
 
 def lora_config(model: nn.Module, settings: LoraSettings) -> LoraConfig:
-    return LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                      target_modules=lora_target_modules(model), task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=lora_target_modules(model),
+        task_type="CAUSAL_LM",
+    )
 
 
 def _sft_config(output_dir: str, lr: float, settings: LoraSettings, seed: int):
@@ -115,21 +120,41 @@ def _sft_config(output_dir: str, lr: float, settings: LoraSettings, seed: int):
     return config
 
 
-def train_lora_once(peft_model: PeftModel, tokenizer, dataset: Dataset, evaluate_fn: EvaluateFn, lr: float,
-                    settings: LoraSettings, seed: int = 0, evaluate_at_start: bool = True) -> RunResult:
+def train_lora_once(
+    peft_model: PeftModel,
+    tokenizer,
+    dataset: Dataset,
+    evaluate_fn: EvaluateFn,
+    lr: float,
+    settings: LoraSettings,
+    seed: int = 0,
+    evaluate_at_start: bool = True,
+) -> RunResult:
     """One SFT run at ``lr``; the best validation step's LoRA weights are left loaded."""
     from trl import SFTTrainer
 
     callback = BestStepCallback(evaluate_fn, (), evaluate_at_start=evaluate_at_start, every=settings.eval_every)
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = SFTTrainer(model=peft_model, args=_sft_config(scratch, lr, settings, seed), train_dataset=dataset,
-                             processing_class=tokenizer, callbacks=[callback])
+        trainer = SFTTrainer(
+            model=peft_model,
+            args=_sft_config(scratch, lr, settings, seed),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[callback],
+        )
         trainer.remove_callback(PrinterCallback)
         trainer.train()
     losses = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
     base = callback.history[0]["score"] if evaluate_at_start and callback.history else None
-    return RunResult(lr=lr, best_step=int(callback.best_step), best_score=callback.best_score,
-                     history=callback.history, losses=losses, base_score=base, state=callback.best_state)
+    return RunResult(
+        lr=lr,
+        best_step=int(callback.best_step),
+        best_score=callback.best_score,
+        history=callback.history,
+        losses=losses,
+        base_score=base,
+        state=callback.best_state,
+    )
 
 
 def lora_sft(
@@ -155,8 +180,14 @@ def lora_sft(
     if evaluate_fn is None:
         from peft_cca.evaluate import validation_scorer
 
-        evaluate_fn = validation_scorer(tokenizer, val_problems or [], prompt_style=prompt_style,
-                                        batch_size=eval_batch_size, max_new_tokens=max_new_tokens, what="lora_sft")
+        evaluate_fn = validation_scorer(
+            tokenizer,
+            val_problems or [],
+            prompt_style=prompt_style,
+            batch_size=eval_batch_size,
+            max_new_tokens=max_new_tokens,
+            what="lora_sft",
+        )
 
     dataset = sft_dataset(train_problems, tokenizer, prompt_style)
     runs: list[RunResult] = []
@@ -164,8 +195,9 @@ def lora_sft(
     for lr in lrs:
         torch.manual_seed(seed)  # the same LoRA initialisation for every lr
         peft_model = get_peft_model(model, lora_config(model, settings))
-        run = train_lora_once(peft_model, tokenizer, dataset, evaluate_fn, lr, settings, seed,
-                              evaluate_at_start=base_score is None)
+        run = train_lora_once(
+            peft_model, tokenizer, dataset, evaluate_fn, lr, settings, seed, evaluate_at_start=base_score is None
+        )
         base_score = add_run(runs, run, base_score)
         logger.info("LoRA lr %g: best validation %.4f at step %d", lr, run.best_score, run.best_step)
         model = peft_model.unload()  # the base model without LoRA layers, weights untouched
@@ -175,4 +207,3 @@ def lora_sft(
     result = AmplifyResult(model=peft_model, best=best, runs=runs)
     save_result(result, output_dir, "lora.json", method="lora", settings=settings.__dict__)
     return result
-

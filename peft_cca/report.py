@@ -83,16 +83,18 @@ def table1(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         mean, std = _mean_std([r["test"]["macro"] for r in members])
         masks = [r["mask_percent"] for r in members if r.get("mask_percent") is not None]
         sizes = [r["dataset_size"] for r in members if r.get("dataset_size") is not None]
-        rows.append({
-            "config": key[0],
-            "method": key[1],
-            "seeds": len(members),
-            "dataset_size": statistics.fmean(sizes) if sizes else None,
-            "mask_percent": statistics.fmean(masks) if masks else None,
-            "test_mean": mean,
-            "test_std": std,
-            "delta": None if base is None else mean - base,
-        })
+        rows.append(
+            {
+                "config": key[0],
+                "method": key[1],
+                "seeds": len(members),
+                "dataset_size": statistics.fmean(sizes) if sizes else None,
+                "mask_percent": statistics.fmean(masks) if masks else None,
+                "test_mean": mean,
+                "test_std": std,
+                "delta": None if base is None else mean - base,
+            }
+        )
     return rows
 
 
@@ -126,8 +128,11 @@ def table7(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if run.get("circuit_counts"):
             groups[_key(run)].append(run["circuit_counts"])
     return [
-        {"config": key[0], "method": key[1],
-         **{kind: statistics.fmean(c.get(kind, 0) for c in counts) for kind in COMPONENT_KINDS}}
+        {
+            "config": key[0],
+            "method": key[1],
+            **{kind: statistics.fmean(c.get(kind, 0) for c in counts) for kind in COMPONENT_KINDS},
+        }
         for key, counts in sorted(groups.items(), key=lambda item: _order(item[0]))
     ]
 
@@ -147,23 +152,42 @@ def _markdown(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 def render_markdown(tables: Mapping[str, list[dict[str, Any]]]) -> str:
     t1 = _markdown(
         ["Configuration", "Localization", "Dataset size", "% Mask", "Test accuracy (%)", "Δ"],
-        ([r["config"], r["method"], _fmt(r["dataset_size"], digits=0), _fmt(r["mask_percent"], digits=3),
-          f"{_fmt(r['test_mean'], 100)} ± {_fmt(r['test_std'], 100)}", _fmt(r["delta"], 100, signed=True)]
-         for r in tables["table1"]),
+        (
+            [
+                r["config"],
+                r["method"],
+                _fmt(r["dataset_size"], digits=0),
+                _fmt(r["mask_percent"], digits=3),
+                f"{_fmt(r['test_mean'], 100)} ± {_fmt(r['test_std'], 100)}",
+                _fmt(r["delta"], 100, signed=True),
+            ]
+            for r in tables["table1"]
+        ),
     )
     parts = ["## Table 1: target task (test split, macro exact match)", t1]
     if tables["table2"]:
         names = list(tables["table2"][0]["base"])
         t2 = _markdown(
             ["Configuration", "Localization", *names],
-            ([r["config"], r["method"], *(_fmt(r["delta"].get(n), 100, 2, True) if "KL" not in n
-                                           else _fmt(r["delta"].get(n), 1, 4, True) for n in names)]
-             for r in tables["table2"]),
+            (
+                [
+                    r["config"],
+                    r["method"],
+                    *(
+                        _fmt(r["delta"].get(n), 100, 2, True) if "KL" not in n else _fmt(r["delta"].get(n), 1, 4, True)
+                        for n in names
+                    ),
+                ]
+                for r in tables["table2"]
+            ),
         )
         base = tables["table2"][0]["base"]
         base_line = ", ".join(f"{n} {_fmt(v, 1, 4) if 'KL' in n else _fmt(v, 100)}" for n, v in base.items())
-        parts += ["## Table 2: change on general abilities vs the base model (points; KL in nats)",
-                  f"Base: {base_line}", t2]
+        parts += [
+            "## Table 2: change on general abilities vs the base model (points; KL in nats)",
+            f"Base: {base_line}",
+            t2,
+        ]
     if tables["table7"]:
         t7 = _markdown(
             ["Configuration", "Localization", "Query heads", "Key heads", "Value heads", "MLP neurons"],

@@ -55,8 +55,11 @@ def as_row(record: Mapping[str, Any] | Any) -> dict[str, Any]:
     """The training fields of a record: a JSON dict of records.jsonl or a ``peft_cca.dcm.data.Record``."""
     if isinstance(record, Mapping):
         return {name: record[name] for name in RECORD_FIELDS}
-    return {"prefix_ids": list(record.prefix_ids), "desired_token_id": record.desired,
-            "undesired_token_id": record.undesired}
+    return {
+        "prefix_ids": list(record.prefix_ids),
+        "desired_token_id": record.desired,
+        "undesired_token_id": record.undesired,
+    }
 
 
 def split_of(record: Mapping[str, Any] | Any) -> str:
@@ -123,8 +126,14 @@ class CCATrainer(Trainer):
 
     loss_is_scaled_for_ga = True
 
-    def __init__(self, model: nn.Module, args: TrainingArguments, records: Iterable[Mapping[str, Any]],
-                 pad_token_id: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        args: TrainingArguments,
+        records: Iterable[Mapping[str, Any]],
+        pad_token_id: int,
+        **kwargs: Any,
+    ) -> None:
         records = list(records)
         per_round = args.per_device_train_batch_size * args.world_size
         args.gradient_accumulation_steps = max(1, math.ceil(len(records) / per_round))
@@ -139,8 +148,13 @@ class CCATrainer(Trainer):
         # order is irrelevant to a full-batch gradient; sequential keeps every process's shard fixed
         return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
 
-    def compute_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict]:
         diff = logit_difference(model, inputs)
         # sum / N on each process, x processes because DDP averages: the gradient is the exact dataset mean
         scale = self.accelerator.num_processes / self.train_dataset.num_records
@@ -148,8 +162,15 @@ class CCATrainer(Trainer):
         return (loss, {"logit_difference": diff}) if return_outputs else loss
 
 
-def cca_training_arguments(output_dir: str | Path, lr: float, steps: int = DEFAULT_STEPS, batch_size: int = 8,
-                           optimizer: str = "sgd", seed: int = 0, **overrides: Any) -> TrainingArguments:
+def cca_training_arguments(
+    output_dir: str | Path,
+    lr: float,
+    steps: int = DEFAULT_STEPS,
+    batch_size: int = 8,
+    optimizer: str = "sgd",
+    seed: int = 0,
+    **overrides: Any,
+) -> TrainingArguments:
     """The authors' setting: constant lr, no warmup, no weight decay, no clipping, ``steps`` full-batch steps."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose from {sorted(OPTIMIZERS)}")
@@ -207,8 +228,14 @@ class BestStepCallback(TrainerCallback):
     scheduled step reached, the final weights are kept.
     """
 
-    def __init__(self, evaluate_fn: EvaluateFn, schedule: Iterable[int], evaluate_at_start: bool = True,
-                 save_dir: str | Path | None = None, every: int | None = None) -> None:
+    def __init__(
+        self,
+        evaluate_fn: EvaluateFn,
+        schedule: Iterable[int],
+        evaluate_at_start: bool = True,
+        save_dir: str | Path | None = None,
+        every: int | None = None,
+    ) -> None:
         self.evaluate_fn = evaluate_fn
         self.schedule = set(schedule)
         self.every = every
@@ -293,21 +320,40 @@ class AmplifyResult:
         }
 
 
-def train_one(model: nn.Module, records: Sequence[Mapping[str, Any]], evaluate_fn: EvaluateFn, lr: float,
-              pad_token_id: int, *, steps: int = DEFAULT_STEPS, batch_size: int = 8, optimizer: str = "sgd",
-              seed: int = 0, output_dir: str | Path | None = None, schedule: Iterable[int] | None = None,
-              evaluate_at_start: bool = True) -> RunResult:
+def train_one(
+    model: nn.Module,
+    records: Sequence[Mapping[str, Any]],
+    evaluate_fn: EvaluateFn,
+    lr: float,
+    pad_token_id: int,
+    *,
+    steps: int = DEFAULT_STEPS,
+    batch_size: int = 8,
+    optimizer: str = "sgd",
+    seed: int = 0,
+    output_dir: str | Path | None = None,
+    schedule: Iterable[int] | None = None,
+    evaluate_at_start: bool = True,
+) -> RunResult:
     """Train ``model``'s trainable weights from their current values at one ``lr``; leaves the best step loaded."""
-    callback = BestStepCallback(evaluate_fn, eval_schedule(steps) if schedule is None else schedule,
-                                evaluate_at_start=evaluate_at_start)
+    callback = BestStepCallback(
+        evaluate_fn, eval_schedule(steps) if schedule is None else schedule, evaluate_at_start=evaluate_at_start
+    )
     with tempfile.TemporaryDirectory() as scratch:
         args = cca_training_arguments(output_dir or scratch, lr, steps, batch_size, optimizer, seed)
         trainer = CCATrainer(model, args, records, pad_token_id, callbacks=[callback])
         trainer.train()
     losses = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
     base = callback.history[0]["score"] if evaluate_at_start and callback.history else None
-    return RunResult(lr=lr, best_step=int(callback.best_step), best_score=callback.best_score,
-                     history=callback.history, losses=losses, base_score=base, state=callback.best_state)
+    return RunResult(
+        lr=lr,
+        best_step=int(callback.best_step),
+        best_score=callback.best_score,
+        history=callback.history,
+        losses=losses,
+        base_score=base,
+        state=callback.best_state,
+    )
 
 
 def add_run(runs: list[RunResult], run: RunResult, base_score: float | None) -> float:
@@ -369,16 +415,32 @@ def amplify(
     if evaluate_fn is None:
         from peft_cca.evaluate import validation_scorer
 
-        evaluate_fn = validation_scorer(tokenizer, val_problems or [], prompt_style=prompt_style,
-                                        batch_size=eval_batch_size, max_new_tokens=max_new_tokens, what="amplify")
+        evaluate_fn = validation_scorer(
+            tokenizer,
+            val_problems or [],
+            prompt_style=prompt_style,
+            batch_size=eval_batch_size,
+            max_new_tokens=max_new_tokens,
+            what="amplify",
+        )
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     runs: list[RunResult] = []
     base_score: float | None = None
     for lr in lrs:
         reset_deltas(peft_model)
-        run = train_one(peft_model, records, evaluate_fn, lr, pad_id, steps=steps, batch_size=batch_size,
-                        optimizer=optimizer, seed=seed, evaluate_at_start=base_score is None)
+        run = train_one(
+            peft_model,
+            records,
+            evaluate_fn,
+            lr,
+            pad_id,
+            steps=steps,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            seed=seed,
+            evaluate_at_start=base_score is None,
+        )
         base_score = add_run(runs, run, base_score)
         logger.info("lr %g: best validation %.4f at step %d", lr, run.best_score, run.best_step)
     best = max(runs, key=lambda r: r.best_score)  # max keeps the first of equals: the larger lr listed first

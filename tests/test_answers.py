@@ -27,8 +27,14 @@ def test_first_answer_is_wins():
 
 @pytest.mark.parametrize(
     ("text", "gold", "right"),
-    [("The answer is 8.", "8", True), ("The answer is 8.0", "8", True), ("The answer is 9.", "8", False),
-     ("garbage \x00 ### ∞", "8", False), ("The answer is 1,000.", "1000", True), ("8", "not a number", False)],
+    [
+        ("The answer is 8.", "8", True),
+        ("The answer is 8.0", "8", True),
+        ("The answer is 9.", "8", False),
+        ("garbage \x00 ### ∞", "8", False),
+        ("The answer is 1,000.", "1000", True),
+        ("8", "not a number", False),
+    ],
 )
 def test_score_numeric(text, gold, right):
     assert score_numeric(text, gold) is right
@@ -36,8 +42,14 @@ def test_score_numeric(text, gold, right):
 
 @pytest.mark.parametrize(
     ("text", "final"),
-    [("The answer is 12", False), ("The answer is 12.", False), ("The answer is 12. ", True),
-     ("The answer is 12\n", True), ("The answer is 12.5 ", False), ("It is 12. ", False)],
+    [
+        ("The answer is 12", False),
+        ("The answer is 12.", False),
+        ("The answer is 12. ", True),
+        ("The answer is 12\n", True),
+        ("The answer is 12.5 ", False),
+        ("It is 12. ", False),
+    ],
 )
 def test_answer_is_final(text, final):
     assert answer_is_final(text) is final

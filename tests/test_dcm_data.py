@@ -32,8 +32,14 @@ def _write(tmp_path, records, meta=None):
 
 
 def _record(ids=(1, 2, 3, 4), desired=5, undesired=6, **extra):
-    return {"prefix_ids": list(ids), "desired_token_id": desired, "undesired_token_id": undesired,
-            "split": "train", "problem_id": "p0", **extra}
+    return {
+        "prefix_ids": list(ids),
+        "desired_token_id": desired,
+        "undesired_token_id": undesired,
+        "split": "train",
+        "problem_id": "p0",
+        **extra,
+    }
 
 
 def test_loads_valid_records(tmp_path):

@@ -27,8 +27,9 @@ CONFIGS = {
     "qwen2": lambda: Qwen2Config(**COMMON, num_key_value_heads=2),
     # head_dim 24 != 64 / 4, and a sliding window shorter than the prefixes
     "gemma2": lambda: Gemma2Config(**COMMON, num_key_value_heads=2, head_dim=24, sliding_window=4),
-    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_inner=96, bos_token_id=0,
-                               eos_token_id=0),
+    "gpt2": lambda: GPT2Config(
+        vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_inner=96, bos_token_id=0, eos_token_id=0
+    ),
     "gpt_neox": lambda: GPTNeoXConfig(**COMMON),
     "phi3": lambda: Phi3Config(**COMMON, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2),
 }

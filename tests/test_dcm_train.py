@@ -51,8 +51,9 @@ def test_lambda_zero_keeps_helpers_lambda_large_selects_nothing():
 def test_mask_is_clamped_after_every_step():
     model = tiny_model("llama")
     records = random_records(8, tokens=(3, 5))
-    result = train_mask(model, records, DCMConfig(lam=0.0, lr=2.0, epochs=2, batch_size=4,
-                                                  early_stop_fraction=None), progress=False)
+    result = train_mask(
+        model, records, DCMConfig(lam=0.0, lr=2.0, epochs=2, batch_size=4, early_stop_fraction=None), progress=False
+    )
     flat = result.mask.flat()
     assert flat.min() >= 0.0 and flat.max() <= 1.0
     assert (flat == 1.0).any()  # a 2.0 step would overshoot without the clamp
@@ -83,8 +84,16 @@ def test_an_empty_selection_never_stops_the_run_early():
 def test_resume_continues_exactly(tmp_path):
     model = tiny_model("llama")
     records = random_records(8, tokens=(3, 5))
-    config = DCMConfig(lam=0.01, lr=0.05, epochs=4, batch_size=4, early_stop_fraction=None, checkpoint_every=2,
-                       decay_every=1, decay_gamma=0.7)
+    config = DCMConfig(
+        lam=0.01,
+        lr=0.05,
+        epochs=4,
+        batch_size=4,
+        early_stop_fraction=None,
+        checkpoint_every=2,
+        decay_every=1,
+        decay_gamma=0.7,
+    )
     whole = train_mask(model, records, config, progress=False)
     first = DCMConfig(**{**config.__dict__, "epochs": 2})
     train_mask(model, records, first, out_dir=tmp_path, progress=False)

@@ -28,14 +28,20 @@ def update() -> dict[str, torch.Tensor]:
     from peft_cca.trainer import train_one, trainable_state
 
     rng = random.Random(0)
-    records = [{"prefix_ids": [rng.randrange(4, VOCAB) for _ in range(rng.randrange(3, 9))],
-                "desired_token_id": rng.randrange(4, VOCAB), "undesired_token_id": rng.randrange(4, VOCAB)}
-               for _ in range(RECORDS)]
+    records = [
+        {
+            "prefix_ids": [rng.randrange(4, VOCAB) for _ in range(rng.randrange(3, 9))],
+            "desired_token_id": rng.randrange(4, VOCAB),
+            "undesired_token_id": rng.randrange(4, VOCAB),
+        }
+        for _ in range(RECORDS)
+    ]
     model = tiny_model("llama")
     circuit = Circuit(describe(model).shape, {0: {"q": [1], "k": [0]}, 1: {"mlp": [2, 7]}})
     peft_model = get_peft_model(model, CCAConfig(circuit=circuit))
-    train_one(peft_model, records, lambda _m: 0.0, LR, pad_token_id=2, steps=STEPS, batch_size=BATCH,
-              evaluate_at_start=False)
+    train_one(
+        peft_model, records, lambda _m: 0.0, LR, pad_token_id=2, steps=STEPS, batch_size=BATCH, evaluate_at_start=False
+    )
     return trainable_state(peft_model)
 
 
@@ -48,9 +54,17 @@ def _free_port() -> int:
 def test_two_processes_match_one(tmp_path):
     out = tmp_path / "ddp.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "recipes" / "accelerate" / "ddp_cpu.yaml"), "--main_process_port", str(_free_port()),
-               str(Path(__file__)), str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "recipes" / "accelerate" / "ddp_cpu.yaml"),
+        "--main_process_port",
+        str(_free_port()),
+        str(Path(__file__)),
+        str(out),
+    ]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     distributed = torch.load(out)

@@ -41,10 +41,12 @@ def test_exact_match_is_macro_over_groups_and_uses_the_problem_scorer():
         return True
 
     problems = [Problem(id="a0", group_id="a", question="1+1?", answer="2", scorer=right)]
-    problems += [Problem(id=f"b{i}", group_id="b", question=f"{i}?", answer="x", scorer=lambda _: False)
-                 for i in range(3)]
-    result = evaluate_exact_match(tiny_model("llama"), tokenizer, problems, max_new_tokens=3, batch_size=2,
-                                  return_completions=True)
+    problems += [
+        Problem(id=f"b{i}", group_id="b", question=f"{i}?", answer="x", scorer=lambda _: False) for i in range(3)
+    ]
+    result = evaluate_exact_match(
+        tiny_model("llama"), tokenizer, problems, max_new_tokens=3, batch_size=2, return_completions=True
+    )
     assert result["groups"] == {"a": {"accuracy": 1.0, "n": 1}, "b": {"accuracy": 0.0, "n": 3}}
     assert result["macro"] == pytest.approx(0.5)
     assert result["micro"] == pytest.approx(0.25)
@@ -54,11 +56,14 @@ def test_exact_match_is_macro_over_groups_and_uses_the_problem_scorer():
 def test_exact_match_is_the_same_in_any_batch_size():
     tokenizer = tiny_tokenizer()
     model = tiny_model("llama")
-    problems = [Problem(id=f"p{i}", group_id="g", question=f"What is {i} + {i}?", answer=str(2 * i))
-                for i in range(5)]
+    problems = [Problem(id=f"p{i}", group_id="g", question=f"What is {i} + {i}?", answer=str(2 * i)) for i in range(5)]
     texts = [
-        [c["completion"] for c in evaluate_exact_match(model, tokenizer, problems, max_new_tokens=6, batch_size=b,
-                                                       return_completions=True)["completions"]]
+        [
+            c["completion"]
+            for c in evaluate_exact_match(
+                model, tokenizer, problems, max_new_tokens=6, batch_size=b, return_completions=True
+            )["completions"]
+        ]
         for b in (1, 5)
     ]
     assert texts[0] == texts[1]
@@ -76,8 +81,9 @@ def test_kl_drift_is_zero_for_the_base_and_positive_after_an_update():
 
 
 def test_retention_scores_each_non_target_task():
-    result = retention(tiny_model("llama"), tiny_tokenizer(), ("letter_counting", "spell_backward"), size=2,
-                       max_new_tokens=2)
+    result = retention(
+        tiny_model("llama"), tiny_tokenizer(), ("letter_counting", "spell_backward"), size=2, max_new_tokens=2
+    )
     assert set(result["groups"]) == {"letter_counting", "spell_backward"}
     assert result["n"] == 4
 

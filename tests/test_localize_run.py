@@ -11,13 +11,27 @@ from peft_cca.localize.dataset import load_dataset
 from peft_cca.localize.run import LocalizeConfig, localize
 from peft_cca.tasks.problem import Problem
 
-CONFIG = LocalizeConfig(task="test", max_new_tokens=12, n_samples=6, batch_size=3, splits=("train", "validation",
-                        "test"), max_group_accuracy=1.01)
+CONFIG = LocalizeConfig(
+    task="test",
+    max_new_tokens=12,
+    n_samples=6,
+    batch_size=3,
+    splits=("train", "validation", "test"),
+    max_group_accuracy=1.01,
+)
 
 
 def _problems() -> list[Problem]:
-    return [Problem(id=f"p{i}", group_id=f"g{i % 2}", question=f"question {i}?", answer="0",
-                    scorer=lambda text: sum(map(ord, text)) % 2 == 0) for i in range(7)]
+    return [
+        Problem(
+            id=f"p{i}",
+            group_id=f"g{i % 2}",
+            question=f"question {i}?",
+            answer="0",
+            scorer=lambda text: sum(map(ord, text)) % 2 == 0,
+        )
+        for i in range(7)
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,9 @@ from tiny_tokenizer import tiny_tokenizer
 from peft_cca.lora_baseline import LoraSettings, _sft_config, lora_config, lora_sft, sft_dataset
 from peft_cca.tasks.problem import Problem
 
-PROBLEMS = [Problem(id=f"p{i}", group_id=f"g{i % 2}", question=f"What is {i} + 2?", answer=str(i + 2))
-            for i in range(6)]
+PROBLEMS = [
+    Problem(id=f"p{i}", group_id=f"g{i % 2}", question=f"What is {i} + 2?", answer=str(i + 2)) for i in range(6)
+]
 
 
 def test_prompt_tokens_are_masked_from_the_loss(tmp_path):
@@ -23,8 +24,12 @@ def test_prompt_tokens_are_masked_from_the_loss(tmp_path):
     dataset = sft_dataset(PROBLEMS[:2], tokenizer)
     assert dataset[0]["completion"] == "The answer is 2."
     peft_model = __import__("peft").get_peft_model(model, lora_config(model, LoraSettings()))
-    trainer = SFTTrainer(model=peft_model, args=_sft_config(str(tmp_path), 1e-3, LoraSettings(per_device_batch=2), 0),
-                         train_dataset=dataset, processing_class=tokenizer)
+    trainer = SFTTrainer(
+        model=peft_model,
+        args=_sft_config(str(tmp_path), 1e-3, LoraSettings(per_device_batch=2), 0),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     for row in range(2):
         labels = batch["labels"][row]
@@ -43,8 +48,9 @@ def test_lora_recipe_runs_steps_and_keeps_the_best(tmp_path):
         return next(scores)
 
     settings = LoraSettings(per_device_batch=2, effective_batch=4, max_steps=2, eval_every=1)
-    result = lora_sft(model, tokenizer, PROBLEMS, lrs=(1e-2, 1e-3), settings=settings, evaluate_fn=scripted,
-                      output_dir=tmp_path)
+    result = lora_sft(
+        model, tokenizer, PROBLEMS, lrs=(1e-2, 1e-3), settings=settings, evaluate_fn=scripted, output_dir=tmp_path
+    )
     assert [[h["step"] for h in r.history] for r in result.runs] == [[0, 1, 2], [0, 1, 2]]
     assert (result.best.lr, result.best.best_step) == (1e-2, 2)
     best = snapshots[2]

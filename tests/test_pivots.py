@@ -20,8 +20,9 @@ def lm():
 
 def _problem(name: str) -> Problem:
     # correctness depends on the whole completion, so flips can happen anywhere in a trace
-    return Problem(id=name, group_id="g", question="q", answer="0",
-                   scorer=lambda text: text.count("a") + text.count("e") >= 2)
+    return Problem(
+        id=name, group_id="g", question="q", answer="0", scorer=lambda text: text.count("a") + text.count("e") >= 2
+    )
 
 
 def test_prefix_pivot_on_constructed_traces():
@@ -41,9 +42,17 @@ def _oracle(model, tokenizer, problem, prompt, greedy, sample):
     for j in range(1, len(sample.token_ids) + 1):
         head = list(sample.token_ids[:j])
         done = head[-1] == tokenizer.eos_token_id or j >= SETTINGS.max_new_tokens
-        text = tokenizer.decode(head, skip_special_tokens=True) if done else generate(
-            model, tokenizer, [list(prompt) + head], max_new_tokens=SETTINGS.max_new_tokens - j,
-            completion_starts=[len(prompt)])[0][0].text
+        text = (
+            tokenizer.decode(head, skip_special_tokens=True)
+            if done
+            else generate(
+                model,
+                tokenizer,
+                [list(prompt) + head],
+                max_new_tokens=SETTINGS.max_new_tokens - j,
+                completion_starts=[len(prompt)],
+            )[0][0].text
+        )
         if problem.score(text) != greedy.correct:
             return j - 1
     return None
@@ -61,8 +70,9 @@ def test_naive_and_fast_branching_agree_with_the_oracle(lm):
             continue
         naive_count, fast_count = TokenCounter(), TokenCounter()
         naive = branching_pivot_naive(model, tokenizer, problem, prompt, greedy, sample, SETTINGS, naive_count)
-        fast = branching_pivot_fast(model, tokenizer, problem, prompt, greedy, sample, SETTINGS, fast_count,
-                                    branch_batch=3)
+        fast = branching_pivot_fast(
+            model, tokenizer, problem, prompt, greedy, sample, SETTINGS, fast_count, branch_batch=3
+        )
         assert naive == fast
         assert fast.position == _oracle(model, tokenizer, problem, prompt, greedy, sample)
         # the pivot token is where the sample left the greedy argmax, and it is oriented by correctness
@@ -96,7 +106,13 @@ def test_cached_generation_equals_plain_generation(lm):
     trace = greedy_traces(model, tokenizer, [_problem("c")], [prompt], SETTINGS)[0].token_ids
     _, cache = _argmax_and_cache(model, list(prompt) + list(trace), None)
     inputs = [list(prompt) + list(trace[:3]), list(prompt) + list(trace[:7])]
-    cached = generate(model, tokenizer, inputs, max_new_tokens=6, past_key_values=_branch_cache(cache, [
-        len(i) - 1 for i in inputs]), batch_size=2)
+    cached = generate(
+        model,
+        tokenizer,
+        inputs,
+        max_new_tokens=6,
+        past_key_values=_branch_cache(cache, [len(i) - 1 for i in inputs]),
+        batch_size=2,
+    )
     plain = [generate(model, tokenizer, [i], max_new_tokens=6)[0] for i in inputs]
     assert [c[0].token_ids for c in cached] == [p[0].token_ids for p in plain]

@@ -12,22 +12,46 @@ from peft_cca.report import table1, table2, table7, write_report
 
 def run(name, config, test, seed=0, method="prefix", retention=0.5, kl=0.0, counts=None, curve=None):
     return {
-        "name": name, "config": config, "method": None if config == "Base" else method, "seed": seed,
-        "dataset_size": 40, "mask_percent": 1.5 if counts else None, "circuit_counts": counts,
+        "name": name,
+        "config": config,
+        "method": None if config == "Base" else method,
+        "seed": seed,
+        "dataset_size": 40,
+        "mask_percent": 1.5 if counts else None,
+        "circuit_counts": counts,
         "circuit_layers": {"0": counts, "1": {"q": 0, "k": 0, "v": 0, "mlp": 1}} if counts else None,
-        "num_layers": 2, "test": {"macro": test},
-        "general": {"retention": {"macro": retention, "groups": {"letter_counting": {"accuracy": retention}}},
-                    "kl": kl},
+        "num_layers": 2,
+        "test": {"macro": test},
+        "general": {
+            "retention": {"macro": retention, "groups": {"letter_counting": {"accuracy": retention}}},
+            "kl": kl,
+        },
         "curves": [{"lr": 1e-3, "history": curve}] if curve else [],
     }
 
 
 RUNS = [
     run("base", "Base", 0.30),
-    run("cca-s0", "CCA w/ mask", 0.40, seed=0, retention=0.45, kl=0.01, counts={"q": 2, "k": 1, "v": 1, "mlp": 10},
-        curve=[{"step": 0, "score": 0.3}, {"step": 2, "score": 0.5}]),
-    run("cca-s1", "CCA w/ mask", 0.50, seed=1, retention=0.55, kl=0.03, counts={"q": 4, "k": 1, "v": 3, "mlp": 20},
-        curve=[{"step": 0, "score": 0.3}, {"step": 2, "score": 0.4}]),
+    run(
+        "cca-s0",
+        "CCA w/ mask",
+        0.40,
+        seed=0,
+        retention=0.45,
+        kl=0.01,
+        counts={"q": 2, "k": 1, "v": 1, "mlp": 10},
+        curve=[{"step": 0, "score": 0.3}, {"step": 2, "score": 0.5}],
+    ),
+    run(
+        "cca-s1",
+        "CCA w/ mask",
+        0.50,
+        seed=1,
+        retention=0.55,
+        kl=0.03,
+        counts={"q": 4, "k": 1, "v": 3, "mlp": 20},
+        curve=[{"step": 0, "score": 0.3}, {"step": 2, "score": 0.4}],
+    ),
     run("lora", "LoRA", 0.20, retention=0.3, kl=0.2),
 ]
 

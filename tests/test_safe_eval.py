@@ -11,9 +11,15 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 @pytest.mark.parametrize(
     ("expression", "names", "value"),
-    [("x + y * 2", {"x": 1, "y": 3}, 7), ("(x + y) % 2 == 0", {"x": 1, "y": 3}, True),
-     ("a if x > 2 else b", {"x": 3, "a": "yes", "b": "no"}, "yes"), ("max(x, 4) // 3", {"x": 10}, 3),
-     ("2 ** 10", {}, 1024), ("[1, 2, 3][1]", {}, 2), ("not x < 1 and x != 5", {"x": 2}, True)],
+    [
+        ("x + y * 2", {"x": 1, "y": 3}, 7),
+        ("(x + y) % 2 == 0", {"x": 1, "y": 3}, True),
+        ("a if x > 2 else b", {"x": 3, "a": "yes", "b": "no"}, "yes"),
+        ("max(x, 4) // 3", {"x": 10}, 3),
+        ("2 ** 10", {}, 1024),
+        ("[1, 2, 3][1]", {}, 2),
+        ("not x < 1 and x != 5", {"x": 2}, True),
+    ],
 )
 def test_valid_expressions(expression, names, value):
     assert safe_eval(expression, names, {"max": max}) == value
@@ -44,8 +50,10 @@ def test_hostile_expressions_are_refused(expression):
 
 
 def test_template_parse_and_instantiate():
-    template = {"question_annotated": "{name,Ann} has {x,3} cats.\n#init:\n- name = sample(names)\n"
-                "- $x = range(2, 5)\n#conditions:\n- x != 3\n#answer: x * 4"}
+    template = {
+        "question_annotated": "{name,Ann} has {x,3} cats.\n#init:\n- name = sample(names)\n"
+        "- $x = range(2, 5)\n#conditions:\n- x != 3\n#answer: x * 4"
+    }
     _, init, conditions, answer = parse_template(template["question_annotated"])
     assert init == [("name", "sample(names)"), ("x", "range(2, 5)")]
     assert conditions == ["x != 3"] and answer == "x * 4"

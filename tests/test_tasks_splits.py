@@ -5,8 +5,11 @@ from peft_cca.tasks.splits import assign_splits, groups_below, split_counts
 
 
 def _problems(groups: int, per_group: int) -> list[Problem]:
-    return [Problem(id=f"{g}:{i}", group_id=str(g), question="q", answer="1")
-            for g in range(groups) for i in range(per_group)]
+    return [
+        Problem(id=f"{g}:{i}", group_id=str(g), question="q", answer="1")
+        for g in range(groups)
+        for i in range(per_group)
+    ]
 
 
 def test_gsm_symbolic_counts():

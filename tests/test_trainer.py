@@ -84,8 +84,7 @@ def test_full_batch_accumulation_equals_one_big_batch(batch_size):
     expected = {n: -p.grad for n, p in reference.named_parameters() if p.requires_grad}
 
     model, _ = cca_model()
-    train_one(model, data, constant, lr=1.0, pad_token_id=PAD, steps=1, batch_size=batch_size,
-              evaluate_at_start=False)
+    train_one(model, data, constant, lr=1.0, pad_token_id=PAD, steps=1, batch_size=batch_size, evaluate_at_start=False)
     after = trainable_state(model)  # SGD with lr 1 from zero: the deltas are minus the gradient
     assert set(after) == set(expected)
     for name, value in expected.items():
@@ -126,8 +125,13 @@ def test_best_step_is_the_one_restored(tmp_path):
     callback = BestStepCallback(scripted, eval_schedule(10), save_dir=tmp_path / "adapter")
     from peft_cca.trainer import CCATrainer, cca_training_arguments
 
-    trainer = CCATrainer(model, cca_training_arguments(tmp_path / "out", lr=0.5, steps=10, batch_size=4),
-                         records(4), PAD, callbacks=[callback])
+    trainer = CCATrainer(
+        model,
+        cca_training_arguments(tmp_path / "out", lr=0.5, steps=10, batch_size=4),
+        records(4),
+        PAD,
+        callbacks=[callback],
+    )
     trainer.train()
     assert callback.best_step == 6
     at_step_6, at_step_10 = snapshots[3], snapshots[5]
@@ -145,8 +149,9 @@ def test_amplify_sweeps_and_saves_the_best_run(tmp_path):
     model = tiny_model("llama")
     circuit = Circuit(describe(model).shape, {1: {"k": [0], "mlp": [1, 2]}})
     val = [Problem(id=f"p{i}", group_id=f"g{i % 2}", question=f"{i}+1?", answer=str(i + 1)) for i in range(4)]
-    result = amplify(model, tokenizer, records(3), circuit, val, lrs=(1e-2, 1e-3), steps=2, max_new_tokens=3,
-                     output_dir=tmp_path)
+    result = amplify(
+        model, tokenizer, records(3), circuit, val, lrs=(1e-2, 1e-3), steps=2, max_new_tokens=3, output_dir=tmp_path
+    )
     assert [r.lr for r in result.runs] == [1e-2, 1e-3]
     assert all(r.history[0]["step"] == 0 and r.history[-1]["step"] == 2 for r in result.runs)
     saved = json.loads((tmp_path / "amplify.json").read_text())

@@ -21,9 +21,11 @@ def test_amplify_on_smollm2_raises_the_logit_difference(tmp_path):
         model, tokenizer = load_model("smollm2-135m-instruct")
     except MissingModelPackageError as err:
         pytest.skip(str(err))
-    questions = [("Tom has 3 apples and buys 4 more. How many apples does he have?", "7"),
-                 ("A box holds 5 pens. How many pens are in 2 boxes?", "10"),
-                 ("Sara had 9 coins and lost 2. How many coins are left?", "7")]
+    questions = [
+        ("Tom has 3 apples and buys 4 more. How many apples does he have?", "7"),
+        ("A box holds 5 pens. How many pens are in 2 boxes?", "10"),
+        ("Sara had 9 coins and lost 2. How many coins are left?", "7"),
+    ]
     records = []
     for question, answer in questions:
         prefix = encode_prompt(tokenizer, build_prompt(tokenizer, question)) + tokenizer.encode("The answer is ")
@@ -36,8 +38,9 @@ def test_amplify_on_smollm2_raises_the_logit_difference(tmp_path):
     batch = PivotCollator(tokenizer.pad_token_id)(records)
     with torch.no_grad():
         before = logit_difference(model, batch).mean()
-    result = amplify(model, tokenizer, records, circuit, val, lrs=(1e-2,), steps=2, max_new_tokens=8,
-                     output_dir=tmp_path)
+    result = amplify(
+        model, tokenizer, records, circuit, val, lrs=(1e-2,), steps=2, max_new_tokens=8, output_dir=tmp_path
+    )
     with torch.no_grad():
         after = logit_difference(result.model, batch).mean()
     assert after > before

@@ -41,16 +41,28 @@ def run(args: argparse.Namespace) -> int:
     meta = json.loads((args.run / "meta.json").read_text())
     model, tokenizer = load_model(args.model or meta["model"])
     circuit = Circuit.full(model) if args.no_mask else Circuit.load(args.circuit or args.run / "circuit.json")
-    records = load_records(args.run, vocab_size=model.get_input_embeddings().num_embeddings, tokenizer=tokenizer,
-                           splits=("train",))
+    records = load_records(
+        args.run, vocab_size=model.get_input_embeddings().num_embeddings, tokenizer=tokenizer, splits=("train",)
+    )
     val = stage_problems(args.run, "validation", task=args.task, split_seed=args.split_seed, limit=args.val_limit)
     out = args.out or args.run / ("amplify-nomask" if args.no_mask else "amplify")
     print(f"amplify: {len(records)} records, {len(val)} validation problems, {circuit}")
     result = amplify(
-        model, tokenizer, records, circuit, val, lrs=args.lr, steps=args.steps, optimizer=args.optimizer,
-        batch_size=args.batch_size, mlp_targets=args.mlp_targets,
-        prompt_style=args.prompt_style or meta.get("prompt_style", "chat"), max_new_tokens=args.max_new_tokens,
-        eval_batch_size=args.eval_batch_size, output_dir=out, seed=args.seed,
+        model,
+        tokenizer,
+        records,
+        circuit,
+        val,
+        lrs=args.lr,
+        steps=args.steps,
+        optimizer=args.optimizer,
+        batch_size=args.batch_size,
+        mlp_targets=args.mlp_targets,
+        prompt_style=args.prompt_style or meta.get("prompt_style", "chat"),
+        max_new_tokens=args.max_new_tokens,
+        eval_batch_size=args.eval_batch_size,
+        output_dir=out,
+        seed=args.seed,
     )
     print(f"{'lr':>8}  {'base':>6}  {'best':>6}  step")
     for r in result.runs:

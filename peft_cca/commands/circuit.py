@@ -28,38 +28,77 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "also sweep.json and one sub-folder per lambda, and circuit.json is the chosen one."
     )
     parser.add_argument("--data", required=True, help="Error-Localization dataset folder (records.jsonl, meta.json)")
-    parser.add_argument("--model", default="smollm2-135m-instruct",
-                        help="offline model name, HF id or local path (default: %(default)s)")
-    parser.add_argument("--lambda", dest="lambdas", type=_lambdas, default=[1e-2],
-                        help="sparsity weight, or a comma list to sweep, e.g. 1e-3,1e-2,1e-1 (default: 1e-2). "
-                        "A sweep picks the sparsest circuit within 90%% of the best validation gain")
-    parser.add_argument("--form", choices=("paper", "authors"), default="paper",
-                        help="paper: h -> (1+m)h, m starts at 0; authors: h -> 2mh, m starts at 1 (0.5 = identity). "
-                        "Selected means m > 0.5 in both (default: %(default)s)")
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="offline model name, HF id or local path (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lambda",
+        dest="lambdas",
+        type=_lambdas,
+        default=[1e-2],
+        help="sparsity weight, or a comma list to sweep, e.g. 1e-3,1e-2,1e-1 (default: 1e-2). "
+        "A sweep picks the sparsest circuit within 90%% of the best validation gain",
+    )
+    parser.add_argument(
+        "--form",
+        choices=("paper", "authors"),
+        default="paper",
+        help="paper: h -> (1+m)h, m starts at 0; authors: h -> 2mh, m starts at 1 (0.5 = identity). "
+        "Selected means m > 0.5 in both (default: %(default)s)",
+    )
     parser.add_argument("--epochs", type=int, default=50, help="training epochs (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="records per step (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate (default: %(default)s)")
-    parser.add_argument("--decay-every", type=int, default=None,
-                        help="multiply the lr by --decay-gamma every N epochs (default: constant lr)")
+    parser.add_argument(
+        "--decay-every",
+        type=int,
+        default=None,
+        help="multiply the lr by --decay-gamma every N epochs (default: constant lr)",
+    )
     parser.add_argument("--decay-gamma", type=float, default=0.5, help="step decay factor (default: %(default)s)")
-    parser.add_argument("--early-stop", type=float, default=0.2,
-                        help="stop when the selected set is unchanged for this fraction of an epoch's batches; "
-                        "0 disables (default: %(default)s)")
+    parser.add_argument(
+        "--early-stop",
+        type=float,
+        default=0.2,
+        help="stop when the selected set is unchanged for this fraction of an epoch's batches; "
+        "0 disables (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the batch order (default: %(default)s)")
-    parser.add_argument("--path", choices=("fast", "full"), default="fast",
-                        help="fast: cache the prefix keys/values once and run the last token only (exact); "
-                        "full: run whole prefixes every step (the slow reference) (default: %(default)s)")
-    parser.add_argument("--cache-budget-mb", type=float, default=2048.0,
-                        help="memory for the prefix cache of the fast path; past it records go to --overflow "
-                        "(default: %(default)s)")
-    parser.add_argument("--overflow", choices=("spill", "recompute"), default="spill",
-                        help="what to do with records past the cache budget: spill to disk or recompute their "
-                        "prefix each time (default: %(default)s)")
-    parser.add_argument("--checkpoint-every", type=int, default=5,
-                        help="save the mask and optimizer every N epochs (default: %(default)s)")
+    parser.add_argument(
+        "--path",
+        choices=("fast", "full"),
+        default="fast",
+        help="fast: cache the prefix keys/values once and run the last token only (exact); "
+        "full: run whole prefixes every step (the slow reference) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cache-budget-mb",
+        type=float,
+        default=2048.0,
+        help="memory for the prefix cache of the fast path; past it records go to --overflow (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--overflow",
+        choices=("spill", "recompute"),
+        default="spill",
+        help="what to do with records past the cache budget: spill to disk or recompute their "
+        "prefix each time (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=5,
+        help="save the mask and optimizer every N epochs (default: %(default)s)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
-    parser.add_argument("--attn-implementation", choices=("eager", "sdpa"), default=None,
-                        help="attention kernel to load the model with (default: the model's own)")
+    parser.add_argument(
+        "--attn-implementation",
+        choices=("eager", "sdpa"),
+        default=None,
+        help="attention kernel to load the model with (default: the model's own)",
+    )
     parser.add_argument("--out", required=True, help="output folder")
 
 
@@ -80,10 +119,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {args.data} has no records in the train split")
         return 2
     config = DCMConfig(
-        form=args.form, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        decay_every=args.decay_every, decay_gamma=args.decay_gamma,
-        early_stop_fraction=args.early_stop or None, checkpoint_every=args.checkpoint_every,
-        path=args.path, cache_budget_mb=args.cache_budget_mb, overflow=args.overflow,
+        form=args.form,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        decay_every=args.decay_every,
+        decay_gamma=args.decay_gamma,
+        early_stop_fraction=args.early_stop or None,
+        checkpoint_every=args.checkpoint_every,
+        path=args.path,
+        cache_budget_mb=args.cache_budget_mb,
+        overflow=args.overflow,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,8 +142,9 @@ def run(args: argparse.Namespace) -> int:
         plot_circuit(result.circuit, folder / "circuit.png")
     chosen.circuit.save(out / "circuit.json")
     (out / "history.json").write_text(json.dumps({"lambda": chosen.lam, **chosen.history}, indent=1))
-    (out / "sweep.json").write_text(json.dumps({"rule": choose.__doc__, "chosen_lambda": chosen.lam,
-                                                "rows": [r.row() for r in results]}, indent=1))
+    (out / "sweep.json").write_text(
+        json.dumps({"rule": choose.__doc__, "chosen_lambda": chosen.lam, "rows": [r.row() for r in results]}, indent=1)
+    )
     plot_circuit(chosen.circuit, out / "circuit.png")
     plot_history(chosen.history, out / "history.png")
     print(f"{'lambda':>10} {'% mask':>8} {'q':>5} {'k':>5} {'v':>5} {'mlp':>7} {'train LD':>9} {'val LD':>9}")
@@ -104,8 +152,10 @@ def run(args: argparse.Namespace) -> int:
         row = r.row()
         c = row["counts"]
         mark = " <- chosen" if r is chosen else ""
-        print(f"{r.lam:>10g} {100 * row['fraction']:>8.3f} {c['q']:>5} {c['k']:>5} {c['v']:>5} {c['mlp']:>7} "
-              f"{row['train_logit_diff']:>9.3f} {row['validation_logit_diff']:>9.3f}{mark}")
+        print(
+            f"{r.lam:>10g} {100 * row['fraction']:>8.3f} {c['q']:>5} {c['k']:>5} {c['v']:>5} {c['mlp']:>7} "
+            f"{row['train_logit_diff']:>9.3f} {row['validation_logit_diff']:>9.3f}{mark}"
+        )
     print(f"base model: train LD {chosen.base_train_logit_diff:.3f}, val LD {chosen.base_validation_logit_diff:.3f}")
     print(f"wrote {out / 'circuit.json'} ({chosen.circuit})")
     return 0

@@ -9,8 +9,13 @@ HELP = "side-by-side tables and plots of several runs"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runs", nargs="+", required=True, type=Path,
-                        help="eval JSON files written by `peft-cca evaluate` (or folders holding eval.json)")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        required=True,
+        type=Path,
+        help="eval JSON files written by `peft-cca evaluate` (or folders holding eval.json)",
+    )
     parser.add_argument("--out", type=Path, default=Path("report"), help="output folder")
 
 

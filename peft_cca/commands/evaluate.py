@@ -23,12 +23,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-limit", type=int, help="use at most this many test problems")
     parser.add_argument("--val-limit", type=int, help="use at most this many validation problems (0: skip)")
     parser.add_argument("--prompt-style", help="prompt style (default: the one in meta.json, else chat)")
-    parser.add_argument("--retention-tasks", nargs="*", default=list(RETENTION_TASKS),
-                        help="reasoning-gym tasks of the retention suite (none: skip)")
+    parser.add_argument(
+        "--retention-tasks",
+        nargs="*",
+        default=list(RETENTION_TASKS),
+        help="reasoning-gym tasks of the retention suite (none: skip)",
+    )
     parser.add_argument("--retention-size", type=int, default=50, help="problems per retention task")
     parser.add_argument("--no-kl", action="store_true", help="skip the KL drift on neutral text")
-    parser.add_argument("--lm-eval", nargs="*", metavar="TASK",
-                        help=f"run lm-eval tasks (needs the hub; no names: {' '.join(LM_EVAL_TASKS)})")
+    parser.add_argument(
+        "--lm-eval",
+        nargs="*",
+        metavar="TASK",
+        help=f"run lm-eval tasks (needs the hub; no names: {' '.join(LM_EVAL_TASKS)})",
+    )
     parser.add_argument("--lm-eval-limit", type=float, help="lm-eval examples per task")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -46,8 +54,13 @@ def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
             summary = adapter.parent / name
             if summary.exists():
                 curves = [{"lr": r["lr"], "history": r["history"]} for r in json.loads(summary.read_text())["runs"]]
-    return {"method": meta.get("method"), "seed": meta.get("seed"), "dataset_size": size, "curves": curves,
-            "model": meta.get("model")}
+    return {
+        "method": meta.get("method"),
+        "seed": meta.get("seed"),
+        "dataset_size": size,
+        "curves": curves,
+        "model": meta.get("model"),
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,21 +82,28 @@ def run(args: argparse.Namespace) -> int:
     lm_tasks = (args.lm_eval or list(LM_EVAL_TASKS)) if args.lm_eval is not None else None
     limit = int(args.lm_eval_limit) if args.lm_eval_limit and args.lm_eval_limit >= 1 else args.lm_eval_limit
     result = evaluate_model(
-        model, tokenizer, problems("test", args.test_limit),
+        model,
+        tokenizer,
+        problems("test", args.test_limit),
         val_problems=problems("validation", args.val_limit) if args.val_limit != 0 else None,
-        retention_tasks=args.retention_tasks, retention_size=args.retention_size,
+        retention_tasks=args.retention_tasks,
+        retention_size=args.retention_size,
         kl_texts=() if args.no_kl else NEUTRAL_TEXTS,
-        lm_eval_tasks=lm_tasks, lm_eval_limit=limit,
+        lm_eval_tasks=lm_tasks,
+        lm_eval_limit=limit,
         prompt_style=args.prompt_style or meta.get("prompt_style", "chat"),
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
     )
     result = {"name": args.name or (args.adapter.parent.name if args.adapter else "base"), **info, **result}
     out = args.out or (args.adapter.parent / "eval.json" if args.adapter else args.run / "eval-base.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     general = result["general"]
-    print(f"{result['name']} ({result['config']}): test macro exact match {100 * result['test']['macro']:.1f}% "
-          f"over {result['test']['n']} problems")
+    print(
+        f"{result['name']} ({result['config']}): test macro exact match {100 * result['test']['macro']:.1f}% "
+        f"over {result['test']['n']} problems"
+    )
     if "retention" in general:
         print(f"retention macro {100 * general['retention']['macro']:.1f}%")
     if "kl" in general:

@@ -16,33 +16,68 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "Task specs:\n" + (spec_doc or "").split("Syntax:", 1)[-1]
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"offline model name, hub id or local path (default: {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"offline model name, hub id or local path (default: {DEFAULT_MODEL})"
+    )
     parser.add_argument("--task", default=DEFAULT_TASK, help=f"problem source spec (default: {DEFAULT_TASK})")
-    parser.add_argument("--method", choices=("prefix", "branching"), default="branching",
-                        help="prefix: first token where greedy and counterfactual traces differ; branching: first "
-                             "token of the counterfactual whose inclusion flips the greedy completion (default)")
-    parser.add_argument("--branching", choices=("fast", "naive"), default="fast",
-                        help="branching implementation: fast (exact, cached, only divergent positions; default) "
-                             "or naive (the paper's scan, one full completion per prefix length); same pivots")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="run folder: records.jsonl, summary.json, meta.json (re-running resumes)")
+    parser.add_argument(
+        "--method",
+        choices=("prefix", "branching"),
+        default="branching",
+        help="prefix: first token where greedy and counterfactual traces differ; branching: first "
+        "token of the counterfactual whose inclusion flips the greedy completion (default)",
+    )
+    parser.add_argument(
+        "--branching",
+        choices=("fast", "naive"),
+        default="fast",
+        help="branching implementation: fast (exact, cached, only divergent positions; default) "
+        "or naive (the paper's scan, one full completion per prefix length); same pivots",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="run folder: records.jsonl, summary.json, meta.json (re-running resumes)",
+    )
     parser.add_argument("--limit", type=int, help="use only the first N problems of the task")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits and of the samples (default: 0)")
-    parser.add_argument("--prompt-style", choices=PROMPT_STYLES, default="chat",
-                        help="chat: the tokenizer's chat template; fewshot: lm-eval's 8-shot GSM8K CoT prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=96,
-                        help="token budget of every trace, prefix included (default: 96)")
-    parser.add_argument("--n-samples", type=int, default=10,
-                        help="sampled traces per problem when looking for a counterfactual (T=0.8 when greedy is "
-                             "wrong, 1.2 when right; default: 10)")
-    parser.add_argument("--splits", nargs="+", default=["train"], choices=("train", "validation", "test"),
-                        help="splits whose problems get pivots (default: train; 52/8/40 per group)")
-    parser.add_argument("--max-group-accuracy", type=float, default=0.8,
-                        help="localize only groups whose greedy accuracy is below this (paper: 0.8)")
+    parser.add_argument(
+        "--prompt-style",
+        choices=PROMPT_STYLES,
+        default="chat",
+        help="chat: the tokenizer's chat template; fewshot: lm-eval's 8-shot GSM8K CoT prompt",
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=96, help="token budget of every trace, prefix included (default: 96)"
+    )
+    parser.add_argument(
+        "--n-samples",
+        type=int,
+        default=10,
+        help="sampled traces per problem when looking for a counterfactual (T=0.8 when greedy is "
+        "wrong, 1.2 when right; default: 10)",
+    )
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        default=["train"],
+        choices=("train", "validation", "test"),
+        help="splits whose problems get pivots (default: train; 52/8/40 per group)",
+    )
+    parser.add_argument(
+        "--max-group-accuracy",
+        type=float,
+        default=0.8,
+        help="localize only groups whose greedy accuracy is below this (paper: 0.8)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="problems per greedy generation batch")
-    parser.add_argument("--branch-batch", type=int, default=4,
-                        help="fast branching: divergent positions completed together in one batch")
+    parser.add_argument(
+        "--branch-batch",
+        type=int,
+        default=4,
+        help="fast branching: divergent positions completed together in one batch",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,9 +86,17 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.tasks import load_problems
 
     config = LocalizeConfig(
-        task=args.task, method=args.method, branching=args.branching, prompt_style=args.prompt_style,
-        max_new_tokens=args.max_new_tokens, n_samples=args.n_samples, seed=args.seed, batch_size=args.batch_size,
-        branch_batch=args.branch_batch, splits=tuple(args.splits), max_group_accuracy=args.max_group_accuracy,
+        task=args.task,
+        method=args.method,
+        branching=args.branching,
+        prompt_style=args.prompt_style,
+        max_new_tokens=args.max_new_tokens,
+        n_samples=args.n_samples,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        branch_batch=args.branch_batch,
+        splits=tuple(args.splits),
+        max_group_accuracy=args.max_group_accuracy,
         limit=args.limit,
     )
     model, tokenizer = load_model(args.model)

@@ -47,14 +47,30 @@ def run(args: argparse.Namespace) -> int:
         return stage_problems(args.run, split, task=args.task, split_seed=args.split_seed, limit=limit)
 
     train, val = problems("train", args.train_limit), problems("validation", args.val_limit)
-    settings = LoraSettings(rank=args.rank, alpha=args.alpha, dropout=args.dropout, epochs=args.epochs,
-                            effective_batch=args.effective_batch, per_device_batch=args.batch_size,
-                            eval_every=args.eval_every, max_steps=args.max_steps)
+    settings = LoraSettings(
+        rank=args.rank,
+        alpha=args.alpha,
+        dropout=args.dropout,
+        epochs=args.epochs,
+        effective_batch=args.effective_batch,
+        per_device_batch=args.batch_size,
+        eval_every=args.eval_every,
+        max_steps=args.max_steps,
+    )
     print(f"LoRA: {len(train)} training problems, {len(val)} validation problems")
-    result = lora_sft(model, tokenizer, train, val, lrs=args.lr, settings=settings,
-                      prompt_style=args.prompt_style or meta.get("prompt_style", "chat"),
-                      max_new_tokens=args.max_new_tokens, eval_batch_size=args.eval_batch_size,
-                      output_dir=args.out or args.run / "lora", seed=args.seed)
+    result = lora_sft(
+        model,
+        tokenizer,
+        train,
+        val,
+        lrs=args.lr,
+        settings=settings,
+        prompt_style=args.prompt_style or meta.get("prompt_style", "chat"),
+        max_new_tokens=args.max_new_tokens,
+        eval_batch_size=args.eval_batch_size,
+        output_dir=args.out or args.run / "lora",
+        seed=args.seed,
+    )
     for r in result.runs:
         print(f"lr {r.lr:g}: base {r.base_score:.3f}, best {r.best_score:.3f} at step {r.best_step}")
     print(f"best: lr {result.best.lr:g}, step {result.best.best_step}; adapter: {result.adapter_dir}")

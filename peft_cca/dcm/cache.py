@@ -44,8 +44,13 @@ def compute_prefix_kv(model: nn.Module, prefixes: list[list[int]]) -> list[torch
         ids[row, : len(prefix)] = torch.tensor(prefix)
         attention[row, : len(prefix)] = 1
     cache = DynamicCache()
-    model(input_ids=ids.to(device), attention_mask=attention.to(device), past_key_values=cache, use_cache=True,
-          logits_to_keep=1)
+    model(
+        input_ids=ids.to(device),
+        attention_mask=attention.to(device),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     stacked = torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])  # (L, 2, B, H, T, D)
     return [stacked[:, :, row, :, : len(prefix)].clone() for row, prefix in enumerate(prefixes)]
 
@@ -93,8 +98,12 @@ class PrefixCache:
             for index, kv in zip(batch, kvs, strict=True):
                 self._store(index, kv)
         if self._disk:
-            logger.info("prefix KV cache over budget: %d records spilled to %s (%.1f MB on disk)",
-                        len(self._disk), self._spill_dir, self.bytes_on_disk / 2**20)
+            logger.info(
+                "prefix KV cache over budget: %d records spilled to %s (%.1f MB on disk)",
+                len(self._disk),
+                self._spill_dir,
+                self.bytes_on_disk / 2**20,
+            )
         dropped = len(order) - len(self._memory) - len(self._disk)
         if dropped:
             logger.info("prefix KV cache over budget: %d records will be recomputed when needed", dropped)

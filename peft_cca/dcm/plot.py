@@ -32,7 +32,8 @@ def plot_circuit(circuit: Circuit, path: str | Path, title: str = "") -> Path:
     ax.set_ylabel("layer")
     counts = circuit.counts()
     ax.set_title(
-        title or f"{shape.model_type}: {len(circuit)}/{shape.total_components} components "
+        title
+        or f"{shape.model_type}: {len(circuit)}/{shape.total_components} components "
         f"({100 * circuit.fraction:.2f}%)\nq={counts['q']} k={counts['k']} v={counts['v']} mlp={counts['mlp']}",
         fontsize=9,
     )
@@ -49,8 +50,9 @@ def plot_history(history: dict[str, Any], path: str | Path) -> Path:
     """Loss, mean logit difference and number selected per step."""
     steps = history.get("steps", [])
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for ax, key, label in zip(axes, ("loss", "logit_diff", "selected"), ("loss", "mean logit diff", "selected"),
-                              strict=True):
+    for ax, key, label in zip(
+        axes, ("loss", "logit_diff", "selected"), ("loss", "mean logit diff", "selected"), strict=True
+    ):
         ax.plot([s[key] for s in steps])
         ax.set_xlabel("step")
         ax.set_title(label, fontsize=9)

@@ -87,8 +87,11 @@ def sweep(
     config = config or DCMConfig()
     spec = describe(model)
     train_path = make_path(config.path, model, train, config.cache_budget_mb, config.overflow, progress)
-    val_path = make_path(config.path, model, validation, config.cache_budget_mb, config.overflow, progress) \
-        if validation else None
+    val_path = (
+        make_path(config.path, model, validation, config.cache_budget_mb, config.overflow, progress)
+        if validation
+        else None
+    )
     bs = config.batch_size
     base_train = mean_logit_diff(model, train_path, batch_size=bs)
     base_val = mean_logit_diff(model, val_path, batch_size=bs) if val_path else float("nan")

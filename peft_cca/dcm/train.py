@@ -147,9 +147,7 @@ def train_mask(
         else None
     )
     batches_per_epoch = math.ceil(len(records) / config.batch_size)
-    patience = (
-        max(1, math.ceil(config.early_stop_fraction * batches_per_epoch)) if config.early_stop_fraction else None
-    )
+    patience = max(1, math.ceil(config.early_stop_fraction * batches_per_epoch)) if config.early_stop_fraction else None
     history: dict[str, Any] = {"config": asdict(config), "steps": [], "epochs": [], "stopped_early": False}
     start_epoch, unchanged = 0, 0
     checkpoint = Path(out_dir) / CHECKPOINT if out_dir is not None else None

@@ -18,8 +18,19 @@ import datasets
 RECORDS = "records.jsonl"
 PROGRESS = "progress.jsonl"
 RECORD_FIELDS = (
-    "problem_id", "group_id", "split", "method", "prefix_text", "prefix_ids", "desired_token_id", "desired_token",
-    "undesired_token_id", "undesired_token", "correct_trace", "question", "gold_answer",
+    "problem_id",
+    "group_id",
+    "split",
+    "method",
+    "prefix_text",
+    "prefix_ids",
+    "desired_token_id",
+    "desired_token",
+    "undesired_token_id",
+    "undesired_token",
+    "correct_trace",
+    "question",
+    "gold_answer",
 )
 
 

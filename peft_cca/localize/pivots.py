@@ -164,11 +164,11 @@ def branching_pivot_fast(
     tokens = list(sample.token_ids)
     argmax, cache = _argmax_and_cache(model, list(prompt) + tokens, counter)
     # a[i]: greedy token after P + s[:i]; logits at position len(P)+i-1 predict s[i].
-    a = argmax[len(prompt) - 1: len(prompt) - 1 + len(tokens)]
+    a = argmax[len(prompt) - 1 : len(prompt) - 1 + len(tokens)]
     divergent = [i for i, (s, g) in enumerate(zip(tokens, a, strict=True)) if s != g]
     # The branch of divergent position D[r] leaves s at D[r+1]; past the last one it *is* the sample.
     for begin in range(0, len(divergent), branch_batch):
-        batch = divergent[begin:begin + branch_batch]
+        batch = divergent[begin : begin + branch_batch]
         outcomes: dict[int, bool] = {}
         pending: list[tuple[int, list[int]]] = []
         for r, i in enumerate(batch, start=begin):

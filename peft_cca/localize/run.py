@@ -48,15 +48,25 @@ def tokenizer_info(tokenizer) -> dict[str, Any]:
     return {"name": getattr(tokenizer, "name_or_path", ""), "vocab_size": len(tokenizer)}
 
 
-def find_pivot(model, tokenizer, problem: Problem, prompt: list[int], greedy: Trace, sample: Trace,
-               config: LocalizeConfig, settings: DecodeSettings, counter: TokenCounter) -> Pivot | None:
+def find_pivot(
+    model,
+    tokenizer,
+    problem: Problem,
+    prompt: list[int],
+    greedy: Trace,
+    sample: Trace,
+    config: LocalizeConfig,
+    settings: DecodeSettings,
+    counter: TokenCounter,
+) -> Pivot | None:
     """The pivot of one (greedy, counterfactual) pair with the configured method."""
     if config.method == "prefix":
         return prefix_pivot(prompt, greedy, sample)
     if config.branching == "naive":
         return branching_pivot_naive(model, tokenizer, problem, prompt, greedy, sample, settings, counter)
-    return branching_pivot_fast(model, tokenizer, problem, prompt, greedy, sample, settings, counter,
-                                branch_batch=config.branch_batch)
+    return branching_pivot_fast(
+        model, tokenizer, problem, prompt, greedy, sample, settings, counter, branch_batch=config.branch_batch
+    )
 
 
 def make_record(tokenizer, problem: Problem, split: str, method: str, pivot: Pivot) -> dict[str, Any]:
@@ -78,26 +88,32 @@ def make_record(tokenizer, problem: Problem, split: str, method: str, pivot: Piv
     }
 
 
-def _greedy_phase(model, tokenizer, problems: Sequence[Problem], prompts: Sequence[list[int]],
-                  settings: DecodeSettings, out_dir: Path) -> dict[str, dict[str, Any]]:
+def _greedy_phase(
+    model, tokenizer, problems: Sequence[Problem], prompts: Sequence[list[int]], settings: DecodeSettings, out_dir: Path
+) -> dict[str, dict[str, Any]]:
     """Greedy traces of all problems, in fixed chunks so a resumed run batches (and pads) them identically."""
     path = out_dir / GREEDY
     rows = {row["problem_id"]: row for row in _read_jsonl(path)}
     chunks = range(0, len(problems), settings.batch_size)
     with tqdm(total=len(problems), desc="greedy traces", unit="problem") as bar, path.open("a") as handle:
         for begin in chunks:
-            chunk = problems[begin:begin + settings.batch_size]
+            chunk = problems[begin : begin + settings.batch_size]
             bar.update(sum(p.id in rows for p in chunk))
             if all(p.id in rows for p in chunk):
                 continue
-            chunk_prompts = prompts[begin:begin + settings.batch_size]
+            chunk_prompts = prompts[begin : begin + settings.batch_size]
             traces = greedy_traces(model, tokenizer, chunk, chunk_prompts, settings)
             for problem, prompt, trace in zip(chunk, chunk_prompts, traces, strict=True):
                 if problem.id in rows:
                     continue
-                row = {"problem_id": problem.id, "group_id": problem.group_id, "correct": trace.correct,
-                       "token_ids": list(trace.token_ids), "text": trace.text,
-                       "tokens": len(prompt) + len(trace.token_ids)}
+                row = {
+                    "problem_id": problem.id,
+                    "group_id": problem.group_id,
+                    "correct": trace.correct,
+                    "token_ids": list(trace.token_ids),
+                    "text": trace.text,
+                    "tokens": len(prompt) + len(trace.token_ids),
+                }
                 handle.write(json.dumps(row) + "\n")
                 rows[problem.id] = row
                 bar.update(1)
@@ -113,8 +129,9 @@ def group_accuracy(problems: Sequence[Problem], greedy: dict[str, dict[str, Any]
     return {g: {"n": n, "correct": c, "accuracy": c / n} for g, (n, c) in sorted(counts.items())}
 
 
-def localize(model, tokenizer, problems: Sequence[Problem], config: LocalizeConfig, out_dir: str | Path,
-             model_name: str = "") -> dict[str, Any]:
+def localize(
+    model, tokenizer, problems: Sequence[Problem], config: LocalizeConfig, out_dir: str | Path, model_name: str = ""
+) -> dict[str, Any]:
     """Build (or resume) the Error-Localization dataset of ``problems`` in ``out_dir``; returns the summary."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -126,14 +143,22 @@ def localize(model, tokenizer, problems: Sequence[Problem], config: LocalizeConf
     greedy = _greedy_phase(model, tokenizer, problems, prompts, settings, out_dir)
     accuracy = group_accuracy(problems, greedy)
     kept = groups_below({g: v["accuracy"] for g, v in accuracy.items()}, config.max_group_accuracy)
-    meta = {"model": model_name, "tokenizer": tokenizer_info(tokenizer), "task": config.task,
-            "seed": config.seed, "split_seed": config.seed, "prompt_style": config.prompt_style,
-            "groups": sorted(kept), "config": asdict(config)}
+    meta = {
+        "model": model_name,
+        "tokenizer": tokenizer_info(tokenizer),
+        "task": config.task,
+        "seed": config.seed,
+        "split_seed": config.seed,
+        "prompt_style": config.prompt_style,
+        "groups": sorted(kept),
+        "config": asdict(config),
+    }
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
 
     writer = DatasetWriter(out_dir)
-    todo = [(p, q) for p, q in zip(problems, prompts, strict=True)
-            if p.group_id in kept and split_of[p.id] in config.splits]
+    todo = [
+        (p, q) for p, q in zip(problems, prompts, strict=True) if p.group_id in kept and split_of[p.id] in config.splits
+    ]
     with tqdm(total=len(todo), desc=f"pivots ({config.method})", unit="problem") as bar:
         for problem, prompt in todo:
             if writer.done(problem.id):
@@ -142,16 +167,26 @@ def localize(model, tokenizer, problems: Sequence[Problem], config: LocalizeConf
             row = greedy[problem.id]
             trace = Trace(tuple(row["token_ids"]), row["text"], row["correct"])
             counter = TokenCounter()
-            sample = counterfactual(model, tokenizer, problem, prompt, trace, settings, config.n_samples,
-                                    config.seed, counter)
+            sample = counterfactual(
+                model, tokenizer, problem, prompt, trace, settings, config.n_samples, config.seed, counter
+            )
             pivot = None
             if sample is not None:
                 pivot = find_pivot(model, tokenizer, problem, prompt, trace, sample, config, settings, counter)
-            record = None if pivot is None else make_record(tokenizer, problem, split_of[problem.id],
-                                                            config.method, pivot)
-            writer.finish(problem.id, {"greedy_correct": trace.correct, "counterfactual": sample is not None,
-                                       "pivot": pivot is not None, "position": None if pivot is None else
-                                       pivot.position, "tokens": counter.by_kind}, record)
+            record = (
+                None if pivot is None else make_record(tokenizer, problem, split_of[problem.id], config.method, pivot)
+            )
+            writer.finish(
+                problem.id,
+                {
+                    "greedy_correct": trace.correct,
+                    "counterfactual": sample is not None,
+                    "pivot": pivot is not None,
+                    "position": None if pivot is None else pivot.position,
+                    "tokens": counter.by_kind,
+                },
+                record,
+            )
             bar.update(1)
             bar.set_postfix(tokens=counter.total)
     summary = summarize(problems, greedy, accuracy, kept, writer)

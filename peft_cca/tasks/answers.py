@@ -30,7 +30,7 @@ def answer_segment(text: str, finished: bool = True) -> str | None:
     cue = ANSWER_CUE.search(text)
     if cue is None:
         return None
-    rest = text[cue.end():]
+    rest = text[cue.end() :]
     end = SENTENCE_END.search(rest)
     if end is None or (not finished and end.end() == len(rest) and end.group() == "."):
         return rest if finished else None

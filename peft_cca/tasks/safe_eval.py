@@ -24,13 +24,24 @@ class UnsafeExpressionError(ValueError):
 
 
 _BINARY: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
 }
 _UNARY: dict[type, Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
 _COMPARE: dict[type, Callable[[Any, Any], bool]] = {
-    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
-    ast.GtE: operator.ge, ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
 }
 
 
@@ -137,8 +148,9 @@ class _Evaluator:
             raise UnsafeExpressionError(f"{node.func.id}() failed: {error}") from error
 
 
-def safe_eval(expression: str, names: Mapping[str, Any] | None = None,
-              functions: Mapping[str, Callable[..., Any]] | None = None) -> Any:
+def safe_eval(
+    expression: str, names: Mapping[str, Any] | None = None, functions: Mapping[str, Callable[..., Any]] | None = None
+) -> Any:
     """Evaluate ``expression`` with only the whitelisted syntax, ``names`` and ``functions``."""
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise UnsafeExpressionError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")

@@ -35,8 +35,8 @@ def assign_splits(
         random.Random(f"{seed}:{group}").shuffle(order)
         train, validation, _ = split_counts(len(order), fractions)
         for position, problem_id in enumerate(order):
-            assignment[problem_id] = "train" if position < train else (
-                "validation" if position < train + validation else "test"
+            assignment[problem_id] = (
+                "train" if position < train else ("validation" if position < train + validation else "test")
             )
     return assignment
 

@@ -53,8 +53,19 @@ def _functions(rng: random.Random) -> dict[str, Any]:
     def is_int(value: Any) -> bool:
         return float(value).is_integer()
 
-    return {"sample": sample, "range": range, "int": int, "float": float, "round": round, "abs": abs, "min": min,
-            "max": max, "sum": sum, "len": len, "is_int": is_int}
+    return {
+        "sample": sample,
+        "range": range,
+        "int": int,
+        "float": float,
+        "round": round,
+        "abs": abs,
+        "min": min,
+        "max": max,
+        "sum": sum,
+        "len": len,
+        "is_int": is_int,
+    }
 
 
 def parse_template(text: str) -> tuple[str, list[tuple[str, str]], list[str], str]:
@@ -137,6 +148,13 @@ def load_template_problems(path: str | Path, size: int = 50, seed: int = 0) -> l
                 question, gold = instantiate(template, rng)
             except (UnsafeExpressionError, TemplateError) as error:
                 raise TemplateError(f"template {template_id} in {path}: {error}") from error
-            problems.append(Problem(id=f"template:{template_id}:{seed}:{instance}", group_id=f"template/{template_id}",
-                                    question=question, answer=_format_answer(gold), source=f"template:{path}"))
+            problems.append(
+                Problem(
+                    id=f"template:{template_id}:{seed}:{instance}",
+                    group_id=f"template/{template_id}",
+                    question=question,
+                    answer=_format_answer(gold),
+                    source=f"template:{path}",
+                )
+            )
     return problems
