@@ -28,7 +28,6 @@ class CCAConfig(PeftConfig):
     circuit: dict[str, Any] | None = field(default=None, metadata={"help": "The circuit (Circuit.to_dict())."})
     mlp_targets: list[str] = field(default_factory=lambda: ["up"], metadata={"help": f"Subset of {MLP_TARGETS}."})
     target_modules: list[str] | None = field(default=None, metadata={"help": "Derived from the circuit."})
-    exclude_modules: list[str] | None = field(default=None, metadata={"help": "Not used by CCA."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
