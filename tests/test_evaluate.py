@@ -130,3 +130,20 @@ def test_adapter_summary_names_each_configuration(tmp_path):
     reloaded = PeftModel.from_pretrained(tiny_model("llama"), tmp_path)  # peft_type is the enum member here
     summary = adapter_summary(reloaded)
     assert summary["config"] == "CCA w/ mask" and summary["circuit_counts"]["q"] == 1
+
+
+def test_provenance_gives_the_localization_method_to_cca_runs_only(tmp_path):
+    from peft_cca.commands.evaluate import _provenance
+
+    run = tmp_path / "localize"
+    run.mkdir()
+    (run / "meta.json").write_text(json.dumps({"model": "m", "config": {"method": "branching"}}))
+    (run / "records.jsonl").write_text('{"split": "train"}\n{"split": "validation"}\n{"split": "train"}\n')
+    history = {"runs": [{"lr": 0.01, "history": [{"step": 0, "score": 0.5}]}]}
+    for name, summary in (("cca", "amplify.json"), ("lora", "lora.json")):
+        (tmp_path / name / "adapter").mkdir(parents=True)
+        (tmp_path / name / summary).write_text(json.dumps(history))
+    cca = _provenance(run, tmp_path / "cca" / "adapter")
+    assert cca["method"] == "branching" and cca["dataset_size"] == 2 and cca["curves"][0]["lr"] == 0.01
+    assert _provenance(run, tmp_path / "lora" / "adapter")["method"] is None
+    assert _provenance(run, None)["method"] is None

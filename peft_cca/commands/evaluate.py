@@ -49,13 +49,16 @@ def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
     lines = records.read_text().splitlines() if records.exists() else []
     size = sum(1 for line in lines if line.strip() and json.loads(line).get("split", "train") == "train")
     curves = []
+    method = None  # the localization method matters only to a CCA adapter, trained on the pivots
     if adapter is not None:
         for name in ("amplify.json", "lora.json"):
             summary = adapter.parent / name
             if summary.exists():
                 curves = [{"lr": r["lr"], "history": r["history"]} for r in json.loads(summary.read_text())["runs"]]
+                if name == "amplify.json":
+                    method = meta.get("method") or meta.get("config", {}).get("method")
     return {
-        "method": meta.get("method"),
+        "method": method,
         "seed": meta.get("seed"),
         "dataset_size": size,
         "curves": curves,
