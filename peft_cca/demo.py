@@ -104,157 +104,138 @@ def _csv(values: Sequence[float]) -> str:
 
 
 def plan(settings: DemoSettings) -> list[tuple[str, list[str]]]:
-    """The stage commands, in order, as ``(stage name, peft-cca argv)``."""
-    c, out = settings.counts(), settings.out
+    """The stage commands, in order, as ``(stage name, peft-cca argv)``.
+
+    Each seed is a whole replicate: its own split of the problems and its own sampled counterfactuals
+    (stage 1), circuit, updates and evaluations. CCA's full-batch steps from zero deltas are deterministic
+    given the data, so re-running only the update with another seed would measure nothing.
+    """
+    c, out, model = settings.counts(), settings.out, settings.model
     # validation records only serve DCM's choice among several lambdas; each pivot costs generation time
     splits = ["train", "validation"] if len(c.lambdas) > 1 else ["train"]
-    loc = out / "localize"
-    common_eval = [
-        "--run",
-        str(loc),
-        "--val-limit",
-        "0",
-        "--retention-size",
-        str(c.retention_size),
-        "--max-new-tokens",
-        str(c.max_new_tokens),
-        "--retention-tasks",
-        *settings.retention_tasks,
-    ]
-    if c.test_limit is not None:
-        common_eval += ["--test-limit", str(c.test_limit)]
-    amplify_common = [
-        "--run",
-        str(loc),
-        "--model",
-        settings.model,
-        "--lr",
-        *(f"{lr:g}" for lr in c.lrs),
-        "--steps",
-        str(c.steps),
-        "--val-limit",
-        str(c.val_limit),
-        "--max-new-tokens",
-        str(c.max_new_tokens),
-    ]
-    stages: list[tuple[str, list[str]]] = [
-        (
-            "localize",
-            [
-                "localize",
-                "--model",
-                settings.model,
-                "--task",
-                settings.task,
-                "--method",
-                settings.method,
-                "--limit",
-                str(c.problems),
-                "--n-samples",
-                str(c.n_samples),
-                "--max-new-tokens",
-                str(c.max_new_tokens),
-                "--splits",
-                *splits,
-                "--out",
-                str(loc),
-            ],
-        ),
-        (
-            "circuit",
-            [
-                "circuit",
-                "--data",
-                str(loc),
-                "--model",
-                settings.model,
-                "--lambda",
-                _csv(c.lambdas),
-                "--epochs",
-                str(c.dcm_epochs),
-                "--lr",
-                f"{c.dcm_lr:g}",
-                "--resume",
-                "--out",
-                str(out / "circuit"),
-            ],
-        ),
-        (
-            "evaluate-base",
-            [
-                "evaluate",
-                *common_eval,
-                "--model",
-                settings.model,
-                "--name",
-                "base",
-                "--out",
-                str(out / "eval" / "base.json"),
-            ],
-        ),
-    ]
+    tokens = ["--max-new-tokens", str(c.max_new_tokens)]
+    test_limit = [] if c.test_limit is None else ["--test-limit", str(c.test_limit)]
+    stages: list[tuple[str, list[str]]] = []
     for seed in c.seeds:
-        for name, extra in (
-            (f"cca-seed{seed}", ["--circuit", str(out / "circuit" / "circuit.json")]),
-            (f"cca-nomask-seed{seed}", ["--no-mask"]),
-        ):
-            stages.append((name, ["amplify", *amplify_common, *extra, "--seed", str(seed), "--out", str(out / name)]))
-            stages.append(
-                (
-                    f"evaluate-{name}",
-                    [
-                        "evaluate",
-                        *common_eval,
-                        "--model",
-                        settings.model,
-                        "--adapter",
-                        str(out / name / "adapter"),
-                        "--name",
-                        name,
-                        "--out",
-                        str(out / "eval" / f"{name}.json"),
-                    ],
-                )
-            )
-    stages.append(
-        (
-            "lora",
-            [
-                "lora",
-                "--run",
-                str(loc),
-                "--model",
-                settings.model,
-                "--lr",
-                *(f"{lr:g}" for lr in c.lora_lrs),
-                "--epochs",
-                str(c.lora_epochs),
-                "--val-limit",
-                str(c.val_limit),
-                "--max-new-tokens",
-                str(c.max_new_tokens),
-                "--out",
-                str(out / "lora"),
-            ],
-        )
-    )
-    stages.append(
-        (
-            "evaluate-lora",
-            [
+        run = out / f"seed{seed}"
+        loc = str(run / "localize")
+        lrs = [f"{lr:g}" for lr in c.lrs]
+        train = ["--run", loc, "--model", model, "--val-limit", str(c.val_limit), *tokens, "--seed", str(seed)]
+
+        def evaluate(name: str, adapter: Path | None, loc: str = loc, seed: int = seed) -> tuple[str, list[str]]:
+            argv = [
                 "evaluate",
-                *common_eval,
+                "--run",
+                loc,
                 "--model",
-                settings.model,
-                "--adapter",
-                str(out / "lora" / "adapter"),
+                model,
                 "--name",
-                "lora",
+                name,
+                "--val-limit",
+                "0",
+                *tokens,
+                *test_limit,
+                "--retention-size",
+                str(c.retention_size),
+                "--retention-tasks",
+                *settings.retention_tasks,
                 "--out",
-                str(out / "eval" / "lora.json"),
-            ],
-        )
-    )
+                str(out / "eval" / f"{name}-seed{seed}.json"),
+            ]
+            return f"evaluate-{name}-seed{seed}", argv + ([] if adapter is None else ["--adapter", str(adapter)])
+
+        stages += [
+            (
+                f"localize-seed{seed}",
+                [
+                    "localize",
+                    "--model",
+                    model,
+                    "--task",
+                    settings.task,
+                    "--method",
+                    settings.method,
+                    "--limit",
+                    str(c.problems),
+                    "--n-samples",
+                    str(c.n_samples),
+                    *tokens,
+                    "--splits",
+                    *splits,
+                    "--seed",
+                    str(seed),
+                    "--out",
+                    loc,
+                ],
+            ),
+            (
+                f"circuit-seed{seed}",
+                [
+                    "circuit",
+                    "--data",
+                    loc,
+                    "--model",
+                    model,
+                    "--lambda",
+                    _csv(c.lambdas),
+                    "--epochs",
+                    str(c.dcm_epochs),
+                    "--lr",
+                    f"{c.dcm_lr:g}",
+                    "--seed",
+                    str(seed),
+                    "--resume",
+                    "--out",
+                    str(run / "circuit"),
+                ],
+            ),
+            evaluate("base", None),
+            (
+                f"cca-seed{seed}",
+                [
+                    "amplify",
+                    *train,
+                    "--lr",
+                    *lrs,
+                    "--steps",
+                    str(c.steps),
+                    "--circuit",
+                    str(run / "circuit" / "circuit.json"),
+                    "--out",
+                    str(run / "cca"),
+                ],
+            ),
+            evaluate("cca", run / "cca" / "adapter"),
+            (
+                f"cca-nomask-seed{seed}",
+                [
+                    "amplify",
+                    *train,
+                    "--lr",
+                    *lrs,
+                    "--steps",
+                    str(c.steps),
+                    "--no-mask",
+                    "--out",
+                    str(run / "cca-nomask"),
+                ],
+            ),
+            evaluate("cca-nomask", run / "cca-nomask" / "adapter"),
+            (
+                f"lora-seed{seed}",
+                [
+                    "lora",
+                    *train,
+                    "--lr",
+                    *(f"{lr:g}" for lr in c.lora_lrs),
+                    "--epochs",
+                    str(c.lora_epochs),
+                    "--out",
+                    str(run / "lora"),
+                ],
+            ),
+            evaluate("lora", run / "lora" / "adapter"),
+        ]
     stages.append(("compare", ["compare", "--runs", str(out / "eval"), "--out", str(out / "report")]))
     return stages
 

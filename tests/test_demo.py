@@ -29,11 +29,25 @@ TINY = dict(
 
 def test_plan_covers_every_stage_for_every_seed(tmp_path):
     settings = DemoSettings(out=tmp_path, overrides={"seeds": (0, 1)})
-    names = [name for name, _ in plan(settings)]
-    assert names[:3] == ["localize", "circuit", "evaluate-base"]
+    stages = plan(settings)
+    names = [name for name, _ in stages]
     for seed in (0, 1):
-        assert {f"cca-seed{seed}", f"cca-nomask-seed{seed}", f"evaluate-cca-seed{seed}"} <= set(names)
-    assert names[-3:] == ["lora", "evaluate-lora", "compare"]
+        # each seed is a whole replicate: its own split and pivots, circuit, updates and evaluations
+        expected = [
+            "localize",
+            "circuit",
+            "evaluate-base",
+            "cca",
+            "evaluate-cca",
+            "cca-nomask",
+            "evaluate-cca-nomask",
+            "lora",
+            "evaluate-lora",
+        ]
+        assert [n for n in names if n.endswith(f"-seed{seed}")] == [f"{n}-seed{seed}" for n in expected]
+        localize = dict(stages)[f"localize-seed{seed}"]
+        assert localize[localize.index("--seed") + 1] == str(seed)
+    assert names[-1] == "compare"
     assert settings.counts().seeds == (0, 1)
     assert settings.counts().steps == PRESETS["quick"].steps
 
@@ -50,25 +64,26 @@ def test_finished_stages_are_skipped_on_a_second_run(tmp_path):
 
 def test_a_failing_stage_stops_the_demo_and_is_retried_next_time(tmp_path):
     settings = DemoSettings(out=tmp_path)
-    with pytest.raises(RuntimeError, match="stage localize failed"):
+    with pytest.raises(RuntimeError, match="stage localize-seed0 failed"):
         run_demo(settings, runner=lambda argv: 1, echo=lambda _: None)
-    assert not (tmp_path / "stages" / "localize.json").exists()
+    assert not (tmp_path / "stages" / "localize-seed0.json").exists()
 
 
 @pytest.mark.integration
 def test_tiny_end_to_end_run_on_smollm2(tmp_path):
     settings = DemoSettings(out=tmp_path, method="prefix", retention_tasks=("letter_counting",), overrides=TINY)
     report = run_demo(settings, runner=peft_cca, echo=lambda _: None)
-    records = (tmp_path / "localize" / "records.jsonl").read_text().splitlines()
+    run = tmp_path / "seed0"
+    records = (run / "localize" / "records.jsonl").read_text().splitlines()
     assert records and all(
         {"prefix_ids", "desired_token_id", "undesired_token_id"} <= json.loads(r).keys() for r in records
     )
-    circuit = json.loads((tmp_path / "circuit" / "circuit.json").read_text())
+    circuit = json.loads((run / "circuit" / "circuit.json").read_text())
     assert circuit["format"] == "peft-cca/circuit@1"
-    for name in ("cca-seed0", "cca-nomask-seed0", "lora"):
-        assert (tmp_path / name / "adapter" / "adapter_model.safetensors").stat().st_size > 0
-    for name in ("base", "cca-seed0", "cca-nomask-seed0", "lora"):
-        result = json.loads((tmp_path / "eval" / f"{name}.json").read_text())
+    for name in ("cca", "cca-nomask", "lora"):
+        assert (run / name / "adapter" / "adapter_model.safetensors").stat().st_size > 0
+    for name in ("base", "cca", "cca-nomask", "lora"):
+        result = json.loads((tmp_path / "eval" / f"{name}-seed0.json").read_text())
         assert 0.0 <= result["test"]["macro"] <= 1.0
     table = (report / "report.md").read_text()
     for row in ("Base", "CCA w/ mask", "CCA w/o mask", "LoRA"):
