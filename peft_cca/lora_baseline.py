@@ -144,17 +144,7 @@ def train_lora_once(
         )
         trainer.remove_callback(PrinterCallback)
         trainer.train()
-    losses = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
-    base = callback.history[0]["score"] if evaluate_at_start and callback.history else None
-    return RunResult(
-        lr=lr,
-        best_step=int(callback.best_step),
-        best_score=callback.best_score,
-        history=callback.history,
-        losses=losses,
-        base_score=base,
-        state=callback.best_state,
-    )
+    return RunResult.from_training(lr, trainer, callback, evaluate_at_start)
 
 
 def lora_sft(

@@ -297,6 +297,22 @@ class RunResult:
     base_score: float | None = None
     state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
+    @classmethod
+    def from_training(
+        cls, lr: float, trainer: Trainer, callback: BestStepCallback, evaluate_at_start: bool
+    ) -> RunResult:
+        """The run a finished ``Trainer`` and its :class:`BestStepCallback` describe (CCA or LoRA alike)."""
+        losses = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
+        return cls(
+            lr=lr,
+            best_step=int(callback.best_step),
+            best_score=callback.best_score,
+            history=callback.history,
+            losses=losses,
+            base_score=callback.history[0]["score"] if evaluate_at_start and callback.history else None,
+            state=callback.best_state,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("state")
@@ -343,17 +359,7 @@ def train_one(
         args = cca_training_arguments(output_dir or scratch, lr, steps, batch_size, optimizer, seed)
         trainer = CCATrainer(model, args, records, pad_token_id, callbacks=[callback])
         trainer.train()
-    losses = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
-    base = callback.history[0]["score"] if evaluate_at_start and callback.history else None
-    return RunResult(
-        lr=lr,
-        best_step=int(callback.best_step),
-        best_score=callback.best_score,
-        history=callback.history,
-        losses=losses,
-        base_score=base,
-        state=callback.best_state,
-    )
+    return RunResult.from_training(lr, trainer, callback, evaluate_at_start)
 
 
 def add_run(runs: list[RunResult], run: RunResult, base_score: float | None) -> float:
