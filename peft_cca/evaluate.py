@@ -25,7 +25,7 @@ from torch import nn
 from peft_cca.generation import generate, left_pad, pad_token_id
 from peft_cca.tasks import DEFAULT_RETENTION_TASKS
 from peft_cca.tasks.problem import Problem
-from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, encode_prompt, stop_strings
+from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, encode_prompt, resolve_prompt_style, stop_strings
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def evaluate_exact_match(
     """
     if not problems:
         raise ValueError("no problems to evaluate")
+    prompt_style = resolve_prompt_style(tokenizer, prompt_style)
     inputs = [encode_prompt(tokenizer, build_prompt(tokenizer, p, prompt_style)) for p in problems]
     was_training = model.training
     model.eval()

@@ -3,8 +3,9 @@
 Prompt tokens are masked out of the loss: the dataset is in TRL's prompt/completion form, for which
 SFTTrainer sets ``completion_only_loss``. The prompt is stage 1's prompt text (chat template or few-shot),
 so LoRA learns to answer exactly the prompts it is evaluated on. LoRA r=16, alpha=32, dropout 0.1 on the
-attention and MLP projections, AdamW, cosine schedule, 5 warmup steps, weight decay 0.01, max grad norm 1.0,
-2 epochs, effective batch 32; validation exact match every N steps picks the best checkpoint, as for CCA.
+attention and MLP projections, AdamW, cosine schedule warming up over the first 10% of steps, weight decay
+0.01, max grad norm 1.0, 2 epochs, effective batch 32; validation exact match every N steps picks the best
+checkpoint, as for CCA.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class LoraSettings:
     epochs: float = 2.0
     effective_batch: int = 32
     per_device_batch: int = 8
-    warmup_steps: int = 5
+    # a fraction, not a count: a fixed 5 warmup steps swallowed whole runs on small training splits
+    warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     eval_every: int = 10
@@ -99,7 +101,7 @@ def _sft_config(output_dir: str, lr: float, settings: LoraSettings, seed: int):
         per_device_train_batch_size=settings.per_device_batch,
         optim="adamw_torch",
         lr_scheduler_type="cosine",
-        warmup_steps=settings.warmup_steps,
+        warmup_steps=settings.warmup_fraction,  # transformers reads a value < 1 as a fraction
         weight_decay=settings.weight_decay,
         max_grad_norm=settings.max_grad_norm,
         max_length=settings.max_length,

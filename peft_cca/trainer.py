@@ -35,6 +35,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from peft_cca.circuit import Circuit
 from peft_cca.config import CCAConfig
 from peft_cca.generation import left_pad
+from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE
 
 logger = logging.getLogger(__name__)
 
@@ -404,7 +405,7 @@ def amplify(
     optimizer: str = "sgd",
     batch_size: int = 8,
     mlp_targets: Sequence[str] = ("up",),
-    prompt_style: str = "chat",
+    prompt_style: str = DEFAULT_PROMPT_STYLE,
     max_new_tokens: int = 256,
     eval_batch_size: int = 16,
     evaluate_fn: EvaluateFn | None = None,

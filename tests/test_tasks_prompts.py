@@ -1,7 +1,14 @@
+import pytest
 from tiny_tokenizer import tiny_tokenizer
 
 from peft_cca.tasks.problem import Problem
-from peft_cca.tasks.prompts import build_prompt, encode_prompt, gsm8k_cot_exemplars, stop_strings
+from peft_cca.tasks.prompts import (
+    build_prompt,
+    encode_prompt,
+    gsm8k_cot_exemplars,
+    resolve_prompt_style,
+    stop_strings,
+)
 
 
 def test_fewshot_exemplars_come_from_lm_eval():
@@ -24,3 +31,15 @@ def test_chat_prompt_uses_template_and_encodes_without_extra_specials():
     prompt = build_prompt(tokenizer, "What is 2+2?", "chat")
     assert prompt.startswith("user: What is 2+2?") and prompt.endswith("assistant: ")
     assert tokenizer.decode(encode_prompt(tokenizer, prompt)) == prompt
+
+
+def test_auto_style_follows_the_chat_template():
+    tokenizer = tiny_tokenizer()
+    assert resolve_prompt_style(tokenizer) == "chat"
+    assert build_prompt(tokenizer, "What is 2+2?") == build_prompt(tokenizer, "What is 2+2?", "chat")
+    tokenizer.chat_template = None  # a base model's tokenizer, like the offline gemma3-270m's
+    assert resolve_prompt_style(tokenizer, "auto") == "fewshot"
+    assert build_prompt(tokenizer, "What is 2+2?").endswith("Q: What is 2+2?\nA:")
+    assert resolve_prompt_style(tokenizer, "chat") == "chat"
+    with pytest.raises(ValueError, match="unknown prompt style"):
+        resolve_prompt_style(tokenizer, "zero-shot")

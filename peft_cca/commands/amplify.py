@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", help="task spec for validation problems (default: the one in meta.json)")
     parser.add_argument("--split-seed", type=int, help="split seed (default: the one in meta.json)")
     parser.add_argument("--val-limit", type=int, help="use at most this many validation problems")
-    parser.add_argument("--prompt-style", help="prompt style (default: the one in meta.json, else chat)")
+    parser.add_argument("--prompt-style", help="prompt style (default: the one in meta.json, else auto)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--eval-batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/amplify or <run>/amplify-nomask)")
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         batch_size=args.batch_size,
         mlp_targets=args.mlp_targets,
-        prompt_style=args.prompt_style or meta.get("prompt_style", "chat"),
+        prompt_style=args.prompt_style or meta.get("prompt_style", "auto"),
         max_new_tokens=args.max_new_tokens,
         eval_batch_size=args.eval_batch_size,
         output_dir=out,

@@ -64,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--val-limit", type=int, help="validation problems used to pick the best step")
     group.add_argument("--test-limit", type=int, help="test problems evaluated")
     group.add_argument("--retention-size", type=int, help="problems per retention task")
+    group.add_argument("--lora-lrs", type=_floats, help="LoRA learning rates, comma-separated")
+    group.add_argument("--lora-epochs", type=int, help="LoRA epochs over the training problems")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
             "val_limit",
             "test_limit",
             "retention_size",
+            "lora_lrs",
+            "lora_epochs",
         )
     }
     settings = DemoSettings(

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-seed", type=int, default=0, help="split seed with --task")
     parser.add_argument("--test-limit", type=int, help="use at most this many test problems")
     parser.add_argument("--val-limit", type=int, help="use at most this many validation problems (0: skip)")
-    parser.add_argument("--prompt-style", help="prompt style (default: the one in meta.json, else chat)")
+    parser.add_argument("--prompt-style", help="prompt style (default: the one in meta.json, else auto)")
     parser.add_argument(
         "--retention-tasks",
         nargs="*",
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         kl_texts=() if args.no_kl else NEUTRAL_TEXTS,
         lm_eval_tasks=lm_tasks,
         lm_eval_limit=limit,
-        prompt_style=args.prompt_style or meta.get("prompt_style", "chat"),
+        prompt_style=args.prompt_style or meta.get("prompt_style", "auto"),
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
     )

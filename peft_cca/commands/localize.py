@@ -45,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prompt-style",
         choices=PROMPT_STYLES,
-        default="chat",
-        help="chat: the tokenizer's chat template; fewshot: lm-eval's 8-shot GSM8K CoT prompt",
+        default="auto",
+        help="chat: the tokenizer's chat template; fewshot: lm-eval's 8-shot GSM8K CoT prompt; auto (default): "
+        "chat when the tokenizer has a chat template (instruct models), else fewshot",
     )
     parser.add_argument(
         "--max-new-tokens", type=int, default=96, help="token budget of every trace, prefix included (default: 96)"

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dropout", type=float, default=defaults.dropout)
     parser.add_argument("--train-limit", type=int, help="use at most this many training problems")
     parser.add_argument("--val-limit", type=int, help="use at most this many validation problems")
-    parser.add_argument("--prompt-style", help="prompt style (default: the one in meta.json, else chat)")
+    parser.add_argument("--prompt-style", help="prompt style (default: the one in meta.json, else auto)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--eval-batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/lora)")
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         val,
         lrs=args.lr,
         settings=settings,
-        prompt_style=args.prompt_style or meta.get("prompt_style", "chat"),
+        prompt_style=args.prompt_style or meta.get("prompt_style", "auto"),
         max_new_tokens=args.max_new_tokens,
         eval_batch_size=args.eval_batch_size,
         output_dir=args.out or args.run / "lora",

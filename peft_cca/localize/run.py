@@ -18,7 +18,7 @@ from peft_cca.localize.pivots import Pivot, branching_pivot_fast, branching_pivo
 from peft_cca.localize.traces import DecodeSettings, Trace, counterfactual, greedy_traces
 from peft_cca.tasks import DEFAULT_TASK
 from peft_cca.tasks.problem import Problem
-from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, encode_prompt, stop_strings
+from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, encode_prompt, resolve_prompt_style, stop_strings
 from peft_cca.tasks.splits import DEFAULT_ACCURACY_THRESHOLD, assign_splits, groups_below
 
 logger = logging.getLogger(__name__)
@@ -136,8 +136,9 @@ def localize(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     problems = list(problems)[: config.limit] if config.limit is not None else list(problems)
-    settings = DecodeSettings(config.max_new_tokens, stop_strings(config.prompt_style), config.batch_size)
-    prompts = [encode_prompt(tokenizer, build_prompt(tokenizer, p, config.prompt_style)) for p in problems]
+    style = resolve_prompt_style(tokenizer, config.prompt_style)
+    settings = DecodeSettings(config.max_new_tokens, stop_strings(style), config.batch_size)
+    prompts = [encode_prompt(tokenizer, build_prompt(tokenizer, p, style)) for p in problems]
     split_of = assign_splits(problems, seed=config.seed)
 
     greedy = _greedy_phase(model, tokenizer, problems, prompts, settings, out_dir)
@@ -149,7 +150,7 @@ def localize(
         "task": config.task,
         "seed": config.seed,
         "split_seed": config.seed,
-        "prompt_style": config.prompt_style,
+        "prompt_style": style,  # resolved, so later stages rebuild exactly these prompts
         "groups": sorted(kept),
         "config": asdict(config),
     }

@@ -11,7 +11,14 @@ Public API::
 
 from peft_cca.tasks.answers import extract_number, extract_text, score_numeric
 from peft_cca.tasks.problem import Problem, score
-from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, PROMPT_STYLES, build_prompt, encode_prompt, stop_strings
+from peft_cca.tasks.prompts import (
+    DEFAULT_PROMPT_STYLE,
+    PROMPT_STYLES,
+    build_prompt,
+    encode_prompt,
+    resolve_prompt_style,
+    stop_strings,
+)
 from peft_cca.tasks.sources import load_problems, parse_spec
 from peft_cca.tasks.splits import assign_splits, groups_below, split_counts
 
@@ -38,6 +45,7 @@ __all__ = [
     "groups_below",
     "load_problems",
     "parse_spec",
+    "resolve_prompt_style",
     "score",
     "score_numeric",
     "split_counts",

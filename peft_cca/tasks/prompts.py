@@ -13,8 +13,10 @@ import yaml
 
 from peft_cca.tasks.problem import Problem
 
-PROMPT_STYLES = ("chat", "fewshot")
-DEFAULT_PROMPT_STYLE = "chat"
+PROMPT_STYLES = ("auto", "chat", "fewshot")
+# auto: the chat template when the tokenizer has one (instruct models), else the few-shot prompt (base
+# models such as the offline gemma3-270m, whose tokenizer carries no template)
+DEFAULT_PROMPT_STYLE = "auto"
 FEWSHOT_STOP_STRINGS = ("Q:", "\n\n")
 
 
@@ -35,30 +37,38 @@ def _bos_text(tokenizer) -> str:
     return tokenizer.bos_token if bos is not None and probe and probe[0] == bos else ""
 
 
+def resolve_prompt_style(tokenizer, style: str = DEFAULT_PROMPT_STYLE) -> str:
+    """``style`` with "auto" replaced by "chat" or "fewshot" for this tokenizer; other styles are checked."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; expected one of {PROMPT_STYLES}")
+    if style != "auto":
+        return style
+    return "chat" if getattr(tokenizer, "chat_template", None) else "fewshot"
+
+
 def build_prompt(
     tokenizer, problem: Problem | str, style: str = DEFAULT_PROMPT_STYLE, shots: int = 8, instruction: str = ""
 ) -> str:
-    """The full prompt text for ``problem`` in ``style`` ("chat" or "fewshot" with ``shots`` exemplars).
+    """The full prompt text for ``problem`` in ``style`` ("auto", "chat" or "fewshot" with ``shots`` exemplars).
 
     The chat prompt is the bare question by default: on SmolLM2-135M an added instruction such as 'End with
     "The answer is N."' lowered accuracy (it then often answers with a bare, wrong number); see the README.
     ``instruction`` is appended on its own line when given.
     """
     question = problem if isinstance(problem, str) else problem.question
+    style = resolve_prompt_style(tokenizer, style)
     if style == "chat":
         content = question.strip() + (f"\n{instruction}" if instruction else "")
         messages = [{"role": "user", "content": content}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    if style == "fewshot":
-        # lm-eval's gsm8k-cot format: "Q: <question>\nA: <target>" joined by blank lines.
-        blocks = [f"Q: {q}\nA: {a}" for q, a in gsm8k_cot_exemplars()[:shots]]
-        blocks.append(f"Q: {question.strip()}\nA:")
-        return _bos_text(tokenizer) + "\n\n".join(blocks)
-    raise ValueError(f"unknown prompt style {style!r}; expected one of {PROMPT_STYLES}")
+    # fewshot: lm-eval's gsm8k-cot format: "Q: <question>\nA: <target>" joined by blank lines.
+    blocks = [f"Q: {q}\nA: {a}" for q, a in gsm8k_cot_exemplars()[:shots]]
+    blocks.append(f"Q: {question.strip()}\nA:")
+    return _bos_text(tokenizer) + "\n\n".join(blocks)
 
 
 def stop_strings(style: str) -> tuple[str, ...]:
-    """Strings that end a completion in ``style`` (chat ends on the EOS token alone)."""
+    """Strings that end a completion in ``style``, resolved (chat ends on the EOS token alone)."""
     return FEWSHOT_STOP_STRINGS if style == "fewshot" else ()
 
 
