@@ -34,6 +34,7 @@ class Preset:
     n_samples: int  # sampled counterfactual traces per problem
     max_new_tokens: int
     lambdas: tuple[float, ...]
+    max_fraction: float  # component budget of the lambda sweep (the paper's circuits are under 2%)
     dcm_epochs: int
     dcm_lr: float  # Adam moves a mask at most lr per step: it needs >= 0.5 / lr steps to select anything
     lrs: tuple[float, ...]
@@ -53,6 +54,7 @@ PRESETS: dict[str, Preset] = {
         n_samples=3,
         max_new_tokens=32,
         lambdas=(1e-2,),
+        max_fraction=0.02,
         dcm_epochs=10,
         dcm_lr=0.05,
         lrs=(1e-2, 1e-3),
@@ -70,6 +72,7 @@ PRESETS: dict[str, Preset] = {
         n_samples=10,
         max_new_tokens=64,
         lambdas=(1e-3, 3e-3, 1e-2, 3e-2),
+        max_fraction=0.02,
         dcm_epochs=50,
         dcm_lr=5e-3,
         lrs=(1e-2, 5e-3, 1e-3, 5e-4, 1e-4, 5e-5, 1e-5),
@@ -178,6 +181,8 @@ def plan(settings: DemoSettings) -> list[tuple[str, list[str]]]:
                     model,
                     "--lambda",
                     _csv(c.lambdas),
+                    "--max-fraction",
+                    f"{c.max_fraction:g}",
                     "--epochs",
                     str(c.dcm_epochs),
                     "--lr",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from test_dcm_paths import random_records, tiny_model
 
-from peft_cca.arch import COMPONENT_KINDS
+from peft_cca.arch import COMPONENT_KINDS, describe
+from peft_cca.circuit import Circuit
 from peft_cca.dcm.paths import OneTokenPath
-from peft_cca.dcm.sweep import choose, sweep
+from peft_cca.dcm.sweep import SweepResult, choose, sweep
 from peft_cca.dcm.train import DCMConfig, train_mask
 
 
@@ -128,3 +129,29 @@ def test_sweep_reports_and_chooses():
     assert rows[0]["train_logit_diff"] > rows[0]["base_train_logit_diff"]
     assert set(rows[0]["counts"]) == set(COMPONENT_KINDS)
     assert choose(results).lam == 0.0
+
+
+def test_choose_respects_the_component_budget_and_small_validation_sets():
+    model = tiny_model("llama")
+    spec = describe(model)
+
+    shape = spec.shape
+
+    def result(lam: float, selected: int, train_gain: float, val_gain: float, val_records: int) -> SweepResult:
+        """A circuit of the first ``selected`` MLP neurons."""
+        masks = {kind: torch.zeros(shape.num_layers, shape.count(kind), dtype=torch.bool) for kind in COMPONENT_KINDS}
+        masks["mlp"].view(-1)[:selected] = True
+        circuit = Circuit.from_masks(shape, masks)
+        return SweepResult(lam, circuit, {}, train_gain, val_gain, 0.0, 0.0, validation_records=val_records)
+
+    total = shape.total_components
+    big, small, tiny = total // 2, total // 50, 1
+    # 5 validation records: too few to rank, so the train gain decides
+    few = [result(1e-3, big, 9.0, 0.1, 5), result(1e-2, small, 5.0, 0.2, 5), result(1e-1, tiny, 0.5, 0.9, 5)]
+    assert choose(few).lam == 1e-3
+    assert choose(few, max_fraction=0.05).lam == 1e-2
+    # enough validation records: the validation gain decides
+    many = [result(r.lam, len(r.circuit), r.train_logit_diff, r.validation_logit_diff, 16) for r in few]
+    assert choose(many, max_fraction=0.05).lam == 1e-1
+    # nothing within budget: the sparsest non-empty circuit
+    assert choose(few[:1], max_fraction=1e-6).lam == 1e-3

@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_lambdas,
         default=[1e-2],
         help="sparsity weight, or a comma list to sweep, e.g. 1e-3,1e-2,1e-1 (default: 1e-2). "
-        "A sweep picks the sparsest circuit within 90%% of the best validation gain",
+        "A sweep picks the sparsest circuit (within --max-fraction) whose gain is within 90%% of the best: "
+        "the validation gain with >= 16 validation records, else the train gain",
     )
     parser.add_argument(
         "--form",
@@ -99,10 +100,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="attention kernel to load the model with (default: the model's own)",
     )
+    parser.add_argument(
+        "--max-fraction",
+        type=float,
+        help="component budget of a lambda sweep, e.g. 0.02: only circuits with at most this fraction of the "
+        "components compete (the paper's circuits are under 2%%)",
+    )
     parser.add_argument("--out", required=True, help="output folder")
 
 
 def run(args: argparse.Namespace) -> int:
+    from peft_cca.dcm import sweep as sweep_module
     from peft_cca.dcm.data import load_records
     from peft_cca.dcm.plot import plot_circuit, plot_history
     from peft_cca.dcm.sweep import choose, sweep
@@ -135,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = sweep(model, train, validation, args.lambdas, replace(config, lam=args.lambdas[0]), out, args.resume)
-    chosen = choose(results)
+    chosen = choose(results, max_fraction=args.max_fraction)
     for result in results:
         folder = out / f"lambda_{result.lam:g}"
         result.circuit.save(folder / "circuit.json")
@@ -143,7 +151,15 @@ def run(args: argparse.Namespace) -> int:
     chosen.circuit.save(out / "circuit.json")
     (out / "history.json").write_text(json.dumps({"lambda": chosen.lam, **chosen.history}, indent=1))
     (out / "sweep.json").write_text(
-        json.dumps({"rule": choose.__doc__, "chosen_lambda": chosen.lam, "rows": [r.row() for r in results]}, indent=1)
+        json.dumps(
+            {
+                "rule": sweep_module.__doc__.split("Selection rule", 1)[-1].strip(),
+                "max_fraction": args.max_fraction,
+                "chosen_lambda": chosen.lam,
+                "rows": [r.row() for r in results],
+            },
+            indent=1,
+        )
     )
     plot_circuit(chosen.circuit, out / "circuit.png")
     plot_history(chosen.history, out / "history.png")

@@ -56,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--n-samples", type=int, help="sampled counterfactual traces per problem")
     group.add_argument("--max-new-tokens", type=int, help="generation budget per trace")
     group.add_argument("--lambdas", type=_floats, help="DCM sparsity weights, comma-separated")
+    group.add_argument("--max-fraction", type=float, help="component budget of the lambda sweep, e.g. 0.02")
     group.add_argument("--dcm-epochs", type=int, help="DCM epochs")
     group.add_argument("--dcm-lr", type=float, help="DCM Adam learning rate")
     group.add_argument("--lrs", type=_floats, help="CCA learning rates, comma-separated")
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             "n_samples",
             "max_new_tokens",
             "lambdas",
+            "max_fraction",
             "dcm_epochs",
             "dcm_lr",
             "lrs",
