@@ -15,7 +15,7 @@ stores the transpose, which the adapter handles.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -76,12 +76,15 @@ class ModelShape:
 class Site:
     """Feature positions of every component of one kind at one module of a decoder layer.
 
-    ``index`` has shape ``(num_components, features_per_component)``.
+    ``index`` has shape ``(num_components, features_per_component)``. ``head_axes`` is set for a per-head
+    output (a q/k norm): ``"tokens_first"`` for (batch, tokens, heads, head_dim) or ``"heads_first"`` for
+    (batch, heads, tokens, head_dim); the features are then the flattened (heads, head_dim).
     """
 
     module: str
     side: Side
     index: torch.Tensor = field(repr=False)
+    head_axes: Literal["tokens_first", "heads_first"] | None = None
 
     def features(self, components: list[int] | torch.Tensor) -> torch.Tensor:
         """Flat, sorted feature positions of the given components."""
@@ -104,6 +107,10 @@ class Layout:
     (GPT-NeoX ``query_key_value``: [q_h | k_h | v_h] for each head h).
     ``mlp_packing``: ``separate`` (gate_proj/up_proj), ``concat`` ([gate | up], Phi-3
     ``gate_up_proj``) or ``none`` (no gate: GPT-2, GPT-NeoX).
+    ``q_norm``/``k_norm``: per-head RMSNorms after the projections (Qwen3, Gemma 3). A norm over each
+    head's features undoes any scaling of the head before it, so DCM scales those heads at the norm's
+    output instead; ``norm_heads_first`` says that output is (batch, heads, tokens, head_dim) (Gemma 3)
+    rather than (batch, tokens, heads, head_dim) (Qwen3). The adapter still trains the projection rows.
     """
 
     layers: str
@@ -116,6 +123,9 @@ class Layout:
     gate: str | None = None
     attn_packing: Literal["separate", "concat", "per_head"] = "separate"
     mlp_packing: Literal["separate", "concat", "none"] = "separate"
+    q_norm: str | None = None
+    k_norm: str | None = None
+    norm_heads_first: bool = False
 
 
 _LLAMA_LIKE = Layout(
@@ -130,10 +140,10 @@ _LLAMA_LIKE = Layout(
 )
 
 LAYOUTS: dict[str, Layout] = {
-    **{
-        name: _LLAMA_LIKE
-        for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2")
-    },
+    # olmo2's q/k norms span all heads together, so a head scaled before them is not undone: no override
+    **{name: _LLAMA_LIKE for name in ("llama", "mistral", "qwen2", "gemma", "gemma2", "olmo", "olmo2")},
+    "qwen3": replace(_LLAMA_LIKE, q_norm="self_attn.q_norm", k_norm="self_attn.k_norm"),
+    "gemma3_text": replace(_LLAMA_LIKE, q_norm="self_attn.q_norm", k_norm="self_attn.k_norm", norm_heads_first=True),
     "phi3": Layout(
         layers="model.layers",
         q="self_attn.qkv_proj",
@@ -232,6 +242,7 @@ class ArchSpec:
         self.shape = shape
         self.layout = layout
         self._sites = self._build_sites()
+        self._dcm_sites = self._build_norm_sites()
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         """The decoder layers of ``model`` (a bare transformers model or a PEFT wrapper of one)."""
@@ -242,8 +253,9 @@ class ArchSpec:
         return f"{self.layout.layers}.{layer}"
 
     def site(self, kind: str) -> Site:
-        """Where DCM reads and scales the components of ``kind``: q/k/v projection outputs, down input."""
-        return self._sites[kind]
+        """Where DCM reads and scales the components of ``kind``: q/k/v projection outputs (or the q/k
+        per-head norm outputs, where the layout has them), down input."""
+        return self._dcm_sites.get(kind) or self._sites[kind]
 
     def param_sites(self, kind: str, mlp_targets: tuple[str, ...] = ("up",)) -> list[Site]:
         """Weight slices the adapter trains for a component of ``kind``.
@@ -284,6 +296,16 @@ class ArchSpec:
                 sites["mlp.gate"] = Site(lay.gate, "output", neurons)
         return sites
 
+    def _build_norm_sites(self) -> dict[str, Site]:
+        """DCM sites at the per-head q/k norms' outputs, for layouts that have them."""
+        s, lay = self.shape, self.layout
+        axes = "heads_first" if lay.norm_heads_first else "tokens_first"
+        sites = {}
+        for kind, path, heads in (("q", lay.q_norm, s.num_heads), ("k", lay.k_norm, s.num_kv_heads)):
+            if path:
+                sites[kind] = Site(path, "output", _blocks(0, heads, s.head_dim), head_axes=axes)
+        return sites
+
     def check(self, model: nn.Module) -> None:
         """Fail early, naming the missing module, if ``model`` does not have this layout."""
         layers = self.layers(model)
@@ -292,7 +314,7 @@ class ArchSpec:
                 f"expected {self.shape.num_layers} decoder layers at {self.layout.layers!r}, "
                 f"found {len(layers)}. {_HOW_TO_DESCRIBE}"
             )
-        for name, site in self._sites.items():
+        for name, site in [*self._sites.items(), *self._dcm_sites.items()]:
             module = _get(layers[0], site.module, f"{name} ({site.side})", self.shape.model_type)
             width = _feature_width(module, site.side)
             if width is not None and int(site.index.max()) >= width:

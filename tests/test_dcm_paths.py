@@ -7,11 +7,13 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
+    Gemma3TextConfig,
     GPT2Config,
     GPTNeoXConfig,
     LlamaConfig,
     Phi3Config,
     Qwen2Config,
+    Qwen3Config,
 )
 
 from peft_cca.arch import describe
@@ -27,6 +29,9 @@ CONFIGS = {
     "qwen2": lambda: Qwen2Config(**COMMON, num_key_value_heads=2),
     # head_dim 24 != 64 / 4, and a sliding window shorter than the prefixes
     "gemma2": lambda: Gemma2Config(**COMMON, num_key_value_heads=2, head_dim=24, sliding_window=4),
+    # per-head q/k norms: DCM scales those heads after the norm
+    "qwen3": lambda: Qwen3Config(**COMMON, num_key_value_heads=2, head_dim=16),
+    "gemma3_text": lambda: Gemma3TextConfig(**COMMON, num_key_value_heads=1, head_dim=16, sliding_window=4),
     "gpt2": lambda: GPT2Config(
         vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_inner=96, bos_token_id=0, eos_token_id=0
     ),
@@ -69,7 +74,7 @@ def _loss_and_grad(model, path, records, form="paper", lam=0.01):
     return loss.detach(), diff.detach(), torch.cat([v.grad.reshape(-1) for v in mask.values.values()])
 
 
-CASES = [(a, "eager") for a in CONFIGS] + [(a, "sdpa") for a in CONFIGS if a != "gemma2"]
+CASES = [(a, "eager") for a in CONFIGS] + [(a, "sdpa") for a in CONFIGS if a not in ("gemma2", "gemma3_text")]
 
 
 @pytest.mark.parametrize(("arch", "attn"), CASES)
@@ -83,6 +88,21 @@ def test_one_token_path_matches_full_sequence(arch, attn, form):
     torch.testing.assert_close(fast[1], full[1], rtol=1e-5, atol=1e-5)
     assert full[2].abs().max() > 1e-3  # the mask does move the logits
     torch.testing.assert_close(fast[2], full[2], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3_text"])
+def test_query_and_key_heads_move_the_logits_under_per_head_norms(arch):
+    """Scaling a head before a per-head RMSNorm is undone by the norm (zero gradient); after it, it is not."""
+    model = tiny_model(arch)
+    records = random_records()
+    spec = describe(model)
+    assert spec.site("q").module.endswith("q_norm") and spec.site("k").module.endswith("k_norm")
+    mask = ComponentMask(spec.shape, "paper")
+    with MaskIntervention(model, spec, mask) as intervention:
+        loss, _ = batch_loss(FullSequencePath(model, records), intervention, mask, list(range(len(records))), 0.0)
+    loss.backward()
+    for kind in ("q", "k"):
+        assert mask.values[kind].grad.abs().max() > 1e-4, kind
 
 
 def test_full_path_padding_does_not_change_results():

@@ -137,6 +137,14 @@ class MaskIntervention:
         return factor
 
     def _apply(self, h: torch.Tensor, layer: int, kinds: list[str]) -> torch.Tensor:
+        axes = self.spec.site(kinds[0]).head_axes
+        if axes is not None:  # a per-head norm's output: scale the flattened (heads, head_dim) features
+            tokens_first = h if axes == "tokens_first" else h.transpose(1, 2)
+            scaled = self._apply_flat(tokens_first.flatten(2), layer, kinds).view_as(tokens_first)
+            return scaled if axes == "tokens_first" else scaled.transpose(1, 2)
+        return self._apply_flat(h, layer, kinds)
+
+    def _apply_flat(self, h: torch.Tensor, layer: int, kinds: list[str]) -> torch.Tensor:
         if self.positions is None:
             raise RuntimeError("MaskIntervention.at(positions) must be called before the forward pass")
         rows = torch.arange(h.shape[0], device=h.device)
@@ -146,7 +154,7 @@ class MaskIntervention:
         return h.index_put((rows, pos), h[rows, pos] * factor)
 
     def __enter__(self) -> MaskIntervention:
-        groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[str]] = defaultdict(list)  # kinds sharing one module and side
         for kind in COMPONENT_KINDS:
             site = self.spec.site(kind)
             groups[(site.module, site.side)].append(kind)
