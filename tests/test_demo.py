@@ -52,6 +52,19 @@ def test_plan_covers_every_stage_for_every_seed(tmp_path):
     assert settings.counts().steps == PRESETS["quick"].steps
 
 
+def test_count_flags_reach_the_stage_commands(tmp_path):
+    overrides = {"max_fraction": 0.05, "lora_lrs": (1e-3, 2e-4), "lora_epochs": 7, "lambdas": (1e-2, 3e-2)}
+    stages = dict(plan(DemoSettings(out=tmp_path, overrides=overrides)))
+    circuit, lora = stages["circuit-seed0"], stages["lora-seed0"]
+    assert circuit[circuit.index("--max-fraction") + 1] == "0.05"
+    assert circuit[circuit.index("--lambda") + 1] == "0.01,0.03"
+    assert lora[lora.index("--lr") + 1 : lora.index("--lr") + 3] == ["0.001", "0.0002"]
+    assert lora[lora.index("--epochs") + 1] == "7"
+    # several lambdas: stage 1 also localizes the validation split, which the sweep may score on
+    localize = stages["localize-seed0"]
+    assert localize[localize.index("--splits") + 1 : localize.index("--splits") + 3] == ["train", "validation"]
+
+
 def test_finished_stages_are_skipped_on_a_second_run(tmp_path):
     calls: list[list[str]] = []
     settings = DemoSettings(out=tmp_path)
