@@ -13,9 +13,11 @@ from peft_cca.tasks.problem import Problem
 SETTINGS = DecodeSettings(max_new_tokens=14)
 
 
-@pytest.fixture(scope="module")
-def lm():
-    return tiny_model("llama", seed=3), tiny_tokenizer()
+@pytest.fixture(scope="module", params=["llama", "gemma3_text"])
+def lm(request):
+    """Full attention, and sliding-window attention whose own cache drops what falls out of the window."""
+    seed = {"llama": 3, "gemma3_text": 4}[request.param]  # weights whose samples do flip correctness
+    return tiny_model(request.param, seed=seed), tiny_tokenizer()
 
 
 def _problem(name: str) -> Problem:

@@ -40,7 +40,10 @@ CONFIGS = {
     "qwen3": lambda: Qwen3Config(**_COMMON),
     # Gemma-2: head_dim (16) is not hidden / heads (12)
     "gemma2": lambda: Gemma2Config(**{**_COMMON, "head_dim": 16}),
-    "gemma3_text": lambda: Gemma3TextConfig(**{**_COMMON, "head_dim": 16, "num_key_value_heads": 1}),
+    # a sliding window shorter than most test sequences, so the windowed attention path is exercised
+    "gemma3_text": lambda: Gemma3TextConfig(
+        **{**_COMMON, "head_dim": 16, "num_key_value_heads": 1, "sliding_window": 6}
+    ),
     "olmo2": lambda: Olmo2Config(**_COMMON),
     "phi3": lambda: Phi3Config(**{k: v for k, v in _COMMON.items() if k != "head_dim"}, pad_token_id=0),
     "gpt2": lambda: GPT2Config(

@@ -114,18 +114,23 @@ def branching_pivot_naive(
 
 
 def _argmax_and_cache(model, sequence: Sequence[int], counter: TokenCounter | None):
-    """One forward pass: the greedy token after every prefix of ``sequence``, and its KV cache."""
+    """One forward pass: the greedy token after every prefix of ``sequence``, and its KV cache.
+
+    The cache is a plain ``DynamicCache`` whose layers keep every position, even for sliding-window models
+    (Gemma 2/3): their own cache drops what leaves the window and so cannot be cut back to a shorter prefix.
+    The window is still applied, by the attention mask, so the values are the same.
+    """
     device = next(model.parameters()).device
     ids = torch.tensor([list(sequence)], dtype=torch.long, device=device)
     with torch.no_grad():
-        out = model(input_ids=ids, use_cache=True)
+        out = model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True)
     if counter is not None:
         counter.add(len(sequence), 0, "fast-prefill")
     return out.logits[0].argmax(-1).tolist(), out.past_key_values
 
 
 def _sliceable(cache) -> bool:
-    """Only full-attention layers can be cut at any length; sliding-window caches fall back to prefill."""
+    """Only full layers can be cut at any length; any other cache (a model's own kind) falls back to prefill."""
     layers = getattr(cache, "layers", None)
     return layers is not None and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
 
