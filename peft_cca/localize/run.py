@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from peft_cca.generation import TokenCounter
 from peft_cca.localize.dataset import DatasetWriter, _read_jsonl
 from peft_cca.localize.pivots import Pivot, branching_pivot_fast, branching_pivot_naive, prefix_pivot
+from peft_cca.localize.profile import pivot_profile
 from peft_cca.localize.traces import DecodeSettings, Trace, counterfactual, greedy_traces
 from peft_cca.tasks import DEFAULT_TASK
 from peft_cca.tasks.problem import Problem
@@ -221,4 +222,5 @@ def summarize(problems, greedy, accuracy, kept, writer: DatasetWriter) -> dict[s
         "records": len(records),
         "records_by_split": dict(by_split),
         "tokens_processed": {**tokens, "total": sum(tokens.values())},
+        "pivot_profile": pivot_profile(records, [r["position"] for r in progress if r["pivot"]]),
     }
