@@ -64,7 +64,7 @@ PRESETS: dict[str, Preset] = {
         test_limit=48,
         retention_size=8,
         lora_lrs=(2e-4,),
-        lora_epochs=1,
+        lora_epochs=5,  # ~40 training problems at an effective batch of 32: 2 steps an epoch
     ),
     # the paper's protocol: lambda and lr sweeps, 50 steps, 3 seeds
     "full": Preset(
