@@ -92,7 +92,7 @@ class DemoSettings:
     out: Path
     model: str = "smollm2-135m-instruct"
     task: str = DEFAULT_TASK
-    preset: str = "quick"
+    preset: str = "full"
     retention_tasks: tuple[str, ...] = DEFAULT_RETENTION_TASKS
     method: str = "branching"
     overrides: dict[str, object] = field(default_factory=dict)

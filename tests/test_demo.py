@@ -28,7 +28,7 @@ TINY = dict(
 
 
 def test_plan_covers_every_stage_for_every_seed(tmp_path):
-    settings = DemoSettings(out=tmp_path, overrides={"seeds": (0, 1)})
+    settings = DemoSettings(out=tmp_path, preset="quick", overrides={"seeds": (0, 1)})
     stages = plan(settings)
     names = [name for name, _ in stages]
     for seed in (0, 1):
@@ -67,7 +67,7 @@ def test_count_flags_reach_the_stage_commands(tmp_path):
 
 def test_finished_stages_are_skipped_on_a_second_run(tmp_path):
     calls: list[list[str]] = []
-    settings = DemoSettings(out=tmp_path)
+    settings = DemoSettings(out=tmp_path, preset="quick")
     run_demo(settings, runner=lambda argv: calls.append(argv) or 0, echo=lambda _: None)
     first = len(calls)
     assert first == len(plan(settings))
@@ -76,7 +76,7 @@ def test_finished_stages_are_skipped_on_a_second_run(tmp_path):
 
 
 def test_a_failing_stage_stops_the_demo_and_is_retried_next_time(tmp_path):
-    settings = DemoSettings(out=tmp_path)
+    settings = DemoSettings(out=tmp_path, preset="quick")
     with pytest.raises(RuntimeError, match="stage localize-seed0 failed"):
         run_demo(settings, runner=lambda argv: 1, echo=lambda _: None)
     assert not (tmp_path / "stages" / "localize-seed0.json").exists()
