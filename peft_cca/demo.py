@@ -87,6 +87,10 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# comparison arms a run may leave out, e.g. on a model where the full-model ablation costs hours on a CPU
+SKIPPABLE = ("cca-nomask", "lora")
+
+
 @dataclass
 class DemoSettings:
     out: Path
@@ -95,6 +99,7 @@ class DemoSettings:
     preset: str = "full"
     retention_tasks: tuple[str, ...] = DEFAULT_RETENTION_TASKS
     method: str = "branching"
+    skip: tuple[str, ...] = ()  # comparison arms left out (SKIPPABLE), with their evaluations
     overrides: dict[str, object] = field(default_factory=dict)
 
     def counts(self) -> Preset:
@@ -241,6 +246,9 @@ def plan(settings: DemoSettings) -> list[tuple[str, list[str]]]:
             ),
             evaluate("lora", run / "lora" / "adapter"),
         ]
+    # a stage is "<arm>-seed<s>" or "evaluate-<arm>-seed<s>"
+    skipped = set(settings.skip)
+    stages = [(name, argv) for name, argv in stages if name.removeprefix("evaluate-").rsplit("-", 1)[0] not in skipped]
     stages.append(("compare", ["compare", "--runs", str(out / "eval"), "--out", str(out / "report")]))
     return stages
 

@@ -65,6 +65,12 @@ def test_count_flags_reach_the_stage_commands(tmp_path):
     assert localize[localize.index("--splits") + 1 : localize.index("--splits") + 3] == ["train", "validation"]
 
 
+def test_skipped_arms_leave_out_their_training_and_evaluation(tmp_path):
+    names = [name for name, _ in plan(DemoSettings(out=tmp_path, preset="quick", skip=("cca-nomask",)))]
+    assert "cca-nomask-seed0" not in names and "evaluate-cca-nomask-seed0" not in names
+    assert {"cca-seed0", "evaluate-cca-seed0", "lora-seed0", "evaluate-lora-seed0", "compare"} <= set(names)
+
+
 def test_finished_stages_are_skipped_on_a_second_run(tmp_path):
     calls: list[list[str]] = []
     settings = DemoSettings(out=tmp_path, preset="quick")

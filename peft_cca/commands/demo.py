@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from peft_cca.demo import PRESETS, DemoSettings, run_demo
+from peft_cca.demo import PRESETS, SKIPPABLE, DemoSettings, run_demo
 from peft_cca.tasks import DEFAULT_RETENTION_TASKS, DEFAULT_TASK
 
 HELP = "every stage end to end on the offline model, with a comparison table"
@@ -50,6 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--method", choices=["branching", "prefix"], default="branching", help="pivot localization method of stage 1"
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="+",
+        choices=SKIPPABLE,
+        default=[],
+        help="comparison arms to leave out (with their evaluations), e.g. cca-nomask where training every "
+        "weight is too slow",
     )
     group = parser.add_argument_group("counts (override the preset)")
     group.add_argument("--problems", type=int, help="problems drawn from the task")
@@ -99,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset,
         retention_tasks=tuple(args.retention_tasks),
         method=args.method,
+        skip=tuple(args.skip),
         overrides=overrides,
     )
     report = run_demo(settings, runner=peft_cca, echo=lambda line: print(line, flush=True))
