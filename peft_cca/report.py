@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,19 +70,33 @@ def general_metrics(run: Mapping[str, Any]) -> dict[str, float]:
     return flat
 
 
+def paired_deltas(
+    members: Sequence[Mapping[str, Any]], base_runs: Sequence[Mapping[str, Any]], value: Callable[[Mapping], float]
+) -> list[float]:
+    """Each member's value minus the base model's on the same seed.
+
+    Demo seeds are whole replicates with their own test split, so a run is compared with the base on its own
+    split; an arm run on fewer seeds than the base is then not credited with the other seeds' difficulty.
+    A seed without a base run falls back to the mean over the base runs.
+    """
+    by_seed = {r.get("seed"): value(r) for r in base_runs}
+    fallback = statistics.fmean(by_seed.values())
+    return [value(m) - by_seed.get(m.get("seed"), fallback) for m in members]
+
+
 def table1(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Configuration, method, dataset size, % mask, test accuracy (mean, std over seeds), delta vs the base."""
+    """Configuration, method, dataset size, % mask, test accuracy (mean, std over seeds), paired delta vs the base."""
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for run in runs:
         groups[_key(run)].append(run)
     base_runs = [r for r in runs if r.get("config") == BASE]
-    base = statistics.fmean(r["test"]["macro"] for r in base_runs) if base_runs else None
     rows = []
     for key in sorted(groups, key=_order):
         members = groups[key]
         mean, std = _mean_std([r["test"]["macro"] for r in members])
         masks = [r["mask_percent"] for r in members if r.get("mask_percent") is not None]
         sizes = [r["dataset_size"] for r in members if r.get("dataset_size") is not None]
+        deltas = paired_deltas(members, base_runs, lambda r: r["test"]["macro"]) if base_runs else None
         rows.append(
             {
                 "config": key[0],
@@ -92,7 +106,8 @@ def table1(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "mask_percent": statistics.fmean(masks) if masks else None,
                 "test_mean": mean,
                 "test_std": std,
-                "delta": None if base is None else mean - base,
+                "delta": None if deltas is None else statistics.fmean(deltas),
+                "delta_std": None if deltas is None else _mean_std(deltas)[1],
             }
         )
     return rows
@@ -104,14 +119,19 @@ def table2(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     if not base_runs:
         return []
     base = _average([general_metrics(r) for r in base_runs])
-    groups: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for run in runs:
         if run.get("config") != BASE:
-            groups[_key(run)].append(general_metrics(run))
+            groups[_key(run)].append(run)
     rows = []
     for key in sorted(groups, key=_order):
-        mean = _average(groups[key])
-        deltas = {name: mean[name] - base[name] for name in base if name in mean}
+        members = groups[key]
+        measured = _average([general_metrics(r) for r in members])
+        deltas = {
+            name: statistics.fmean(paired_deltas(members, base_runs, lambda r, n=name: general_metrics(r)[n]))
+            for name in base
+            if name in measured
+        }
         rows.append({"config": key[0], "method": key[1], "base": base, "delta": deltas})
     return rows
 
@@ -151,20 +171,25 @@ def _markdown(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 def render_markdown(tables: Mapping[str, list[dict[str, Any]]]) -> str:
     t1 = _markdown(
-        ["Configuration", "Localization", "Dataset size", "% Mask", "Test accuracy (%)", "Δ"],
+        ["Configuration", "Localization", "Seeds", "Dataset size", "% Mask", "Test accuracy (%)", "Δ (paired)"],
         (
             [
                 r["config"],
                 r["method"],
+                str(r["seeds"]),
                 _fmt(r["dataset_size"], digits=0),
                 _fmt(r["mask_percent"], digits=3),
                 f"{_fmt(r['test_mean'], 100)} ± {_fmt(r['test_std'], 100)}",
-                _fmt(r["delta"], 100, signed=True),
+                f"{_fmt(r['delta'], 100, signed=True)} ± {_fmt(r['delta_std'], 100)}",
             ]
             for r in tables["table1"]
         ),
     )
-    parts = ["## Table 1: target task (test split, macro exact match)", t1]
+    parts = [
+        "## Table 1: target task (test split, macro exact match)",
+        "Mean ± std over seeds; Δ is each seed's run minus the base model on that seed's own test split.",
+        t1,
+    ]
     if tables["table2"]:
         names = list(tables["table2"][0]["base"])
         t2 = _markdown(

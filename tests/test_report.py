@@ -89,7 +89,7 @@ def test_compare_command_writes_markdown_json_and_plots(tmp_path):
     assert main(["compare", "--runs", *paths, "--out", str(tmp_path / "report")]) == 0
     out = tmp_path / "report"
     markdown = (out / "report.md").read_text()
-    assert "| CCA w/ mask | prefix | 40 | 1.500 | 45.0 ± 7.1 | +15.0 |" in markdown
+    assert "| CCA w/ mask | prefix | 2 | 40 | 1.500 | 45.0 ± 7.1 | +15.0 ± 7.1 |" in markdown
     assert json.loads((out / "report.json").read_text())["table7"][0]["mlp"] == 15
     assert (out / "curves.png").stat().st_size > 0 and (out / "circuits.png").stat().st_size > 0
 
@@ -112,3 +112,21 @@ def test_load_runs_reads_files_run_folders_and_folders_of_run_jsons(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"neither eval\.json"):
         load_runs([tmp_path / "empty"])
+
+
+def test_deltas_pair_each_run_with_the_base_on_its_own_seed():
+    runs = [
+        run("base-s0", "Base", 0.30, seed=0, retention=0.2),
+        run("base-s1", "Base", 0.60, seed=1, retention=0.4),
+        run("cca-s0", "CCA w/ mask", 0.40, seed=0, retention=0.3),
+        run("cca-s1", "CCA w/ mask", 0.80, seed=1, retention=0.4),
+        run("nomask-s0", "CCA w/o mask", 0.50, seed=0, retention=0.1),  # one seed only
+    ]
+    rows = {r["config"]: r for r in table1(runs)}
+    assert rows["CCA w/ mask"]["delta"] == pytest.approx(0.15)  # (0.10 + 0.20) / 2
+    assert rows["CCA w/ mask"]["delta_std"] == pytest.approx(0.0707107, rel=1e-5)
+    # against seed 0's base (0.30), not the mean base over both seeds (0.45)
+    assert rows["CCA w/o mask"]["delta"] == pytest.approx(0.20)
+    general = {r["config"]: r["delta"] for r in table2(runs)}
+    assert general["CCA w/o mask"]["retention (macro)"] == pytest.approx(-0.1)
+    assert general["CCA w/ mask"]["retention (macro)"] == pytest.approx(0.05)
