@@ -85,4 +85,5 @@ def test_circuit_command_writes_outputs(tmp_path, monkeypatch, capsys):
     assert len(Circuit.load(out / "lambda_1000" / "circuit.json")) == 0
     sweep = json.loads((out / "sweep.json").read_text())
     assert sweep["chosen_lambda"] == 0.0 and len(sweep["rows"]) == 2
+    assert sweep["rule"].startswith("The gain of a circuit") and sweep["max_fraction"] is None
     assert "chosen" in capsys.readouterr().out

@@ -110,10 +110,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_cca.dcm import sweep as sweep_module
     from peft_cca.dcm.data import load_records
     from peft_cca.dcm.plot import plot_circuit, plot_history
-    from peft_cca.dcm.sweep import choose, sweep
+    from peft_cca.dcm.sweep import SELECTION_RULE, choose, sweep
     from peft_cca.dcm.train import DCMConfig
     from peft_cca.models import load_model
 
@@ -153,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     (out / "sweep.json").write_text(
         json.dumps(
             {
-                "rule": sweep_module.__doc__.split("Selection rule", 1)[-1].strip(),
+                "rule": SELECTION_RULE,
                 "max_fraction": args.max_fraction,
                 "chosen_lambda": chosen.lam,
                 "rows": [r.row() for r in results],

@@ -3,13 +3,8 @@
 Each lambda's circuit is scored "amplified": its selected components doubled (scale 2, the paper
 form at m = 1), every other component untouched, whatever form it was learned with.
 
-Selection rule (:func:`choose`): the gain of a circuit is its amplified mean logit difference minus
-the unamplified model's, on validation records, or on train records when there are fewer than
-``MIN_VALIDATION_RECORDS`` validation records (one of 5 records moves the mean by more than the gains
-being ranked: on SmolLM2 a 5-record validation set ranked a 5-component circuit above an 841-component
-one). Only non-empty circuits within the component budget ``max_fraction`` compete (when none is, the
-sparsest non-empty one is taken); among those whose gain is at least ``keep`` (default 90%) of the best,
-pick the sparsest; ties go to the larger lambda. If no circuit selects anything, the smallest lambda wins.
+The pick (:func:`choose`) follows :data:`SELECTION_RULE`, which ``peft-cca circuit`` also writes into
+``sweep.json`` so that a sweep's output states how it chose.
 """
 
 from __future__ import annotations
@@ -30,6 +25,16 @@ from peft_cca.dcm.train import DCMConfig, DCMResult, mean_logit_diff, train_mask
 logger = logging.getLogger(__name__)
 
 MIN_VALIDATION_RECORDS = 16
+
+SELECTION_RULE = (
+    "The gain of a circuit is its amplified mean logit difference minus the unamplified model's, on validation "
+    f"records, or on train records when there are fewer than {MIN_VALIDATION_RECORDS} validation records (one "
+    "of 5 records moves the mean by more than the gains being ranked: on SmolLM2 a 5-record validation set "
+    "ranked a 5-component circuit above an 841-component one). Only non-empty circuits within the component "
+    "budget max_fraction compete (when none is, the sparsest non-empty one is taken); among those whose gain "
+    "is at least keep (default 90%) of the best, pick the sparsest; ties go to the larger lambda. If no "
+    "circuit selects anything, the smallest lambda wins."
+)
 
 
 @dataclass
@@ -69,7 +74,7 @@ class SweepResult:
 
 
 def choose(results: list[SweepResult], keep: float = 0.9, max_fraction: float | None = None) -> SweepResult:
-    """The sparsest non-empty circuit within the budget and within ``keep`` of the best gain (module docstring)."""
+    """The sparsest non-empty circuit within the budget and within ``keep`` of the best gain (SELECTION_RULE)."""
     if not results:
         raise ValueError("empty sweep")
     non_empty = [r for r in results if len(r.circuit) > 0]
