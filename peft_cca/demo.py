@@ -200,55 +200,28 @@ def plan(settings: DemoSettings) -> list[tuple[str, list[str]]]:
                 ],
             ),
             evaluate("base", None),
-            (
-                f"cca-seed{seed}",
-                [
-                    "amplify",
-                    *train,
-                    "--lr",
-                    *lrs,
-                    "--steps",
-                    str(c.steps),
-                    "--circuit",
-                    str(run / "circuit" / "circuit.json"),
-                    "--out",
-                    str(run / "cca"),
-                ],
-            ),
-            evaluate("cca", run / "cca" / "adapter"),
-            (
-                f"cca-nomask-seed{seed}",
-                [
-                    "amplify",
-                    *train,
-                    "--lr",
-                    *lrs,
-                    "--steps",
-                    str(c.steps),
-                    "--no-mask",
-                    "--out",
-                    str(run / "cca-nomask"),
-                ],
-            ),
-            evaluate("cca-nomask", run / "cca-nomask" / "adapter"),
-            (
-                f"lora-seed{seed}",
-                [
-                    "lora",
-                    *train,
-                    "--lr",
-                    *(f"{lr:g}" for lr in c.lora_lrs),
-                    "--epochs",
-                    str(c.lora_epochs),
-                    "--out",
-                    str(run / "lora"),
-                ],
-            ),
-            evaluate("lora", run / "lora" / "adapter"),
         ]
-    # a stage is "<arm>-seed<s>" or "evaluate-<arm>-seed<s>"
-    skipped = set(settings.skip)
-    stages = [(name, argv) for name, argv in stages if name.removeprefix("evaluate-").rsplit("-", 1)[0] not in skipped]
+        # the comparison arms: each trains into <run>/<arm> and is evaluated from <run>/<arm>/adapter
+        arms = {
+            "cca": [
+                "amplify",
+                *train,
+                "--lr",
+                *lrs,
+                "--steps",
+                str(c.steps),
+                "--circuit",
+                str(run / "circuit" / "circuit.json"),
+            ],
+            "cca-nomask": ["amplify", *train, "--lr", *lrs, "--steps", str(c.steps), "--no-mask"],
+            "lora": ["lora", *train, "--lr", *(f"{lr:g}" for lr in c.lora_lrs), "--epochs", str(c.lora_epochs)],
+        }
+        for arm, argv in arms.items():
+            if arm not in settings.skip:
+                stages += [
+                    (f"{arm}-seed{seed}", [*argv, "--out", str(run / arm)]),
+                    evaluate(arm, run / arm / "adapter"),
+                ]
     stages.append(("compare", ["compare", "--runs", str(out / "eval"), "--out", str(out / "report")]))
     return stages
 
