@@ -43,3 +43,5 @@ def test_auto_style_follows_the_chat_template():
     assert resolve_prompt_style(tokenizer, "chat") == "chat"
     with pytest.raises(ValueError, match="unknown prompt style"):
         resolve_prompt_style(tokenizer, "zero-shot")
+    with pytest.raises(ValueError, match="resolve the 'auto' prompt style"):
+        stop_strings("auto")

@@ -69,6 +69,8 @@ def build_prompt(
 
 def stop_strings(style: str) -> tuple[str, ...]:
     """Strings that end a completion in ``style``, resolved (chat ends on the EOS token alone)."""
+    if style == "auto":  # which strings apply depends on the tokenizer
+        raise ValueError("resolve the 'auto' prompt style with resolve_prompt_style(tokenizer, style) first")
     return FEWSHOT_STOP_STRINGS if style == "fewshot" else ()
 
 
