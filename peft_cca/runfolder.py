@@ -1,0 +1,121 @@
+"""Run folders that cannot lie: the settings a folder's files depend on, checked on every resume, and
+writes that never leave a half-written file behind.
+
+Every stage writes into a folder of its own. The first run records the settings that determine its output
+in ``settings.json``; a later run into the same folder resumes only when its settings are the same, and
+otherwise stops before any work with one line naming each differing setting and how to start afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from peft_cca.errors import UsageError
+
+SETTINGS_FILE = "settings.json"
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by ``None``: ``NaN`` and ``-Infinity`` are not JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Strict JSON (non-finite floats become ``null``), indented, written atomically."""
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
+
+
+def ensure_output_dir(path: Path, flag: str = "--out") -> Path:
+    """Create ``path`` as a folder and prove it writable before any work starts; refuse a file or a
+    read-only folder with one line."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is a file, not a folder: choose a folder path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise UsageError(f"{flag} {path} is not writable ({err.strerror}): choose another folder") from err
+    return path
+
+
+def ensure_output_file(path: Path, flag: str = "--out") -> Path:
+    """Check that ``path`` can be written as a file (its folder exists or can be made, and is writable)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder, not a file: give a file path such as {path / 'out.json'}")
+    ensure_output_dir(path.parent if str(path.parent) else Path("."), flag=f"the folder of {flag}")
+    return path
+
+
+def _describe(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def check_settings(
+    folder: Path,
+    settings: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+    restart_hint: str = "pass --overwrite to start afresh, or choose another --out",
+) -> bool:
+    """Compare ``settings`` with those recorded in ``folder``; record them when there are none.
+
+    Returns ``True`` when the folder already held the same settings (a resume), ``False`` when they were
+    recorded now. Raises :class:`UsageError` naming every differing setting unless ``overwrite``, in which
+    case the new settings replace the old (the caller clears the stale files).
+    """
+    folder = Path(folder)
+    wanted = json.loads(json.dumps(json_safe(dict(settings)), sort_keys=True))
+    recorded_path = folder / SETTINGS_FILE
+    if recorded_path.exists() and not overwrite:
+        try:
+            recorded = json.loads(recorded_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UsageError(f"{recorded_path} is corrupted ({err}): {restart_hint}") from err
+        if not isinstance(recorded, dict):
+            raise UsageError(f"{recorded_path} does not hold an object of settings: {restart_hint}")
+        differing = [
+            f"{key} {_describe(recorded.get(key))} (recorded) vs {_describe(wanted.get(key))} (now)"
+            for key in sorted(set(recorded) | set(wanted))
+            if recorded.get(key) != wanted.get(key)
+        ]
+        if differing:
+            raise UsageError(f"{folder} was made with other settings: {'; '.join(differing)}; {restart_hint}")
+        return True
+    atomic_write_json(recorded_path, wanted)
+    return False
