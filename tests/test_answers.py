@@ -15,6 +15,9 @@ from peft_cca.tasks.answers import answer_is_final, extract_number, extract_text
         ("no numbers at all", None),
         ("", None),
         ("The answer is unknown.", None),
+        ("The final answer is 3.5.", "3.5"),
+        ("So 5 + 3 = 8. The answer is below.", "8"),
+        ("21 - 15 = 6. The final answer is 6.\nQ: Tom has 7 apples", "6"),
     ],
 )
 def test_extract_number(text, expected):

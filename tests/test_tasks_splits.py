@@ -33,3 +33,13 @@ def test_splits_are_seeded_and_per_group():
 def test_accuracy_filter():
     assert groups_below({"a": 0.5, "b": 0.8, "c": 0.95}) == {"a"}
     assert groups_below({"a": 0.5, "b": 0.8}, threshold=0.9) == {"a", "b"}
+
+
+def test_split_counts_are_exact_and_complete():
+    assert split_counts(50) == (26, 4, 20)
+    assert split_counts(100) == (52, 8, 40)
+    assert split_counts(10) == (5, 1, 4)
+    for n in range(0, 120):
+        train, validation, test = split_counts(n)
+        assert min(train, validation, test) >= 0 and train + validation + test == n
+    assert split_counts(50, (0.5, 0.1, 0.4)) == (25, 5, 20)  # float fractions still work

@@ -1,8 +1,13 @@
 """Answer extraction and scoring, as the CCA authors score GSM-style traces.
 
-Rule (numeric): take the text after the first "answer is" up to the end of that sentence, drop commas,
-read the last number in it and compare numerically with the gold answer. Without "answer is", the last
-number of the whole completion is read. Anything unparseable is simply wrong, never an exception.
+Rule (numeric), the authors' cut (``extract_until_first_answer`` then ``extract_final_answer`` in their
+gsm_utils.py): keep the completion up to the end of the first "answer is" sentence, drop commas, read the
+last number and compare numerically with the gold answer. So "The answer is 8." reads 8 and "So 5 + 3 = 8.
+The answer is below." reads 8 too. Without "answer is", the last number of the whole completion is read.
+Anything unparseable is simply wrong, never an exception.
+
+One deliberate difference: their sentence ends at the first period (regex ``answer is[^.]*`` + period), reading
+"The final answer is 3.5." as 3; here a period followed by a digit is a decimal point, so it reads 3.5.
 
 The "end of that sentence" is a newline or a period not followed by a digit. That choice makes the
 extracted answer *final* once the sentence is closed: no later token can change it, which is what lets
@@ -37,11 +42,18 @@ def answer_segment(text: str, finished: bool = True) -> str | None:
     return rest[: end.start()]
 
 
+def answer_cut(text: str) -> str:
+    """The completion up to the end of its first "answer is" sentence (all of it without one)."""
+    segment = answer_segment(text)
+    if segment is None:
+        return text
+    cue = ANSWER_CUE.search(text)
+    return text[: cue.end() + len(segment)]
+
+
 def extract_number(text: str) -> str | None:
     """The final numeric answer of a completion as a string without commas, or None."""
-    segment = answer_segment(text)
-    source = text if segment is None else segment
-    numbers = NUMBER.findall(source.replace(",", ""))
+    numbers = NUMBER.findall(answer_cut(text).replace(",", ""))
     return numbers[-1] if numbers else None
 
 

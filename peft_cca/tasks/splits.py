@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from fractions import Fraction
 
 from peft_cca.tasks.problem import Problem
 
 SPLITS = ("train", "validation", "test")
-# 26 / 4 / 20 of GSM-Symbolic's 50 instances per template.
-DEFAULT_FRACTIONS = (0.52, 0.08, 0.40)
+# 26 / 4 / 20 of GSM-Symbolic's 50 instances per template, the paper's split; exact fractions, so that no
+# float error can move a problem at a rounding boundary.
+DEFAULT_FRACTIONS = (Fraction(26, 50), Fraction(4, 50), Fraction(20, 50))
 DEFAULT_ACCURACY_THRESHOLD = 0.8
 
 
+def _round_half_up(value: Fraction) -> int:
+    return math.floor(value + Fraction(1, 2))
+
+
 def split_counts(n: int, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> tuple[int, int, int]:
-    """How many of ``n`` problems go to train / validation / test (test takes the rounding rest)."""
-    train = round(n * fractions[0])
-    validation = min(round(n * fractions[1]), n - train)
+    """How many of ``n`` problems go to train / validation / test (test takes the rounding rest).
+
+    Exactly 26 / 4 / 20 for 50. Rounded to the nearest (the authors floor): on the small groups of an offline
+    demo, flooring would leave validation empty (10 problems: 5 / 0 / 5 instead of 5 / 1 / 4).
+    """
+    train = _round_half_up(n * Fraction(fractions[0]))
+    validation = min(_round_half_up(n * Fraction(fractions[1])), n - train)
     return train, validation, n - train - validation
 
 
