@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from peft_cca.cli import main as peft_cca
-from peft_cca.demo import PRESETS, DemoSettings, plan, run_demo
+from peft_cca.demo import PRESETS, DemoSettings, estimate_cost, plan, run_demo
+from peft_cca.errors import CCAError, UsageError
+from peft_cca.tasks.protocol import PAPER
 
 TINY = dict(
     problems=24,
@@ -83,9 +86,83 @@ def test_finished_stages_are_skipped_on_a_second_run(tmp_path):
 
 def test_a_failing_stage_stops_the_demo_and_is_retried_next_time(tmp_path):
     settings = DemoSettings(out=tmp_path, preset="quick")
-    with pytest.raises(RuntimeError, match="stage localize-seed0 failed"):
+    with pytest.raises(CCAError, match="stage localize-seed0 failed"):
         run_demo(settings, runner=lambda argv: 1, echo=lambda _: None)
     assert not (tmp_path / "stages" / "localize-seed0.json").exists()
+
+
+def test_paper_preset_follows_the_authors_protocol(tmp_path):
+    settings = DemoSettings(out=tmp_path, preset="paper", model="google/gemma-2-2b-it")
+    stages = dict(plan(settings))
+    localize, circuit = stages["localize-seed0"], stages["circuit-seed0"]
+    assert localize[localize.index("--task") + 1] == PAPER.task
+    assert localize[localize.index("--max-new-tokens") + 1] == "2500"
+    for name in ("evaluate-base-seed0", "cca-seed0", "cca-nomask-seed0", "lora-seed0"):
+        argv = stages[name]
+        assert argv[argv.index("--max-new-tokens") + 1] == "1500"
+    assert circuit[circuit.index("--decay-every") + 1 :][:3] == ["5", "--decay-gamma", "0.9"]
+    assert "--decay-every" not in dict(plan(DemoSettings(out=tmp_path, preset="quick")))["circuit-seed0"]
+    assert sum(PAPER.split) * 100 == PRESETS["paper"].problems  # 100 templates x 50 instances
+
+
+def test_the_plan_and_its_cost_are_printed_before_any_stage(tmp_path):
+    lines: list[str] = []
+    settings = DemoSettings(out=tmp_path, preset="paper", model="google/gemma-2-2b-it")
+    with pytest.raises(CCAError):
+        run_demo(settings, runner=lambda argv: 1, echo=lines.append)
+    first_stage = next(i for i, line in enumerate(lines) if line.startswith("[1/"))
+    head = "\n".join(lines[:first_stage])
+    assert "seeds 0,1,2" in head and "2500 new tokens" in head and "StepLR(5, 0.9)" in head
+    assert "device-hours" in head and "assumed" in head
+    costs = {c.stage: c for c in estimate_cost(settings)}
+    assert set(costs) == {"localize", "circuit", "amplify", "lora", "evaluate"}
+    # a longer trace never costs less
+    longest = {c.stage: c for c in estimate_cost(settings, trace=2500)}
+    assert all(longest[s].hours() >= costs[s].hours() > 0 for s in costs)
+
+
+def _finish(settings: DemoSettings) -> list[list[str]]:
+    calls: list[list[str]] = []
+    run_demo(settings, runner=lambda argv: calls.append(argv) or 0, echo=lambda _: None)
+    return calls
+
+
+def test_a_resume_with_other_settings_is_refused_naming_them(tmp_path):
+    _finish(DemoSettings(out=tmp_path, preset="quick"))
+    before = (tmp_path / "demo.json").read_text()
+    changed = DemoSettings(out=tmp_path, preset="quick", overrides={"steps": 20, "lrs": (0.5,)})
+    with pytest.raises(UsageError, match=r"counts .*--overwrite") as refused:
+        run_demo(changed, runner=lambda argv: 0, echo=lambda _: None)
+    assert '"steps": 20' in str(refused.value) and '"lrs": [0.5]' in str(refused.value)
+    assert (tmp_path / "demo.json").read_text() == before  # the old run's record is left as it was
+
+
+def test_overwrite_starts_afresh(tmp_path):
+    _finish(DemoSettings(out=tmp_path, preset="quick"))
+    (tmp_path / "seed0").mkdir()
+    (tmp_path / "seed0" / "stale.txt").write_text("old")
+    (tmp_path / "notes.txt").write_text("mine")
+    changed = DemoSettings(out=tmp_path, preset="quick", overrides={"steps": 20})
+    calls: list[list[str]] = []
+    run_demo(changed, runner=lambda argv: calls.append(argv) or 0, echo=lambda _: None, overwrite=True)
+    assert len(calls) == len(plan(changed))  # nothing reported as done earlier
+    assert not (tmp_path / "seed0" / "stale.txt").exists() and (tmp_path / "notes.txt").exists()
+    assert json.loads((tmp_path / "demo.json").read_text())["counts"]["steps"] == 20
+    assert json.loads((tmp_path / "settings.json").read_text())["counts"]["steps"] == 20
+
+
+def test_a_demo_folder_from_before_settings_json_is_checked_against_its_demo_json(tmp_path):
+    settings = DemoSettings(out=tmp_path, preset="quick")
+    _finish(settings)
+    (tmp_path / "settings.json").unlink()
+    old = json.loads((tmp_path / "demo.json").read_text())
+    for key in ("eval_max_new_tokens", "dcm_decay_every", "dcm_decay_gamma"):  # counts it did not have yet
+        del old["counts"][key]
+    (tmp_path / "demo.json").write_text(json.dumps(old))
+    assert _finish(settings) == []  # the same settings: every stage done earlier
+    (tmp_path / "settings.json").unlink()
+    with pytest.raises(UsageError, match="steps"):
+        run_demo(replace(settings, overrides={"steps": 20}), runner=lambda argv: 0, echo=lambda _: None)
 
 
 @pytest.mark.integration

@@ -17,12 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="eval JSON files written by `peft-cca evaluate` (or folders holding eval.json)",
     )
     parser.add_argument("--out", type=Path, default=Path("report"), help="output folder")
+    parser.add_argument("--quiet", action="store_true", help="write the report without printing it")
 
 
 def run(args: argparse.Namespace) -> int:
     from peft_cca.report import load_runs, write_report
 
     report = write_report(load_runs(args.runs), args.out)
-    print(report["markdown"])
+    if not args.quiet:
+        print(report["markdown"])
     print(f"written: {args.out / 'report.md'}, {args.out / 'report.json'}", *report["figures"].values())
     return 0

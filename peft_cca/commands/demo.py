@@ -7,6 +7,7 @@ from pathlib import Path
 
 from peft_cca.demo import PRESETS, SKIPPABLE, DemoSettings, run_demo
 from peft_cca.tasks import DEFAULT_RETENTION_TASKS, DEFAULT_TASK
+from peft_cca.tasks.protocol import PAPER
 
 HELP = "every stage end to end on the offline model, with a comparison table"
 
@@ -28,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=sorted(PRESETS),
         default="full",
         help="full (default): the paper's protocol with lambda and lr sweeps and 3 seeds (hours on a CPU); "
-        "quick: every stage at small counts, ~15 min on 2 CPU cores",
+        "quick: every stage at small counts, ~15 min on 2 CPU cores; paper: the paper on GSM-Symbolic for a GPU "
+        f"(default task {PAPER.task}; the authors' prompt, budgets, sampling and DCM schedule), e.g. "
+        "--preset paper --model google/gemma-2-2b-it",
     )
     parser.add_argument(
         "--model",
@@ -37,10 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--task",
-        default=DEFAULT_TASK,
+        default=None,
         help="target task spec, e.g. a reasoning-gym task 'rg:NAME?key=value&...', "
         "'gsm-symbolic:main' (hub) or 'gsm-symbolic-file:PATH.jsonl' (see peft-cca localize "
-        f"--help); default: {DEFAULT_TASK}",
+        f"--help); GSM-Symbolic specs follow the paper's protocol; default: {PAPER.task} with --preset paper, "
+        f"else {DEFAULT_TASK}",
     )
     parser.add_argument(
         "--retention-tasks",
@@ -59,10 +63,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comparison arms to leave out (with their evaluations), e.g. cca-nomask where training every "
         "weight is too slow",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in --out: remove what an earlier demo wrote there (a resume with other settings is "
+        "refused without it)",
+    )
     group = parser.add_argument_group("counts (override the preset)")
     group.add_argument("--problems", type=int, help="problems drawn from the task")
     group.add_argument("--n-samples", type=int, help="sampled counterfactual traces per problem")
-    group.add_argument("--max-new-tokens", type=int, help="generation budget per trace")
+    group.add_argument("--max-new-tokens", type=int, help="generation budget per trace of stage 1")
+    group.add_argument("--eval-max-new-tokens", type=int, help="generation budget of evaluation and validation")
     group.add_argument("--lambdas", type=_floats, help="DCM sparsity weights, comma-separated")
     group.add_argument("--max-fraction", type=float, help="component budget of the lambda sweep, e.g. 0.02")
     group.add_argument("--dcm-epochs", type=int, help="DCM epochs")
@@ -86,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             "problems",
             "n_samples",
             "max_new_tokens",
+            "eval_max_new_tokens",
             "lambdas",
             "max_fraction",
             "dcm_epochs",
@@ -110,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         skip=tuple(args.skip),
         overrides=overrides,
     )
-    report = run_demo(settings, runner=peft_cca, echo=lambda line: print(line, flush=True))
+    report = run_demo(settings, runner=peft_cca, echo=lambda line: print(line, flush=True), overwrite=args.overwrite)
     markdown = report / "report.md"
     if markdown.exists():
         print(markdown.read_text())
