@@ -14,8 +14,10 @@ class Problem:
     """A question with its gold answer and the scorer that decides whether a completion is right.
 
     ``group_id`` is the unit of splitting and of the accuracy filter: the GSM-Symbolic template id, or the
-    reasoning-gym task (and generator) name. ``scorer`` takes the raw completion text; sources set it so
-    that each task is scored the way its authors score it.
+    reasoning-gym task (and generator) name. ``solution`` is the worked reasoning where the source has one
+    (GSM-Symbolic's text before ``####``, a template's ``answer_annotated``), the target LoRA's SFT learns from;
+    None for generated tasks without one. ``scorer`` takes the raw completion text; sources set it so that
+    each task is scored the way its authors score it.
     """
 
     id: str
@@ -23,6 +25,7 @@ class Problem:
     question: str
     answer: str
     source: str = ""
+    solution: str | None = None
     scorer: Callable[[str], bool] | None = field(default=None, compare=False, repr=False)
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
