@@ -1,10 +1,12 @@
 """Side-by-side reports of evaluated runs: the paper's Tables 1, 2 and 7 in Markdown and JSON, and plots.
 
 A *run* is the JSON that ``peft-cca evaluate`` writes (:func:`peft_cca.evaluate.evaluate_model` plus
-provenance): ``name``, ``config`` ("Base", "CCA w/ mask", "CCA w/o mask", "LoRA"), ``method``, ``seed``,
-``dataset_size``, ``mask_percent``, ``circuit_counts``, ``circuit_layers``, ``test``, ``general`` and
-``curves`` (validation score by step per learning rate). Runs with the same configuration and localization
-method are seeds of one row: mean and standard deviation across them.
+provenance): ``name``, ``config`` ("Base", "CCA w/ mask", "CCA w/o mask", "LoRA"), ``label`` (which "w/o
+mask" ablation, from amplify.json), ``method``, ``seed``, ``dataset_size`` (pivots), ``train_problems``
+(LoRA), ``mask_percent``, ``circuit_counts``, ``circuit_layers``, ``kind_sizes``, ``test``, ``general``,
+``curves`` (validation score by step per learning rate) and ``kept`` (the lr and step of the saved adapter).
+Runs with the same configuration and localization method are seeds of one row: mean and standard deviation
+across them.
 """
 
 from __future__ import annotations
@@ -17,9 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from peft_cca.arch import COMPONENT_KINDS
+from peft_cca.runfolder import atomic_write_json, atomic_write_text
 
 BASE = "Base"
-CONFIG_ORDER = (BASE, "CCA w/ mask", "CCA w/o mask", "LoRA")
+# The two "w/o mask" ablations: the authors update every parameter of the model; ours before the label
+# existed updated every component site a circuit can hold (all q/k/v head rows and MLP neurons).
+NOMASK_ALL = "CCA w/o mask (all parameters)"
+NOMASK_SITES = "CCA w/o mask (circuit sites)"
+CONFIG_ORDER = (BASE, "CCA w/ mask", NOMASK_ALL, NOMASK_SITES, "LoRA")
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -42,8 +49,29 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def config_label(run: Mapping[str, Any]) -> str:
+    """The row label of a run: its configuration, with the "w/o mask" ablation named (amplify.json's label)."""
+    config = run.get("config", "?")
+    if config != "CCA w/o mask":
+        return config
+    label = run.get("label")
+    if not label:
+        return NOMASK_SITES
+    return label if label.startswith("CCA") else f"CCA {label}"
+
+
 def _key(run: Mapping[str, Any]) -> tuple[str, str]:
-    return run.get("config", "?"), run.get("method") or "-"
+    return config_label(run), run.get("method") or "-"
+
+
+def trained_on(run: Mapping[str, Any]) -> tuple[float | None, str]:
+    """How much the run trained on and in what: CCA on pivots (records), LoRA on training problems, Base on nothing."""
+    config = run.get("config")
+    if config == BASE:
+        return None, "-"
+    if config == "LoRA":
+        return run.get("train_problems"), "problems"
+    return run.get("dataset_size"), "pivots"
 
 
 def _order(key: tuple[str, str]) -> tuple[int, str]:
@@ -95,7 +123,7 @@ def table1(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         members = groups[key]
         mean, std = _mean_std([r["test"]["macro"] for r in members])
         masks = [r["mask_percent"] for r in members if r.get("mask_percent") is not None]
-        sizes = [r["dataset_size"] for r in members if r.get("dataset_size") is not None]
+        sizes = [trained_on(r)[0] for r in members if trained_on(r)[0] is not None]
         deltas = paired_deltas(members, base_runs, lambda r: r["test"]["macro"]) if base_runs else None
         rows.append(
             {
@@ -103,6 +131,7 @@ def table1(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "method": key[1],
                 "seeds": len(members),
                 "dataset_size": statistics.fmean(sizes) if sizes else None,
+                "dataset_unit": trained_on(members[0])[1],
                 "mask_percent": statistics.fmean(masks) if masks else None,
                 "test_mean": mean,
                 "test_std": std,
@@ -157,10 +186,54 @@ def table7(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def template_deltas(runs: Sequence[Mapping[str, Any]], largest: int = 3) -> list[dict[str, Any]]:
+    """Per configuration, the change of every test group (GSM-Symbolic template) against the base model.
+
+    Each run is paired with the base on its own seed (as in Table 1) and the change of a group averaged over
+    seeds; a group counts as improved or worsened when that mean is above or below zero. Gains and harms are
+    the ``largest`` changes each way, ``(group, change)``.
+    """
+    base_by_seed = {r.get("seed"): r["test"].get("groups", {}) for r in runs if r.get("config") == BASE}
+    if not base_by_seed:
+        return []
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for run in runs:
+        if run.get("config") != BASE and run["test"].get("groups"):
+            groups[_key(run)].append(run)
+    rows = []
+    for key in sorted(groups, key=_order):
+        changes: dict[str, list[float]] = defaultdict(list)
+        for run in groups[key]:
+            base = base_by_seed.get(run.get("seed")) or next(iter(base_by_seed.values()))
+            for group, value in run["test"]["groups"].items():
+                if group in base:
+                    changes[group].append(value["accuracy"] - base[group]["accuracy"])
+        mean = {group: statistics.fmean(values) for group, values in changes.items()}
+        ranked = sorted(mean.items(), key=lambda item: (item[1], item[0]))
+        rows.append(
+            {
+                "config": key[0],
+                "method": key[1],
+                "groups": len(mean),
+                "improved": sum(v > 0 for v in mean.values()),
+                "worsened": sum(v < 0 for v in mean.values()),
+                "unchanged": sum(v == 0 for v in mean.values()),
+                "gains": [(g, v) for g, v in reversed(ranked[-largest:]) if v > 0],
+                "harms": [(g, v) for g, v in ranked[:largest] if v < 0],
+                "changes": mean,
+            }
+        )
+    return rows
+
+
 def _fmt(value: float | None, scale: float = 1.0, digits: int = 1, signed: bool = False) -> str:
     if value is None:
         return "-"
     return f"{value * scale:{'+' if signed else ''}.{digits}f}"
+
+
+def _changes(pairs: Sequence[tuple[str, float]]) -> str:
+    return ", ".join(f"{group} {100 * value:+.1f}" for group, value in pairs) or "-"
 
 
 def _markdown(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -171,13 +244,13 @@ def _markdown(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 def render_markdown(tables: Mapping[str, list[dict[str, Any]]]) -> str:
     t1 = _markdown(
-        ["Configuration", "Localization", "Seeds", "Dataset size", "% Mask", "Test accuracy (%)", "Δ (paired)"],
+        ["Configuration", "Localization", "Seeds", "Trained on", "% Mask", "Test accuracy (%)", "Δ (paired)"],
         (
             [
                 r["config"],
                 r["method"],
                 str(r["seeds"]),
-                _fmt(r["dataset_size"], digits=0),
+                "-" if r["dataset_size"] is None else f"{r['dataset_size']:.0f} {r['dataset_unit']}",
                 _fmt(r["mask_percent"], digits=3),
                 f"{_fmt(r['test_mean'], 100)} ± {_fmt(r['test_std'], 100)}",
                 f"{_fmt(r['delta'], 100, signed=True)} ± {_fmt(r['delta_std'], 100)}",
@@ -187,9 +260,41 @@ def render_markdown(tables: Mapping[str, list[dict[str, Any]]]) -> str:
     )
     parts = [
         "## Table 1: target task (test split, macro exact match)",
-        "Mean ± std over seeds; Δ is each seed's run minus the base model on that seed's own test split.",
+        "Mean ± std over seeds; Δ is each seed's run minus the base model on that seed's own test split. "
+        "CCA trains on pivots (one record per localized error), LoRA on the training problems.",
         t1,
     ]
+    if tables.get("templates"):
+        shown = _markdown(
+            [
+                "Configuration",
+                "Localization",
+                "Groups",
+                "Improved",
+                "Worsened",
+                "Unchanged",
+                "Largest gains",
+                "Largest harms",
+            ],
+            (
+                [
+                    r["config"],
+                    r["method"],
+                    str(r["groups"]),
+                    str(r["improved"]),
+                    str(r["worsened"]),
+                    str(r["unchanged"]),
+                    _changes(r["gains"]),
+                    _changes(r["harms"]),
+                ]
+                for r in tables["templates"]
+            ),
+        )
+        parts += [
+            "### Per template (test group): change vs the base model",
+            "Mean over seeds of each group's paired change; gains and harms in points.",
+            shown,
+        ]
     if tables["table2"]:
         names = list(tables["table2"][0]["base"])
         t2 = _markdown(
@@ -222,53 +327,140 @@ def render_markdown(tables: Mapping[str, list[dict[str, Any]]]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def plot_curves(runs: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
-    """Validation score by step: one line per (run, learning rate)."""
-    curves = [(run, curve) for run in runs for curve in run.get("curves", [])]
-    if not curves:
-        return None
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for run, curve in curves:
-        steps = [h["step"] for h in curve["history"]]
-        scores = [100 * h["score"] for h in curve["history"]]
-        label = f"{run.get('name', run.get('config'))} lr={curve['lr']:g}"
-        ax.plot(steps, scores, marker="o", markersize=3, label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("validation exact match (%, macro)")
-    ax.legend(fontsize=6, ncol=2)
+    return plt
+
+
+def lr_colors(lrs: Iterable[float]) -> dict[float, Any]:
+    """A distinct colour per learning rate (largest first): tab10, tab20, then evenly spaced viridis."""
+    import matplotlib
+
+    ordered = sorted(set(lrs), reverse=True)
+    if len(ordered) <= 10:
+        palette = [matplotlib.colormaps["tab10"](i) for i in range(len(ordered))]
+    elif len(ordered) <= 20:
+        palette = [matplotlib.colormaps["tab20"](i) for i in range(len(ordered))]
+    else:
+        palette = [matplotlib.colormaps["viridis"](i / (len(ordered) - 1)) for i in range(len(ordered))]
+    return dict(zip(ordered, palette, strict=True))
+
+
+def kept_step(run: Mapping[str, Any]) -> tuple[float, int] | None:
+    """The (lr, step) whose weights the run's adapter holds: ``kept`` when recorded, else the best score's
+    first step (first lr on ties), as the trainers choose it."""
+    if run.get("kept"):
+        return float(run["kept"]["lr"]), int(run["kept"]["step"])
+    best: tuple[float, float, int] | None = None
+    for curve in run.get("curves", []):
+        for point in curve["history"]:
+            if best is None or point["score"] > best[0]:
+                best = (point["score"], curve["lr"], point["step"])
+    return None if best is None else (best[1], best[2])
+
+
+def plot_curves(runs: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    """Validation score by step, one panel per arm: a thin line per seed, the mean over seeds thick, one colour
+    per learning rate (the legend lists each once), a star where the kept adapter was taken."""
+    arms: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for run in runs:
+        if run.get("curves"):
+            arms[config_label(run)].append(run)
+    if not arms:
+        return None
+    from matplotlib.lines import Line2D
+
+    plt = _pyplot()
+    names = sorted(arms, key=lambda name: _order((name, "")))
+    colors = lr_colors(curve["lr"] for members in arms.values() for run in members for curve in run["curves"])
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        by_lr: dict[float, list[dict[int, float]]] = defaultdict(list)
+        for run in arms[name]:
+            kept = kept_step(run)
+            for curve in run["curves"]:
+                points = {h["step"]: 100 * h["score"] for h in curve["history"]}
+                by_lr[curve["lr"]].append(points)
+                ax.plot(list(points), list(points.values()), color=colors[curve["lr"]], linewidth=0.7, alpha=0.45)
+                if kept is not None and kept[0] == curve["lr"] and kept[1] in points:
+                    ax.plot(
+                        kept[1],
+                        points[kept[1]],
+                        marker="*",
+                        markersize=13,
+                        color=colors[curve["lr"]],
+                        markeredgecolor="black",
+                        zorder=5,
+                        linestyle="none",
+                    )
+        for lr, seeds in by_lr.items():
+            steps = sorted({step for points in seeds for step in points})
+            mean = [statistics.fmean(p[s] for p in seeds if s in p) for s in steps]
+            ax.plot(steps, mean, color=colors[lr], linewidth=2.2, marker="o", markersize=3)
+        seeds = sorted({str(r.get("seed")) for r in arms[name]})
+        ax.set_title(f"{name}\n{len(seeds)} seed{'s' * (len(seeds) > 1)} ({', '.join(seeds)})", fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation exact match (%, macro)")
+    handles = [Line2D([], [], color=colors[lr], linewidth=2.2, label=f"lr {lr:g}") for lr in colors]
+    handles += [
+        Line2D([], [], color="gray", linewidth=0.7, label="one seed"),
+        Line2D([], [], color="gray", linewidth=2.2, label="mean over seeds"),
+        Line2D(
+            [],
+            [],
+            color="gray",
+            marker="*",
+            markersize=11,
+            markeredgecolor="black",
+            linestyle="none",
+            label="kept step",
+        ),
+    ]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
+def _layer_fractions(run: Mapping[str, Any]) -> dict[str, list[float]]:
+    """Fraction selected per layer and kind: counts over the kind's size per layer (``kind_sizes``); without
+    sizes (older eval files) each kind relative to its own busiest layer."""
+    layers = run["circuit_layers"]
+    num_layers = int(run.get("num_layers") or (max(map(int, layers)) + 1))
+    counts = {k: [layers.get(str(layer), {}).get(k, 0) for layer in range(num_layers)] for k in COMPONENT_KINDS}
+    sizes = run.get("kind_sizes") or {k: max(1, max(v)) for k, v in counts.items()}
+    return {k: [c / sizes[k] for c in counts[k]] for k in COMPONENT_KINDS}
+
+
 def plot_circuits(runs: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
-    """Selected components per layer and kind, one panel per run with a circuit."""
-    with_circuit = [r for r in runs if r.get("circuit_layers") and r.get("config") != "CCA w/o mask"]
+    """One row per circuit (configuration and seed): the fraction selected per layer for q, k, v and MLP."""
+    from peft_cca.dcm.plot import draw_fractions
+
+    with_circuit = [r for r in runs if r.get("circuit_layers") and r.get("config") == "CCA w/ mask"]
     if not with_circuit:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(with_circuit), figsize=(3 * len(with_circuit), 4), squeeze=False)
-    for ax, run in zip(axes[0], with_circuit, strict=True):
-        layers = run["circuit_layers"]
-        num_layers = int(run.get("num_layers") or (max(map(int, layers)) + 1))
-        grid = [[layers.get(str(layer), {}).get(kind, 0) for kind in COMPONENT_KINDS] for layer in range(num_layers)]
-        image = ax.imshow(grid, aspect="auto", cmap="viridis")
-        ax.set_xticks(range(len(COMPONENT_KINDS)), COMPONENT_KINDS)
-        ax.set_ylabel("layer")
-        ax.set_title(run.get("name", run.get("config")), fontsize=8)
-        fig.colorbar(image, ax=ax, fraction=0.05)
+    plt = _pyplot()
+    with_circuit.sort(key=lambda r: (_order(_key(r)), str(r.get("seed"))))
+    num_layers = max(len(_layer_fractions(r)["q"]) for r in with_circuit)
+    height = max(2.6, 0.13 * num_layers + 1.4)
+    fig, axes = plt.subplots(
+        len(with_circuit), len(COMPONENT_KINDS), figsize=(10, height * len(with_circuit)), squeeze=False
+    )
+    for row, run in zip(axes, with_circuit, strict=True):
+        fractions = _layer_fractions(run)
+        layers = len(fractions["q"])
+        sizes = {k: (run.get("kind_sizes") or {}).get(k, 0) * layers for k in COMPONENT_KINDS}
+        draw_fractions(row, fractions, run.get("circuit_counts") or {}, sizes)
+        made = [f"seed {run.get('seed')}"] + ([f"lambda {run['lambda']:g}"] if run.get("lambda") is not None else [])
+        row[0].set_ylabel(f"{run.get('name', config_label(run))}\n{', '.join(made)}\nlayer", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
@@ -277,12 +469,17 @@ def write_report(runs: Sequence[Mapping[str, Any]], out_dir: str | Path) -> dict
     """Write ``report.md``, ``report.json``, ``curves.png`` and ``circuits.png``; returns the tables."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tables = {"table1": table1(runs), "table2": table2(runs), "table7": table7(runs)}
+    tables = {
+        "table1": table1(runs),
+        "table2": table2(runs),
+        "table7": table7(runs),
+        "templates": template_deltas(runs),
+    }
     markdown = render_markdown(tables)
     figures = {"curves": plot_curves(runs, out / "curves.png"), "circuits": plot_circuits(runs, out / "circuits.png")}
     for name, figure in figures.items():
         if figure is not None:
             markdown += f"\n![{name}]({figure.name})\n"
-    (out / "report.md").write_text(markdown)
-    (out / "report.json").write_text(json.dumps(tables, indent=2) + "\n")
+    atomic_write_text(out / "report.md", markdown)
+    atomic_write_json(out / "report.json", tables)
     return {**tables, "markdown": markdown, "figures": {k: str(v) for k, v in figures.items() if v is not None}}

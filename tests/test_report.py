@@ -7,7 +7,18 @@ import json
 import pytest
 
 from peft_cca.cli import main
-from peft_cca.report import table1, table2, table7, write_report
+from peft_cca.report import (
+    NOMASK_ALL,
+    NOMASK_SITES,
+    lr_colors,
+    plot_circuits,
+    plot_curves,
+    table1,
+    table2,
+    table7,
+    template_deltas,
+    write_report,
+)
 
 
 def run(name, config, test, seed=0, method="prefix", retention=0.5, kl=0.0, counts=None, curve=None):
@@ -89,7 +100,7 @@ def test_compare_command_writes_markdown_json_and_plots(tmp_path):
     assert main(["compare", "--runs", *paths, "--out", str(tmp_path / "report")]) == 0
     out = tmp_path / "report"
     markdown = (out / "report.md").read_text()
-    assert "| CCA w/ mask | prefix | 2 | 40 | 1.500 | 45.0 ± 7.1 | +15.0 ± 7.1 |" in markdown
+    assert "| CCA w/ mask | prefix | 2 | 40 pivots | 1.500 | 45.0 ± 7.1 | +15.0 ± 7.1 |" in markdown
     assert json.loads((out / "report.json").read_text())["table7"][0]["mlp"] == 15
     assert (out / "curves.png").stat().st_size > 0 and (out / "circuits.png").stat().st_size > 0
 
@@ -126,7 +137,110 @@ def test_deltas_pair_each_run_with_the_base_on_its_own_seed():
     assert rows["CCA w/ mask"]["delta"] == pytest.approx(0.15)  # (0.10 + 0.20) / 2
     assert rows["CCA w/ mask"]["delta_std"] == pytest.approx(0.0707107, rel=1e-5)
     # against seed 0's base (0.30), not the mean base over both seeds (0.45)
-    assert rows["CCA w/o mask"]["delta"] == pytest.approx(0.20)
+    assert rows[NOMASK_SITES]["delta"] == pytest.approx(0.20)
     general = {r["config"]: r["delta"] for r in table2(runs)}
-    assert general["CCA w/o mask"]["retention (macro)"] == pytest.approx(-0.1)
+    assert general[NOMASK_SITES]["retention (macro)"] == pytest.approx(-0.1)
     assert general["CCA w/ mask"]["retention (macro)"] == pytest.approx(0.05)
+
+
+def with_groups(r, **accuracies):
+    return {**r, "test": {"macro": r["test"]["macro"], "groups": {g: {"accuracy": a} for g, a in accuracies.items()}}}
+
+
+def test_both_ablations_are_labelled_and_the_old_meaning_is_circuit_sites():
+    runs = [
+        run("base", "Base", 0.3),
+        run("old", "CCA w/o mask", 0.4),
+        {**run("authors", "CCA w/o mask", 0.5), "label": "w/o mask (all parameters)"},
+    ]
+    assert [r["config"] for r in table1(runs)] == ["Base", NOMASK_ALL, NOMASK_SITES]
+
+
+def test_trained_on_counts_pivots_for_cca_problems_for_lora_and_nothing_for_the_base(tmp_path):
+    runs = [
+        run("base", "Base", 0.3),
+        run("cca", "CCA w/ mask", 0.4),
+        {**run("lora", "LoRA", 0.5), "train_problems": 52},
+    ]
+    rows = {r["config"]: r for r in table1(runs)}
+    assert rows["Base"]["dataset_size"] is None
+    assert (rows["CCA w/ mask"]["dataset_size"], rows["CCA w/ mask"]["dataset_unit"]) == (40, "pivots")
+    assert (rows["LoRA"]["dataset_size"], rows["LoRA"]["dataset_unit"]) == (52, "problems")
+    markdown = write_report(runs, tmp_path)["markdown"]
+    assert "| LoRA | prefix | 1 | 52 problems |" in markdown and "| Base | - | 1 | - |" in markdown
+
+
+def test_template_deltas_count_gains_and_harms_paired_per_seed(tmp_path):
+    runs = [
+        with_groups(run("base0", "Base", 0.5, seed=0), t1=0.5, t2=0.5, t3=0.5, t4=0.5),
+        with_groups(run("base1", "Base", 0.5, seed=1), t1=0.1, t2=0.5, t3=0.5, t4=0.5),
+        with_groups(run("cca0", "CCA w/ mask", 0.5, seed=0), t1=0.9, t2=0.3, t3=0.5, t4=0.6),
+        with_groups(run("cca1", "CCA w/ mask", 0.5, seed=1), t1=0.1, t2=0.5, t3=0.5, t4=0.6),
+    ]
+    (row,) = template_deltas(runs)
+    assert row["changes"] == pytest.approx({"t1": 0.2, "t2": -0.1, "t3": 0.0, "t4": 0.1})
+    assert (row["groups"], row["improved"], row["worsened"], row["unchanged"]) == (4, 2, 1, 1)
+    assert [g for g, _ in row["gains"]] == ["t1", "t4"] and [g for g, _ in row["harms"]] == ["t2"]
+    markdown = write_report(runs, tmp_path)["markdown"]
+    assert "| CCA w/ mask | prefix | 4 | 2 | 1 | 1 | t1 +20.0, t4 +10.0 | t2 -10.0 |" in markdown
+
+
+def curve_runs():
+    history = [{"step": s, "score": 0.1 * s / 10 + 0.2} for s in (0, 2, 4, 10)]
+    made = []
+    for seed in (0, 1, 2):
+        for config in ("CCA w/ mask", "CCA w/o mask"):
+            curves = [{"lr": lr, "history": history} for lr in (1e-2, 1e-3, 1e-4)]
+            made.append({**run(f"{config}-{seed}", config, 0.4, seed=seed), "curves": curves})
+    made[0]["kept"] = {"lr": 1e-3, "step": 4}
+    return made
+
+
+def test_curves_have_a_panel_per_arm_a_colour_per_lr_and_the_kept_step(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    assert plot_curves(curve_runs(), tmp_path / "curves.png").stat().st_size > 0
+    (fig,) = figures
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title().splitlines()[0] for ax in panels] == ["CCA w/ mask", NOMASK_SITES]
+    assert all("3 seeds" in ax.get_title() for ax in panels)
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels[:3] == ["lr 0.01", "lr 0.001", "lr 0.0001"] and "kept step" in labels
+    colours = [h.get_color() for h in legend.legend_handles[:3]]
+    assert len({tuple(c) for c in colours}) == 3
+    stars = [line for line in panels[0].get_lines() if line.get_marker() == "*"]
+    assert len(stars) == 3  # one kept step per seed
+    assert (stars[0].get_xdata()[0], stars[0].get_color()) == (4, colours[1])  # the recorded kept step
+    # per lr: one thin line per seed and one thick mean
+    assert len([line for line in panels[0].get_lines() if line.get_linewidth() > 2]) == 3
+
+
+def test_lr_colours_never_repeat():
+    for n in (3, 10, 15, 25):
+        colours = lr_colors(10.0**-i for i in range(n))
+        assert len(set(map(tuple, colours.values()))) == n
+
+
+def test_circuit_figure_shows_fractions_per_kind_with_seed(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    cca = {**RUNS[1], "kind_sizes": {"q": 4, "k": 2, "v": 2, "mlp": 100}, "lambda": 0.01}
+    plot_circuits([RUNS[0], cca], tmp_path / "circuits.png")
+    (fig,) = figures
+    assert len(fig.axes) == 4  # one row (the only circuit), q k v mlp
+    q_bars = [bar.get_width() for bar in fig.axes[0].patches]
+    mlp_bars = [bar.get_width() for bar in fig.axes[3].patches]
+    assert q_bars == pytest.approx([50.0, 0.0]) and mlp_bars == pytest.approx([10.0, 1.0])  # % of the layer
+    assert "seed 0" in fig.axes[0].get_ylabel() and "lambda 0.01" in fig.axes[0].get_ylabel()
+
+
+def test_compare_quiet_writes_without_printing(tmp_path, capsys):
+    path = tmp_path / "base.json"
+    path.write_text(json.dumps(RUNS[0]))
+    assert main(["compare", "--runs", str(path), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    assert "Table 1" not in capsys.readouterr().out and (tmp_path / "r" / "report.md").exists()
