@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     for result in results:
         folder = out / f"lambda_{result.lam:g}"
         result.circuit.save(folder / "circuit.json")
-        plot_circuit(result.circuit, folder / "circuit.png")
+        plot_circuit(result.circuit, folder / "circuit.png", seed=args.seed, lam=result.lam)
     chosen.circuit.save(out / "circuit.json")
     (out / "history.json").write_text(json.dumps({"lambda": chosen.lam, **chosen.history}, indent=1))
     (out / "sweep.json").write_text(
@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
             indent=1,
         )
     )
-    plot_circuit(chosen.circuit, out / "circuit.png")
+    plot_circuit(chosen.circuit, out / "circuit.png", seed=args.seed, lam=chosen.lam)
     plot_history(chosen.history, out / "history.png")
     print(f"{'lambda':>10} {'% mask':>8} {'q':>5} {'k':>5} {'v':>5} {'mlp':>7} {'train LD':>9} {'val LD':>9}")
     for r in results:
