@@ -309,6 +309,7 @@ def adapter_summary(model: nn.Module) -> dict[str, Any]:
         "circuit_counts": circuit.counts(),
         "circuit_layers": layers,
         "num_layers": circuit.shape.num_layers,
+        "kind_sizes": {kind: circuit.shape.count(kind) for kind in ("q", "k", "v", "mlp")},  # per layer
     }
 
 

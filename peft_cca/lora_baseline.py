@@ -197,5 +197,8 @@ def lora_sft(
     peft_model = get_peft_model(model, lora_config(model, settings))
     load_trainable_state(peft_model, best.state)
     result = AmplifyResult(model=peft_model, best=best, runs=runs)
-    save_result(result, output_dir, "lora.json", method="lora", settings=settings.__dict__)
+    # train_problems: what LoRA trained on, for Table 1 (CCA trains on pivots, LoRA on problems)
+    save_result(
+        result, output_dir, "lora.json", method="lora", settings=settings.__dict__, train_problems=len(train_problems)
+    )
     return result

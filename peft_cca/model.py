@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner
+from peft.tuners.tuners_utils import AuxiliaryTrainingWrapper, BaseTuner
 from torch import nn
 
 from peft_cca.arch import COMPONENT_KINDS, ArchSpec, Side, describe
 from peft_cca.circuit import Circuit
 from peft_cca.config import CCAConfig
-from peft_cca.layer import CCALayer
+from peft_cca.errors import CCAError, UsageError
+from peft_cca.layer import BASE_ADAPTER, CCALayer
 
 TargetPlan = dict[str, tuple[Side, torch.Tensor]]
 
@@ -33,6 +38,18 @@ def plan_targets(spec: ArchSpec, circuit: Circuit, mlp_targets: list[str] | tupl
     return {name: (side, torch.cat(parts).unique(sorted=True)) for name, (side, parts) in features.items()}
 
 
+def _matched_modules(target_modules: str | list[str] | set[str], names: list[str]) -> set[str]:
+    """Module names that ``target_modules`` selects, with peft's rule (regex for a string, else name or suffix)."""
+    if isinstance(target_modules, str):
+        return {name for name in names if re.fullmatch(target_modules, name)}
+    return {name for name in names if any(name == t or name.endswith(f".{t}") for t in target_modules)}
+
+
+def _adapter_names_hook(_module: nn.Module, args: tuple, kwargs: dict, adapter_names: list[str]) -> tuple:
+    kwargs["adapter_names"] = adapter_names
+    return args, kwargs
+
+
 class CCAModel(BaseTuner):
     """Trains only the weight rows of a circuit's components. Build it with ``get_peft_model``."""
 
@@ -46,12 +63,37 @@ class CCAModel(BaseTuner):
         circuit.validate(spec.shape)
         return plan_targets(spec, circuit, config.mlp_targets)
 
-    def _prepare_adapter_config(self, peft_config: CCAConfig, model_config: dict) -> CCAConfig:
+    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs: Any) -> None:
+        # the plan is built once per injection (not once per module) and dropped afterwards, so that neither a
+        # deleted adapter's config nor its index tensors outlive the injection
+        plans = self.__dict__.setdefault("_cca_plans", {})
+        plans[adapter_name] = self._targets(self.peft_config[adapter_name])
+        try:
+            super().inject_adapter(model, adapter_name, **kwargs)
+        finally:
+            plans.pop(adapter_name, None)
+
+    def _targets(self, peft_config: CCAConfig) -> TargetPlan:
+        """The plan, with ``target_modules`` set to its modules (a different user value is replaced with a warning)."""
         plan = self._plan(peft_config)
         if not plan:
             raise ValueError("the circuit selects no component: there is nothing for CCA to train")
+        if peft_config.target_modules is not None:
+            given = _matched_modules(peft_config.target_modules, [name for name, _ in self.model.named_modules()])
+            if given != set(plan):
+                extra, missing = sorted(given - set(plan)), sorted(set(plan) - given)
+                warnings.warn(
+                    "CCAConfig.target_modules is derived from the circuit; the given value is replaced (it adds "
+                    f"{len(extra)} modules such as {extra[:2]} and leaves out {len(missing)} such as {missing[:2]}). "
+                    "Choose the components in the circuit instead.",
+                    UserWarning,
+                    stacklevel=3,
+                )
         peft_config.target_modules = sorted(plan)
-        return peft_config
+        return plan
+
+    def _prepare_adapter_config(self, peft_config: CCAConfig, model_config: dict) -> CCAConfig:
+        return peft_config  # target_modules were set from the circuit in inject_adapter
 
     def _create_and_replace(
         self,
@@ -63,15 +105,87 @@ class CCAModel(BaseTuner):
         current_key: str,
         **optional_kwargs,
     ) -> None:
-        # the plan is rebuilt per adapter, not per module: cache it on the config object for this injection
-        plans = self.__dict__.setdefault("_cca_plans", {})
-        if plans.get(adapter_name, (None,))[0] is not peft_config:
-            plans[adapter_name] = (peft_config, self._plan(peft_config))
-        side, index = plans[adapter_name][1][current_key]
+        side, index = self._cca_plans[adapter_name][current_key]
         if isinstance(target, CCALayer):
-            target.update_layer(adapter_name, side, index, inference_mode=peft_config.inference_mode)
+            target.update_layer(
+                adapter_name, side, index, init_weights=peft_config.init_weights, inference_mode=peft_config.inference_mode
+            )
         else:
-            new_module = CCALayer(target, adapter_name, side, index)
+            new_module = CCALayer(target, adapter_name, side, index, init_weights=peft_config.init_weights)
             if adapter_name not in self.active_adapters:
                 new_module.requires_grad_(False)
             self._replace_module(parent, target_name, new_module, target)
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        if not autocast_adapter_dtype:
+            warnings.warn(
+                "autocast_adapter_dtype=False has no effect on CCA: its deltas are created in float32 whatever the "
+                "base dtype, so that small updates are not rounded away (cast them yourself with model.to(dtype)).",
+                UserWarning,
+                stacklevel=2,
+            )
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """Mixed batches, as peft's LoRA: ``model(ids, adapter_names=["a", "__base__", ...])``, one name a sample."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        if self.training:
+            raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
+        if any(module.merged for module in self.modules() if isinstance(module, CCALayer)):
+            raise ValueError("Cannot pass `adapter_names` when there are merged adapters, unmerge them first.")
+        unknown = {name for name in adapter_names if name != BASE_ADAPTER} - set(self.peft_config)
+        if unknown:
+            raise ValueError(f"Trying to infer with non-existing adapter(s): {', '.join(sorted(unknown))}")
+        num_beams = kwargs.get("num_beams")
+        if isinstance(num_beams, int) and num_beams > 1:  # generate repeats every sample num_beams times
+            adapter_names = [name for name in adapter_names for _ in range(num_beams)]
+        handles = [
+            module.register_forward_pre_hook(
+                lambda m, a, k, names=adapter_names: _adapter_names_hook(m, a, k, names), with_kwargs=True
+            )
+            for module in self.modules()
+            if isinstance(module, (CCALayer, AuxiliaryTrainingWrapper))
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: CCAConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Refuse adapter files that lie: non-finite values, or rows that differ from the config's circuit."""
+        source = config.weights_file_hint()
+        for key, value in state_dict.items():
+            if value.is_floating_point() and value.device.type != "meta" and not torch.isfinite(value).all():
+                raise CCAError(
+                    f"{source}: tensor {key} holds NaN or inf values; the adapter is broken, re-train or re-save it"
+                )
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        suffix = f".cca_index.{adapter_name}"
+        current = {k: v for k, v in model.state_dict().items() if k.endswith(suffix)}
+        saved = [k for k in current if k in remapped]
+        if not saved and current:
+            warnings.warn(
+                f"{source} has no row indices (saved before peft-cca recorded them), so it cannot be checked against "
+                "the circuit in adapter_config.json; load it and save_pretrained() again to add them.",
+                UserWarning,
+                stacklevel=2,
+            )
+            remapped.update(current)  # nothing to check against: keep the config's rows, and no missing-key warning
+        for key in saved:
+            rows, expected = remapped[key], current[key]
+            if rows.shape != expected.shape or not torch.equal(rows.to(expected.device), expected):
+                module = key.removesuffix(suffix).removeprefix("base_model.model.")
+                raise UsageError(
+                    f"{config.config_file_hint()}: its circuit selects rows {expected.tolist()[:8]} of {module} but "
+                    f"{source} was trained for rows {rows.tolist()[:8]}; restore the adapter_config.json saved with "
+                    "these weights"
+                )
+        return remapped

@@ -145,8 +145,13 @@ def test_saved_adapter_holds_only_the_selected_rows(tmp_path):
     peft_model = get_peft_model(base, CCAConfig(circuit=circuit))
     peft_model.save_pretrained(tmp_path)
     tensors = load_file(tmp_path / "adapter_model.safetensors")
-    assert all(t.dtype == torch.float32 for t in tensors.values())
-    assert sum(t.numel() for t in tensors.values()) == peft_model.get_nb_trainable_parameters()[0]
+    deltas = {k: t for k, t in tensors.items() if "cca_delta" in k}
+    rows = {k: t for k, t in tensors.items() if "cca_index" in k}
+    assert set(tensors) == set(deltas) | set(rows)
+    assert all(t.dtype == torch.float32 for t in deltas.values())
+    assert sum(t.numel() for t in deltas.values()) == peft_model.get_nb_trainable_parameters()[0]
+    # beside the deltas only their row numbers, one int64 per row, which loading checks against the circuit
+    assert {k: t.shape[0] for k, t in deltas.items()} == {k.replace("index", "delta"): len(t) for k, t in rows.items()}
 
 
 def test_circuit_for_another_shape_is_refused_with_the_difference_named():

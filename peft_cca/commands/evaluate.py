@@ -50,11 +50,19 @@ def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
     size = sum(1 for line in lines if line.strip() and json.loads(line).get("split", "train") == "train")
     curves = []
     method = None  # the localization method matters only to a CCA adapter, trained on the pivots
+    trained: dict[str, Any] = {}  # what the reports show of the training: ablation label, kept step, LoRA's data
     if adapter is not None:
         for name in ("amplify.json", "lora.json"):
             summary = adapter.parent / name
             if summary.exists():
-                curves = [{"lr": r["lr"], "history": r["history"]} for r in json.loads(summary.read_text())["runs"]]
+                data = json.loads(summary.read_text())
+                curves = [{"lr": r["lr"], "history": r["history"]} for r in data["runs"]]
+                best = data.get("best") or {}
+                trained = {
+                    "label": data.get("label"),
+                    "kept": {"lr": best["lr"], "step": best["best_step"]} if "best_step" in best else None,
+                    "train_problems": data.get("train_problems"),
+                }
                 if name == "amplify.json":
                     method = meta.get("method") or meta.get("config", {}).get("method")
     return {
@@ -63,6 +71,7 @@ def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
         "dataset_size": size,
         "curves": curves,
         "model": meta.get("model"),
+        **trained,
     }
 
 
