@@ -45,12 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prompt-style",
         choices=PROMPT_STYLES,
-        default="auto",
-        help="chat: the tokenizer's chat template; fewshot: lm-eval's 8-shot GSM8K CoT prompt; auto (default): "
-        "chat when the tokenizer has a chat template (instruct models), else fewshot",
+        default=None,
+        help="chat: the tokenizer's chat template; fewshot: lm-eval's 8-shot GSM8K CoT prompt; authors: the CCA "
+        "authors' 8-shot prompt, no chat template; auto: chat when the tokenizer has a chat template (instruct "
+        "models), else fewshot (default: authors for GSM-Symbolic tasks, the paper's protocol; else auto)",
     )
     parser.add_argument(
-        "--max-new-tokens", type=int, default=96, help="token budget of every trace, prefix included (default: 96)"
+        "--max-new-tokens",
+        type=int,
+        help="token budget of every trace, prefix included (default: 2500 for GSM-Symbolic tasks, else 96)",
     )
     parser.add_argument(
         "--n-samples",
@@ -85,13 +88,14 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.localize.run import LocalizeConfig, localize
     from peft_cca.models import load_model
     from peft_cca.tasks import load_problems
+    from peft_cca.tasks.protocol import setting
 
     config = LocalizeConfig(
         task=args.task,
         method=args.method,
         branching=args.branching,
-        prompt_style=args.prompt_style,
-        max_new_tokens=args.max_new_tokens,
+        prompt_style=setting(args.prompt_style, args.task, "prompt_style"),
+        max_new_tokens=setting(args.max_new_tokens, args.task, "localize_max_new_tokens"),
         n_samples=args.n_samples,
         seed=args.seed,
         batch_size=args.batch_size,
