@@ -137,6 +137,7 @@ class DemoSettings:
     method: str = "branching"
     skip: tuple[str, ...] = ()  # comparison arms left out (SKIPPABLE), with their evaluations
     overrides: dict[str, object] = field(default_factory=dict)
+    runtime: tuple[str, ...] = ()  # placement flags (runtime.runtime_argv) for every stage that loads the model
 
     def counts(self) -> Preset:
         base = PRESETS[self.preset]
@@ -278,6 +279,11 @@ def plan(settings: DemoSettings) -> list[tuple[str, list[str]]]:
                     (f"{arm}-seed{seed}", [*argv, "--out", str(run / arm)]),
                     evaluate(arm, run / arm / "adapter"),
                 ]
+    # placement flags reach every stage that loads the model; checkpointing only the two that train with backward
+    trains = ("amplify", "lora")
+    flags = [f for f in settings.runtime if f != "--gradient-checkpointing"]
+    checkpointing = [f for f in settings.runtime if f == "--gradient-checkpointing"]
+    stages = [(name, [*argv, *flags, *(checkpointing if argv[0] in trains else [])]) for name, argv in stages]
     # quiet: the demo prints the report once, at its end, whether compare ran now or earlier
     stages.append(("compare", ["compare", "--runs", str(out / "eval"), "--out", str(out / "report"), "--quiet"]))
     return stages

@@ -7,6 +7,11 @@
 - :func:`kl_drift`: mean KL(base || updated) of next-token distributions over neutral text (offline).
 - :func:`lm_eval_bridge`: lm-eval's own harness on the model object, for MMLU STEM/Humanities, TriviaQA and
   TruthfulQA when the hub is reachable, or for any local task directory.
+
+Under ``accelerate launch`` the generation is split across processes in fixed units of ``batch_size`` problems
+and gathered, so N processes score exactly what one process scores (each unit is the same batch either way);
+with a ``cache`` folder every finished unit is kept on disk, so an interrupted run, with any number of
+processes, resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from torch import nn
 
+from peft_cca.errors import UsageError
 from peft_cca.generation import generate, left_pad, pad_token_id
+from peft_cca.runfolder import atomic_write_json, check_settings
 from peft_cca.tasks import DEFAULT_RETENTION_TASKS
 from peft_cca.tasks.problem import Problem
 from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, encode_prompt, resolve_prompt_style, stop_strings
@@ -48,6 +55,73 @@ NEUTRAL_TEXTS: tuple[str, ...] = (
 )
 
 
+def _processes() -> tuple[int, int]:
+    """``(rank, world size)`` of this process: ``(0, 1)`` unless launched with several accelerate processes."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    return state.process_index, state.num_processes
+
+
+def on_main(fn: Callable[[], Any]) -> Any:
+    """``fn()`` run by the main process only, its result (or its :class:`UsageError`) handed to every process.
+
+    For work that must not be repeated (lm-eval) or must happen once (recording settings); the other processes
+    wait instead of running into a collective the main process never reaches.
+    """
+    rank, world = _processes()
+    outcome: tuple[bool, Any] = (True, None)
+    if rank == 0:
+        try:
+            outcome = (True, fn())
+        except UsageError as err:
+            outcome = (False, str(err))
+    if world > 1:
+        from accelerate.utils import broadcast_object_list
+
+        outcome = broadcast_object_list([outcome])[0]
+    if not outcome[0]:
+        raise UsageError(outcome[1])
+    return outcome[1]
+
+
+def prepare_cache(folder: Path, settings: Mapping[str, Any]) -> Path:
+    """A resumable cache folder for :func:`evaluate_exact_match`, refused when it was made with other settings."""
+    folder = Path(folder)
+    hint = f"delete {folder} to start afresh, or choose another --out"
+    on_main(lambda: check_settings(folder, settings, restart_hint=hint))
+    return folder
+
+
+def _generate_units(
+    model: nn.Module, tokenizer, inputs: list[list[int]], unit: int, cache: Path | None, **generate_kwargs: Any
+) -> list[str]:
+    """Completions of ``inputs``, unit by unit (``unit`` inputs each), units shared out over the processes.
+
+    A unit is generated as one batch whichever process takes it, so the texts do not depend on the process count.
+    """
+    units = [(begin, inputs[begin : begin + unit]) for begin in range(0, len(inputs), unit)]
+    done: dict[int, list[str]] = {}
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        for index in range(len(units)):
+            path = cache / f"unit-{index:05d}.json"
+            if path.exists():
+                done[index] = json.loads(path.read_text())
+    rank, world = _processes()
+    mine = [index for index in range(len(units)) if index not in done][rank::world]
+    for index in mine:
+        outputs = generate(model, tokenizer, units[index][1], batch_size=unit, **generate_kwargs)
+        done[index] = [generation.text for (generation,) in outputs]
+        if cache is not None:
+            atomic_write_json(cache / f"unit-{index:05d}.json", done[index])
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        done.update(gather_object([(index, done[index]) for index in mine]))
+    return [text for index in range(len(units)) for text in done[index]]
+
+
 @torch.no_grad()
 def evaluate_exact_match(
     model: nn.Module,
@@ -58,11 +132,14 @@ def evaluate_exact_match(
     batch_size: int = 16,
     max_new_tokens: int = 256,
     return_completions: bool = False,
+    cache: Path | None = None,
 ) -> dict[str, Any]:
     """Greedy exact match: ``{"macro", "micro", "n", "groups": {group: {"accuracy", "n"}}}``.
 
     Generation stops once the answer sentence is closed (the extracted answer can no longer change), so the
-    score equals that of the full completion at a fraction of the tokens.
+    score equals that of the full completion at a fraction of the tokens. Every process of a multi-process
+    launch must call it (the work is split and gathered); ``cache`` (see :func:`prepare_cache`) keeps each
+    finished batch for a resume.
     """
     if not problems:
         raise ValueError("no problems to evaluate")
@@ -70,24 +147,23 @@ def evaluate_exact_match(
     inputs = [encode_prompt(tokenizer, build_prompt(tokenizer, p, prompt_style)) for p in problems]
     was_training = model.training
     model.eval()
-    outputs = generate(
+    texts = _generate_units(
         model,
         tokenizer,
         inputs,
+        batch_size,
+        cache,
         max_new_tokens=max_new_tokens,
         stop_strings=stop_strings(prompt_style),
         stop_when_final=True,
-        batch_size=batch_size,
     )
     model.train(was_training)
     correct: dict[str, list[bool]] = defaultdict(list)
     completions = []
-    for problem, (generation,) in zip(problems, outputs, strict=True):
-        ok = problem.score(generation.text)
+    for problem, text in zip(problems, texts, strict=True):
+        ok = problem.score(text)
         correct[problem.group_id].append(ok)
-        completions.append(
-            {"id": problem.id, "group_id": problem.group_id, "completion": generation.text, "correct": ok}
-        )
+        completions.append({"id": problem.id, "group_id": problem.group_id, "completion": text, "correct": ok})
     groups = {g: {"accuracy": sum(v) / len(v), "n": len(v)} for g, v in sorted(correct.items())}
     result: dict[str, Any] = {
         "macro": sum(g["accuracy"] for g in groups.values()) / len(groups),
@@ -327,23 +403,30 @@ def evaluate_model(
     prompt_style: str = DEFAULT_PROMPT_STYLE,
     max_new_tokens: int = 256,
     batch_size: int = 16,
+    cache: Path | None = None,
 ) -> dict[str, Any]:
     """Everything Tables 1 and 2 need for one model: ``{"test", "validation", "general": {...}}`` plus its config.
 
-    KL drift is measured against the same model with adapters disabled (0 for a bare base model).
+    KL drift is measured against the same model with adapters disabled (0 for a bare base model); every process
+    computes it (it is small, and so it is the same number in any launch); lm-eval runs on the main process.
+    ``cache`` is a folder from :func:`prepare_cache` whose sub-folders keep finished batches per section.
     """
     em = {"prompt_style": prompt_style, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+
+    def section(name: str) -> dict[str, Any]:
+        return {**em, "cache": None if cache is None else Path(cache) / name}
+
     result: dict[str, Any] = {**adapter_summary(model)}
-    result["test"] = evaluate_exact_match(model, tokenizer, test_problems, **em)
+    result["test"] = evaluate_exact_match(model, tokenizer, test_problems, **section("test"))
     if val_problems:
-        result["validation"] = evaluate_exact_match(model, tokenizer, val_problems, **em)
+        result["validation"] = evaluate_exact_match(model, tokenizer, val_problems, **section("validation"))
     general: dict[str, Any] = {}
     if retention_tasks:
-        general["retention"] = retention(model, tokenizer, retention_tasks, size=retention_size, **em)
+        general["retention"] = retention(model, tokenizer, retention_tasks, size=retention_size, **section("retention"))
     if kl_texts:
         adapted = hasattr(model, "disable_adapter")
         general["kl"] = kl_drift(model, tokenizer, kl_texts, batch_size=batch_size) if adapted else 0.0
     if lm_eval_tasks:
-        general["lm_eval"] = lm_eval_bridge(model, tokenizer, lm_eval_tasks, limit=lm_eval_limit)
+        general["lm_eval"] = on_main(lambda: lm_eval_bridge(model, tokenizer, lm_eval_tasks, limit=lm_eval_limit))
     result["general"] = general
     return result

@@ -23,6 +23,7 @@ from torch import nn
 from transformers import PrinterCallback
 
 from peft_cca.arch import describe
+from peft_cca.runtime import trainer_use_cpu
 from peft_cca.tasks.problem import Problem
 from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt
 from peft_cca.trainer import (
@@ -90,8 +91,10 @@ def lora_config(model: nn.Module, settings: LoraSettings) -> LoraConfig:
     )
 
 
-def _sft_config(output_dir: str, lr: float, settings: LoraSettings, seed: int):
+def _sft_config(output_dir: str, lr: float, settings: LoraSettings, seed: int, use_cpu: bool | None = None):
     from trl import SFTConfig
+
+    use_cpu = not torch.cuda.is_available() if use_cpu is None else use_cpu
 
     config = SFTConfig(
         output_dir=output_dir,
@@ -107,14 +110,14 @@ def _sft_config(output_dir: str, lr: float, settings: LoraSettings, seed: int):
         max_length=settings.max_length,
         completion_only_loss=True,
         gradient_checkpointing=False,
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        bf16=not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         logging_steps=1,
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
         seed=seed,
         dataloader_pin_memory=torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=use_cpu,  # where the runtime placed the model: MPS stays on MPS
     )
     # world_size is known once the config has set up the (CPU or GPU) process group
     per_round = settings.per_device_batch * config.world_size
@@ -139,7 +142,7 @@ def train_lora_once(
     with tempfile.TemporaryDirectory() as scratch:
         trainer = SFTTrainer(
             model=peft_model,
-            args=_sft_config(scratch, lr, settings, seed),
+            args=_sft_config(scratch, lr, settings, seed, trainer_use_cpu(peft_model)),
             train_dataset=dataset,
             processing_class=tokenizer,
             callbacks=[callback],

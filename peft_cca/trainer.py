@@ -35,6 +35,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from peft_cca.circuit import Circuit
 from peft_cca.config import CCAConfig
 from peft_cca.generation import left_pad
+from peft_cca.runtime import trainer_use_cpu
 from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE
 
 logger = logging.getLogger(__name__)
@@ -357,7 +358,9 @@ def train_one(
         evaluate_fn, eval_schedule(steps) if schedule is None else schedule, evaluate_at_start=evaluate_at_start
     )
     with tempfile.TemporaryDirectory() as scratch:
-        args = cca_training_arguments(output_dir or scratch, lr, steps, batch_size, optimizer, seed)
+        # the Trainer runs where the runtime placed the model (a CPU placement on a GPU machine, MPS on a Mac)
+        use_cpu = trainer_use_cpu(model)
+        args = cca_training_arguments(output_dir or scratch, lr, steps, batch_size, optimizer, seed, use_cpu=use_cpu)
         trainer = CCATrainer(model, args, records, pad_token_id, callbacks=[callback])
         trainer.train()
     return RunResult.from_training(lr, trainer, callback, evaluate_at_start)

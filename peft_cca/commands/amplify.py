@@ -10,6 +10,7 @@ HELP = "stage 3: train only the circuit (CCATrainer) and save the adapter"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from peft_cca.runtime import add_runtime_arguments
     from peft_cca.trainer import DEFAULT_LRS, DEFAULT_STEPS, OPTIMIZERS
 
     parser.add_argument("--run", required=True, type=Path, help="run folder of stages 1-2 (records.jsonl, meta.json)")
@@ -29,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/amplify or <run>/amplify-nomask)")
     parser.add_argument("--seed", type=int, default=0)
+    add_runtime_arguments(parser, training=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,16 +38,18 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.dcm.data import load_records
     from peft_cca.evaluate import stage_problems
     from peft_cca.models import load_model
+    from peft_cca.runtime import record_runtime, runtime_from_args
     from peft_cca.trainer import amplify
 
     meta = json.loads((args.run / "meta.json").read_text())
-    model, tokenizer = load_model(args.model or meta["model"])
+    model, tokenizer = load_model(args.model or meta["model"], runtime_from_args(args, training=True))
     circuit = Circuit.full(model) if args.no_mask else Circuit.load(args.circuit or args.run / "circuit.json")
     records = load_records(
         args.run, vocab_size=model.get_input_embeddings().num_embeddings, tokenizer=tokenizer, splits=("train",)
     )
     val = stage_problems(args.run, "validation", task=args.task, split_seed=args.split_seed, limit=args.val_limit)
     out = args.out or args.run / ("amplify-nomask" if args.no_mask else "amplify")
+    record_runtime(out, model)
     print(f"amplify: {len(records)} records, {len(val)} validation problems, {circuit}")
     result = amplify(
         model,

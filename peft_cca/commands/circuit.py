@@ -21,6 +21,8 @@ def _lambdas(text: str) -> list[float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from peft_cca.runtime import add_runtime_arguments
+
     parser.description = (
         "Learn a mask in [0,1] per query/key/value head and MLP neuron that, applied at the pivot token, raises "
         "logit(desired) - logit(undesired); components with mask > 0.5 form the circuit. Writes circuit.json "
@@ -95,18 +97,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     parser.add_argument(
-        "--attn-implementation",
-        choices=("eager", "sdpa"),
-        default=None,
-        help="attention kernel to load the model with (default: the model's own)",
-    )
-    parser.add_argument(
         "--max-fraction",
         type=float,
         help="component budget of a lambda sweep, e.g. 0.02: only circuits with at most this fraction of the "
         "components compete (the paper's circuits are under 2%%)",
     )
     parser.add_argument("--out", required=True, help="output folder")
+    add_runtime_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,9 +112,9 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.dcm.sweep import SELECTION_RULE, choose, sweep
     from peft_cca.dcm.train import DCMConfig
     from peft_cca.models import load_model
+    from peft_cca.runtime import record_runtime, runtime_from_args
 
-    extra = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
-    model, tokenizer = load_model(args.model, **extra)
+    model, tokenizer = load_model(args.model, runtime_from_args(args, training=True))
     vocab = model.get_input_embeddings().num_embeddings
     records = load_records(args.data, vocab_size=vocab, tokenizer=tokenizer)
     train = [r for r in records if r.split == "train"]
@@ -141,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    record_runtime(out, model)
     results = sweep(model, train, validation, args.lambdas, replace(config, lam=args.lambdas[0]), out, args.resume)
     chosen = choose(results, max_fraction=args.max_fraction)
     for result in results:

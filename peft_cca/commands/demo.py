@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from peft_cca.demo import PRESETS, SKIPPABLE, DemoSettings, run_demo
+from peft_cca.runtime import add_runtime_arguments, runtime_argv
 from peft_cca.tasks import DEFAULT_RETENTION_TASKS, DEFAULT_TASK
 from peft_cca.tasks.protocol import PAPER
 
@@ -69,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="start afresh in --out: remove what an earlier demo wrote there (a resume with other settings is "
         "refused without it)",
     )
+    add_runtime_arguments(parser, training=True)
     group = parser.add_argument_group("counts (override the preset)")
     group.add_argument("--problems", type=int, help="problems drawn from the task")
     group.add_argument("--n-samples", type=int, help="sampled counterfactual traces per problem")
@@ -121,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         method=args.method,
         skip=tuple(args.skip),
         overrides=overrides,
+        runtime=tuple(runtime_argv(args)),
     )
     report = run_demo(settings, runner=peft_cca, echo=lambda line: print(line, flush=True), overwrite=args.overwrite)
     markdown = report / "report.md"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ HELP = "exact match on the target task, retention suite and KL drift"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from peft_cca.evaluate import LM_EVAL_TASKS, RETENTION_TASKS
+    from peft_cca.runtime import add_runtime_arguments
 
     parser.add_argument("--run", required=True, type=Path, help="stage 1 run folder (meta.json, records.jsonl)")
     parser.add_argument("--adapter", type=Path, help="a saved adapter (CCA or LoRA); without it, the base model")
@@ -40,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lm-eval-limit", type=float, help="lm-eval examples per task")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
+    add_runtime_arguments(parser)
 
 
 def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
@@ -79,11 +82,18 @@ def run(args: argparse.Namespace) -> int:
     from peft import PeftModel
 
     import peft_cca  # noqa: F401 - registers the "cca" method so CCA adapters load
-    from peft_cca.evaluate import LM_EVAL_TASKS, NEUTRAL_TEXTS, evaluate_model, stage_problems
+    from peft_cca.evaluate import LM_EVAL_TASKS, NEUTRAL_TEXTS, evaluate_model, on_main, prepare_cache, stage_problems
     from peft_cca.models import load_model
+    from peft_cca.runfolder import atomic_write_json
+    from peft_cca.runtime import runtime_from_args
 
     info = _provenance(args.run, args.adapter)
-    model, tokenizer = load_model(args.model or info["model"])
+    runtime = runtime_from_args(args)
+    out = args.out or (args.adapter.parent / "eval.json" if args.adapter else args.run / "eval-base.json")
+    # finished batches live beside the output until it is written, so an interrupted run (any process count) resumes
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if not k.startswith("_")}
+    cache = prepare_cache(out.with_name(out.name + ".parts"), {**settings, "runtime": runtime.record()})
+    model, tokenizer = load_model(args.model or info["model"], runtime)
     if args.adapter is not None:
         model = PeftModel.from_pretrained(model, args.adapter)
     meta = json.loads((args.run / "meta.json").read_text())
@@ -106,11 +116,11 @@ def run(args: argparse.Namespace) -> int:
         prompt_style=args.prompt_style or meta.get("prompt_style", "auto"),
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
+        cache=cache,
     )
     result = {"name": args.name or (args.adapter.parent.name if args.adapter else "base"), **info, **result}
-    out = args.out or (args.adapter.parent / "eval.json" if args.adapter else args.run / "eval-base.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    result["runtime"] = runtime.record()
+    on_main(lambda: (atomic_write_json(out, result), shutil.rmtree(cache, ignore_errors=True)))
     general = result["general"]
     print(
         f"{result['name']} ({result['config']}): test macro exact match {100 * result['test']['macro']:.1f}% "

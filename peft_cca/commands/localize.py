@@ -11,6 +11,7 @@ HELP = "stage 1: find pivotal tokens and write the Error-Localization dataset"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from peft_cca.models import DEFAULT_MODEL
+    from peft_cca.runtime import add_runtime_arguments
     from peft_cca.tasks import DEFAULT_TASK, PROMPT_STYLES
     from peft_cca.tasks.sources import __doc__ as spec_doc
 
@@ -82,11 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=4,
         help="fast branching: divergent positions completed together in one batch",
     )
+    add_runtime_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from peft_cca.localize.run import LocalizeConfig, localize
     from peft_cca.models import load_model
+    from peft_cca.runtime import runtime_from_args
     from peft_cca.tasks import load_problems
     from peft_cca.tasks.protocol import setting
 
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         max_group_accuracy=args.max_group_accuracy,
         limit=args.limit,
     )
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, runtime_from_args(args))
     problems = load_problems(args.task, limit=args.limit)
     summary = localize(model, tokenizer, problems, config, args.out, model_name=args.model)
     print(json.dumps({k: v for k, v in summary.items() if k != "accuracy_by_group"}, indent=2))

@@ -11,6 +11,7 @@ HELP = "the LoRA SFT baseline on the same training problems"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from peft_cca.lora_baseline import DEFAULT_LORA_LRS, LoraSettings
+    from peft_cca.runtime import add_runtime_arguments
 
     defaults = LoraSettings()
     parser.add_argument("--run", required=True, type=Path, help="stage 1 run folder (meta.json)")
@@ -33,15 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/lora)")
     parser.add_argument("--seed", type=int, default=0)
+    add_runtime_arguments(parser, training=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from peft_cca.evaluate import stage_problems
     from peft_cca.lora_baseline import LoraSettings, lora_sft
     from peft_cca.models import load_model
+    from peft_cca.runtime import record_runtime, runtime_from_args
 
     meta = json.loads((args.run / "meta.json").read_text())
-    model, tokenizer = load_model(args.model or meta["model"])
+    model, tokenizer = load_model(args.model or meta["model"], runtime_from_args(args, training=True))
 
     def problems(split: str, limit: int | None) -> list:
         return stage_problems(args.run, split, task=args.task, split_seed=args.split_seed, limit=limit)
@@ -57,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         max_steps=args.max_steps,
     )
+    record_runtime(args.out or args.run / "lora", model)
     print(f"LoRA: {len(train)} training problems, {len(val)} validation problems")
     result = lora_sft(
         model,

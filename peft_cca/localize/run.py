@@ -17,6 +17,7 @@ from peft_cca.localize.dataset import DatasetWriter, _read_jsonl
 from peft_cca.localize.pivots import Pivot, branching_pivot_fast, branching_pivot_naive, prefix_pivot
 from peft_cca.localize.profile import pivot_profile
 from peft_cca.localize.traces import DecodeSettings, Trace, counterfactual, greedy_traces
+from peft_cca.runtime import placement
 from peft_cca.tasks import DEFAULT_TASK
 from peft_cca.tasks.problem import Problem
 from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, encode_prompt, resolve_prompt_style, stop_strings
@@ -154,6 +155,7 @@ def localize(
         "prompt_style": style,  # resolved, so later stages rebuild exactly these prompts
         "groups": sorted(kept),
         "config": asdict(config),
+        "runtime": placement(model),  # device, dtype, attention kernel the traces were decoded with
     }
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
 

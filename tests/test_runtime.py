@@ -1,0 +1,109 @@
+"""One place decides where a model runs: resolution, refusals with one clear line, and every command's flags."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from peft_cca import runtime as rt
+from peft_cca.errors import UsageError
+from peft_cca.runtime import Runtime, resolve_runtime
+
+
+@pytest.fixture
+def cpu_only(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+def test_auto_on_a_cpu_is_fp32_with_transformers_choosing_attention(cpu_only):
+    assert resolve_runtime() == Runtime("cpu", "float32", None, None, False)
+
+
+def test_auto_prefers_cuda_with_bf16_where_it_runs(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_runtime() == Runtime("cuda", "bfloat16")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_runtime().dtype == "float32"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"device": "tpu"}, "--device 'tpu' is not a device"),
+        ({"device": "cpu:1"}, "is not a device"),
+        ({"device": "cuda"}, "no CUDA GPU"),
+        ({"device": "mps"}, "no Apple MPS"),
+        ({"dtype": "int8"}, "--dtype 'int8' is not a dtype"),
+        ({"attn_implementation": "flash"}, "--attn-implementation 'flash' is unknown"),
+        ({"device_map": "everywhere"}, "--device-map 'everywhere' is unknown"),
+    ],
+)
+def test_bad_placement_gets_one_line_naming_the_flag(cpu_only, kwargs, message):
+    with pytest.raises(UsageError, match=message) as caught:
+        resolve_runtime(**kwargs)
+    assert "\n" not in str(caught.value)
+
+
+def test_fp16_on_the_cpu_evaluates_but_does_not_train(cpu_only):
+    assert resolve_runtime(dtype="fp16").dtype == "float16"
+    with pytest.raises(UsageError, match=r"fp16 on the CPU cannot train.*bf16 or fp32"):
+        resolve_runtime(dtype="fp16", training=True)
+    assert resolve_runtime(dtype="bf16", training=True).dtype == "bfloat16"
+
+
+def test_flash_attention_needs_its_package_a_gpu_and_half_precision(cpu_only, monkeypatch):
+    monkeypatch.setattr(rt.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UsageError, match="needs the 'flash_attn' package"):
+        resolve_runtime(attn_implementation="flash_attention_2")
+    monkeypatch.setattr(rt.importlib.util, "find_spec", lambda name: object())
+    with pytest.raises(UsageError, match="CUDA GPUs only"):
+        resolve_runtime(attn_implementation="flash_attention_2")
+
+
+def test_device_map_is_refused_under_several_processes(cpu_only, monkeypatch):
+    monkeypatch.setattr(rt, "_accelerate_device", lambda: torch.device("cpu"))
+    with pytest.raises(UsageError, match="FSDP"):
+        resolve_runtime(device_map="auto")
+    with pytest.raises(UsageError, match="under accelerate launch"):
+        resolve_runtime(device="mps")
+    assert resolve_runtime().device == "cpu"
+
+
+def test_place_moves_casts_and_checkpoints():
+    from tiny_models import tiny_model
+
+    model = tiny_model("llama")
+    Runtime("cpu", "float32", gradient_checkpointing=True).place(model)
+    assert model.is_activation_checkpointing
+    record = rt.placement(model)
+    assert record == {
+        "device": "cpu",
+        "dtype": "float32",
+        "attn_implementation": "eager",
+        "device_map": None,
+        "gradient_checkpointing": True,
+    }
+    assert rt.trainer_use_cpu(model)
+
+
+@pytest.mark.parametrize("command", ["localize", "circuit", "amplify", "evaluate", "lora", "demo"])
+def test_every_stage_takes_the_placement_flags(command):
+    from peft_cca.cli import build_parser
+
+    argv = [command, "--device", "cpu", "--dtype", "bf16", "--attn-implementation", "eager"]
+    required = {"localize": ["--out", "x"], "circuit": ["--data", "x", "--out", "y"], "demo": []}
+    args = build_parser().parse_args(argv + required.get(command, ["--run", "x"]))
+    assert (args.device, args.dtype, args.attn_implementation) == ("cpu", "bf16", "eager")
+    training = command in ("amplify", "lora")
+    assert hasattr(args, "gradient_checkpointing") == (training or command == "demo")
+
+
+def test_runtime_argv_round_trips_through_the_parser():
+    parser = argparse.ArgumentParser()
+    rt.add_runtime_arguments(parser)
+    args = parser.parse_args(["--device", "cpu", "--dtype", "fp32", "--device-map", "auto"])
+    assert parser.parse_args(rt.runtime_argv(args)) == args
