@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from peft_cca.arch import COMPONENT_KINDS, ModelShape, describe
+from peft_cca.errors import UsageError
 
 FORMAT = "peft-cca/circuit@1"
 
 
-class CircuitShapeError(ValueError):
+class CircuitShapeError(UsageError):
     """A circuit applied to a model of another shape, or with indices outside the model."""
 
 
@@ -41,12 +42,20 @@ class Circuit:
             for kind, indices in kinds.items():
                 if kind not in COMPONENT_KINDS:
                     raise CircuitShapeError(f"unknown component kind {kind!r}; expected {COMPONENT_KINDS}")
+                # int() would silently truncate 504.7 to 504 and turn true into 1: only whole numbers are indices
+                not_whole = [i for i in indices if isinstance(i, bool) or not hasattr(i, "__index__")]
+                if not_whole:
+                    raise CircuitShapeError(
+                        f"layers.{layer}.{kind}: index {not_whole[0]!r} is not a whole number; "
+                        "write component indices as integers"
+                    )
                 clean = sorted({int(i) for i in indices})
                 limit = shape.count(kind)
                 bad = [i for i in clean if not 0 <= i < limit]
                 if bad:
                     raise CircuitShapeError(
-                        f"layer {layer} {kind}: indices {bad[:5]} outside 0..{limit - 1} for this model"
+                        f"layer {layer} {kind}: indices {bad[:5]} outside 0..{limit - 1}: the model has {limit} "
+                        f"{kind} components per layer (key layers.{layer}.{kind})"
                     )
                 if clean:
                     self._selection.setdefault(layer, {})[kind] = clean
@@ -85,7 +94,11 @@ class Circuit:
 
     @classmethod
     def load(cls, path: str | Path) -> Circuit:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a circuit file; a malformed one is a :class:`UsageError` that names the file."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (ValueError, KeyError, TypeError) as error:
+            raise UsageError(f"{path}: {error}") from error
 
     # -- io -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

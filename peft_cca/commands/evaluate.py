@@ -40,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"run lm-eval tasks (needs the hub; no names: {' '.join(LM_EVAL_TASKS)})",
     )
     parser.add_argument("--lm-eval-limit", type=float, help="lm-eval examples per task")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument(
+        "--max-new-tokens", type=int, help="generation budget (default: the task's protocol: 1500 for GSM-Symbolic, else 256)"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     add_runtime_arguments(parser)
 
@@ -84,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     import peft_cca  # noqa: F401 - registers the "cca" method so CCA adapters load
     from peft_cca.evaluate import LM_EVAL_TASKS, NEUTRAL_TEXTS, evaluate_model, on_main, prepare_cache, stage_problems
     from peft_cca.models import load_model
+    from peft_cca.tasks.protocol import setting
     from peft_cca.runfolder import atomic_write_json
     from peft_cca.runtime import runtime_from_args
 
@@ -114,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         lm_eval_tasks=lm_tasks,
         lm_eval_limit=limit,
         prompt_style=args.prompt_style or meta.get("prompt_style", "auto"),
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=setting(args.max_new_tokens, args.task or meta.get("task"), "eval_max_new_tokens"),
         batch_size=args.batch_size,
         cache=cache,
     )

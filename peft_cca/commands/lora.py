@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-limit", type=int, help="use at most this many training problems")
     parser.add_argument("--val-limit", type=int, help="use at most this many validation problems")
     parser.add_argument("--prompt-style", help="prompt style (default: the one in meta.json, else auto)")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument(
+        "--max-new-tokens", type=int, help="generation budget (default: the task's protocol: 1500 for GSM-Symbolic, else 256)"
+    )
     parser.add_argument("--eval-batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/lora)")
     parser.add_argument("--seed", type=int, default=0)
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.evaluate import stage_problems
     from peft_cca.lora_baseline import LoraSettings, lora_sft
     from peft_cca.models import load_model
+    from peft_cca.tasks.protocol import setting
     from peft_cca.runtime import record_runtime, runtime_from_args
 
     meta = json.loads((args.run / "meta.json").read_text())
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         lrs=args.lr,
         settings=settings,
         prompt_style=args.prompt_style or meta.get("prompt_style", "auto"),
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=setting(args.max_new_tokens, args.task or meta.get("task"), "eval_max_new_tokens"),
         eval_batch_size=args.eval_batch_size,
         output_dir=args.out or args.run / "lora",
         seed=args.seed,
