@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lm-eval-limit", type=float, help="lm-eval examples per task")
     parser.add_argument(
-        "--max-new-tokens", type=int, help="generation budget (default: the task's protocol: 1500 for GSM-Symbolic, else 256)"
+        "--max-new-tokens", type=int, help="generation budget (default: 1500 for GSM-Symbolic tasks, else 256)"
     )
     parser.add_argument("--batch-size", type=int, default=16)
     add_runtime_arguments(parser)
@@ -86,9 +86,9 @@ def run(args: argparse.Namespace) -> int:
     import peft_cca  # noqa: F401 - registers the "cca" method so CCA adapters load
     from peft_cca.evaluate import LM_EVAL_TASKS, NEUTRAL_TEXTS, evaluate_model, on_main, prepare_cache, stage_problems
     from peft_cca.models import load_model
-    from peft_cca.tasks.protocol import setting
     from peft_cca.runfolder import atomic_write_json
     from peft_cca.runtime import runtime_from_args
+    from peft_cca.tasks.protocol import setting
 
     info = _provenance(args.run, args.adapter)
     runtime = runtime_from_args(args)

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-limit", type=int, help="use at most this many validation problems")
     parser.add_argument("--prompt-style", help="prompt style (default: the one in meta.json, else auto)")
     parser.add_argument(
-        "--max-new-tokens", type=int, help="generation budget (default: the task's protocol: 1500 for GSM-Symbolic, else 256)"
+        "--max-new-tokens", type=int, help="generation budget (default: 1500 for GSM-Symbolic tasks, else 256)"
     )
     parser.add_argument("--eval-batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/lora)")
@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.evaluate import stage_problems
     from peft_cca.lora_baseline import LoraSettings, lora_sft
     from peft_cca.models import load_model
-    from peft_cca.tasks.protocol import setting
     from peft_cca.runtime import record_runtime, runtime_from_args
+    from peft_cca.tasks.protocol import setting
 
     meta = json.loads((args.run / "meta.json").read_text())
     model, tokenizer = load_model(args.model or meta["model"], runtime_from_args(args, training=True))
