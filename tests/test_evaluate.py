@@ -13,6 +13,7 @@ from tiny_tokenizer import tiny_tokenizer
 
 import peft_cca  # noqa: F401 - registers the "cca" method
 from peft_cca import CCAConfig, Circuit, describe
+from peft_cca.errors import UsageError
 from peft_cca.evaluate import evaluate_exact_match, kl_drift, lm_eval_bridge, retention
 from peft_cca.tasks.problem import Problem
 
@@ -20,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCAL_TASKS = ROOT / "tests" / "fixtures" / "lm_eval_local"
 
 
-def perturbed_cca(seed: int = 0, scale: float = 0.5):
-    model = tiny_model("llama")
+def perturbed_cca(seed: int = 0, scale: float = 0.5, dtype: torch.dtype = torch.float32):
+    model = tiny_model("llama", dtype=dtype)
     circuit = Circuit(describe(model).shape, {0: {"q": [0, 2]}, 1: {"mlp": list(range(10))}})
     peft_model = get_peft_model(model, CCAConfig(circuit=circuit))
     generator = torch.Generator().manual_seed(seed)
@@ -147,3 +148,44 @@ def test_provenance_gives_the_localization_method_to_cca_runs_only(tmp_path):
     assert cca["method"] == "branching" and cca["dataset_size"] == 2 and cca["curves"][0]["lr"] == 0.01
     assert _provenance(run, tmp_path / "lora" / "adapter")["method"] is None
     assert _provenance(run, None)["method"] is None
+
+
+def _problems(count: int = 5) -> list[Problem]:
+    return [Problem(id=f"p{i}", group_id="g", question=f"What is {i} + {i}?", answer=str(2 * i)) for i in range(count)]
+
+
+def test_a_cached_run_resumes_from_its_finished_batches_without_generating_them_again(tmp_path, monkeypatch):
+    from peft_cca import evaluate
+    from peft_cca.evaluate import prepare_cache
+
+    model, tokenizer, problems = tiny_model("llama"), tiny_tokenizer(), _problems()
+    cache = prepare_cache(tmp_path / "parts", {"model": "tiny"})
+    first = evaluate_exact_match(model, tokenizer, problems, max_new_tokens=4, batch_size=2, cache=cache)
+    assert sorted(p.name for p in cache.iterdir()) == ["settings.json", *(f"unit-0000{i}.json" for i in range(3))]
+    (cache / "unit-00002.json").unlink()  # as if interrupted before the last batch
+    generated = []
+    plain = evaluate.generate
+    monkeypatch.setattr(
+        evaluate, "generate", lambda m, t, inputs, **kw: generated.append(len(inputs)) or plain(m, t, inputs, **kw)
+    )
+    again = evaluate_exact_match(model, tokenizer, problems, max_new_tokens=4, batch_size=2, cache=cache)
+    assert again == first and generated == [1]
+    assert again == evaluate_exact_match(model, tokenizer, problems, max_new_tokens=4, batch_size=2)
+    with pytest.raises(UsageError, match=r"model .*tiny.* \(recorded\) vs .*other"):
+        prepare_cache(tmp_path / "parts", {"model": "other"})
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_bases_evaluate_with_fp32_deltas(dtype):
+    from peft_cca.evaluate import evaluate_model
+
+    fp32, half = perturbed_cca(scale=0.05), perturbed_cca(scale=0.05, dtype=dtype)
+    assert {p.dtype for n, p in half.named_parameters() if "cca_delta" in n} == {torch.float32}
+    assert {p.dtype for n, p in half.named_parameters() if "cca_delta" not in n} == {dtype}
+    ids = torch.tensor([[5, 9, 17, 33, 40]])
+    with torch.no_grad():
+        torch.testing.assert_close(half(input_ids=ids).logits.float(), fp32(input_ids=ids).logits, atol=0.05, rtol=0)
+    tokenizer, problems = tiny_tokenizer(), _problems(4)
+    result = evaluate_model(half, tokenizer, problems, retention_tasks=(), max_new_tokens=4, batch_size=2)
+    assert 0.0 <= result["test"]["macro"] <= 1.0 and result["test"]["n"] == 4
+    assert 0.0 < result["general"]["kl"] < 0.1
