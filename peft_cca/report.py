@@ -264,7 +264,7 @@ def render_markdown(tables: Mapping[str, list[dict[str, Any]]]) -> str:
         "CCA trains on pivots (one record per localized error), LoRA on the training problems.",
         t1,
     ]
-    if tables.get("templates"):
+    if any(row["groups"] > 1 for row in tables.get("templates", [])):  # one group: Table 1 says it all
         shown = _markdown(
             [
                 "Configuration",
@@ -373,6 +373,7 @@ def plot_curves(runs: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     if not arms:
         return None
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     plt = _pyplot()
     names = sorted(arms, key=lambda name: _order((name, "")))
@@ -404,6 +405,7 @@ def plot_curves(runs: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
         seeds = sorted({str(r.get("seed")) for r in arms[name]})
         ax.set_title(f"{name}\n{len(seeds)} seed{'s' * (len(seeds) > 1)} ({', '.join(seeds)})", fontsize=9)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation exact match (%, macro)")
     handles = [Line2D([], [], color=colors[lr], linewidth=2.2, label=f"lr {lr:g}") for lr in colors]

@@ -35,9 +35,9 @@ def draw_fractions(axes, fractions: dict[str, list[float]], counts: dict[str, in
         ax.barh(range(len(values)), values, color=COLORS[kind], height=0.8)
         ax.set_xlim(0, max(1e-3, max(values, default=0.0)) * 1.1)
         count, size = counts.get(kind, 0), sizes.get(kind, 0)
-        total = f"{count} of {size} ({100 * count / size:.2g}%)" if size else f"{count} (% of the busiest layer)"
+        total = f"{count} of {size} ({100 * count / size:.2g}%)" if size else f"{count} selected"
         ax.set_title(f"{LABELS[kind]}\n{total}", fontsize=8)
-        ax.set_xlabel("% selected", fontsize=8)
+        ax.set_xlabel(f"% of the layer's {LABELS[kind].split()[-1]}" if size else "% of the busiest layer", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(axis="x", alpha=0.3)
         ax.set_ylim(len(values) - 0.5, -0.5)  # layer 0 at the top, as a model is read
