@@ -1,7 +1,10 @@
+import ast
+import json
 from pathlib import Path
 
 import pytest
 
+from peft_cca.errors import UsageError
 from peft_cca.tasks import DEFAULT_RETENTION_TASKS, DEFAULT_TASK, load_problems, parse_spec
 from peft_cca.tasks.gsm_symbolic import gold_answer
 
@@ -14,10 +17,63 @@ def test_parse_spec_keeps_plus_and_parses_values():
     assert options == {"min_terms": 2, "operators": ("+", "-"), "size": 7, "x": 1.5, "flag": True}
 
 
-@pytest.mark.parametrize("spec", ["nope:thing", "rg:", "basic_arithmetic", "rg:x?novalue"])
+@pytest.mark.parametrize("spec", ["nope:thing", "rg:", "basic_arithmetic", "rg:x?novalue", "template:x?bogus=1"])
 def test_bad_specs_are_rejected(spec):
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError, match="spec"):
         parse_spec(spec)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "rg:chain_sum?size=99999999999999999999",
+        "rg:chain_sum?size=abc",
+        "rg:chain_sum?seed=-1",
+        "rg:no_such_task?size=2",
+        "template:/no/such/file.json",
+        f"template:{FIXTURES / 'templates_sample.json'}?size=0",
+    ],
+)
+def test_bad_sizes_and_targets_are_usage_errors_before_any_work(spec):
+    with pytest.raises(UsageError):
+        load_problems(spec, limit=2)
+
+
+def test_limit_bounds_what_a_source_generates():
+    assert len(load_problems("rg:chain_sum?size=100000", limit=2)) == 2
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    return path
+
+
+GOOD_ROW = {"id": 0, "instance": 0, "question": "q?", "answer": "2 + 3 = 5\n#### 5", "original_id": 1}
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({**GOOD_ROW, "answer": "seven"}, r"rows.jsonl:2: the answer has no '#### <number>'"),
+        ({**GOOD_ROW, "answer": "x\n#### seven"}, r"rows.jsonl:2: the gold answer .* not a number"),
+        ({k: v for k, v in GOOD_ROW.items() if k != "question"}, r"rows.jsonl:2: missing key\(s\) question"),
+    ],
+)
+def test_malformed_gsm_rows_name_file_line_and_key(tmp_path, row, message):
+    path = _write_rows(tmp_path / "rows.jsonl", [GOOD_ROW, row])
+    with pytest.raises(UsageError, match=message):
+        load_problems(f"gsm-symbolic-file:{path}")
+
+
+def test_source_modules_import_no_heavy_library_at_import_time():
+    heavy = {"torch", "transformers", "reasoning_gym", "datasets", "peft", "accelerate", "trl"}
+    package = Path(__file__).parents[1] / "peft_cca" / "tasks"
+    for name in ("sources", "templates", "template_data", "safe_eval", "gsm_symbolic", "reasoning_gym_source"):
+        tree = ast.parse((package / f"{name}.py").read_text())
+        for node in tree.body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not {m.split(".")[0] for m in modules} & heavy, f"{name}.py imports {modules} at import time"
 
 
 def test_reasoning_gym_problems_are_seeded_and_scored_by_reasoning_gym():
@@ -49,6 +105,7 @@ def test_gsm_symbolic_file_fixture():
     assert len(problems) == 20
     assert {p.group_id for p in problems} == {"gsm-symbolic/0", "gsm-symbolic/1"}
     assert all("," not in p.answer and p.answer.isdigit() for p in problems)
+    assert all(p.solution and "####" not in p.solution for p in problems)
     assert gold_answer("Tom has 2 + 3 = 5.\n#### 1,005") == "1005"
 
 
