@@ -10,13 +10,15 @@ one token budget: the generated part (prefix tokens plus completion) never excee
 Fast branching is exact. If s[i] equals the argmax a[i] after P + s[:i], the greedy completion of
 P + s[:i+1] is the greedy completion of P + s[:i], so c(i+1) = c(i): only divergent positions (s[i] != a[i])
 can flip. Moreover the greedy completion of P + s[:i+1] follows s up to the next divergent position i' and
-then takes a[i']; so it is "P + s[:i'] + a[i'], then greedy". One forward pass over P + s gives every a[i]
-and a KV cache whose slices are the caches of all those branch points.
+then takes a[i']; so it is "P + s[:i'] + a[i'], then greedy". A forward pass over P + s gives every a[i]
+and a KV cache whose slices are the caches of all those branch points; it is run lazily, only as far as
+the scan reaches, so fast branching never processes more tokens than the naive scan.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -113,44 +115,193 @@ def branching_pivot_naive(
     return None
 
 
-def _argmax_and_cache(model, sequence: Sequence[int], counter: TokenCounter | None):
-    """One forward pass: the greedy token after every prefix of ``sequence``, and its KV cache.
+class _LazyPrefix:
+    """The KV cache of P + s, extended only as far as the scan has reached, and the greedy token after every
+    prefix it has seen (a[i]: the argmax after P + s[:i]). Lazy so a pivot near the start of s never pays
+    for the whole trace: the cache grows in ``chunk``-token steps, and only the logits that give a[i] leave
+    the lm_head (``logits_to_keep``).
 
     The cache is a plain ``DynamicCache`` whose layers keep every position, even for sliding-window models
     (Gemma 2/3): their own cache drops what leaves the window and so cannot be cut back to a shorter prefix.
     The window is still applied, by the attention mask, so the values are the same.
     """
-    device = next(model.parameters()).device
-    ids = torch.tensor([list(sequence)], dtype=torch.long, device=device)
-    with torch.no_grad():
-        out = model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True)
-    if counter is not None:
-        counter.add(len(sequence), 0, "fast-prefill")
-    return out.logits[0].argmax(-1).tolist(), out.past_key_values
+
+    def __init__(self, model, prompt: Sequence[int], tokens: Sequence[int], counter, chunk: int):
+        self.model, self.sequence, self.prompt_len = model, [*prompt, *tokens], len(prompt)
+        self.counter, self.chunk = counter, chunk
+        self.cache = DynamicCache()
+        self.fed = 0
+        self.argmax: list[int] = []
+        self.keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def known(self, i: int) -> bool:
+        """Make a[i] known (feeding the model as needed); False past the end of s."""
+        while len(self.argmax) <= i:
+            if self.fed >= len(self.sequence) - 1:
+                return False
+            end = min(max(self.fed + self.chunk, self.prompt_len), len(self.sequence) - 1)
+            self._feed(end)
+        return True
+
+    def _feed(self, end: int) -> None:
+        device = next(self.model.parameters()).device
+        ids = torch.tensor([self.sequence[self.fed : end]], dtype=torch.long, device=device)
+        keep = end - max(self.fed, self.prompt_len - 1)  # positions from len(P)-1 on predict s
+        kwargs = {"logits_to_keep": keep} if self.keep_logits else {}
+        with torch.no_grad():
+            out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True, **kwargs)
+        self.argmax += out.logits[0, -keep:].argmax(-1).tolist()
+        if self.counter is not None:
+            self.counter.add(end - self.fed, 0, "fast-prefill")
+        self.fed = end
 
 
-def _sliceable(cache) -> bool:
-    """Only full layers can be cut at any length; any other cache (a model's own kind) falls back to prefill."""
-    layers = getattr(cache, "layers", None)
-    return layers is not None and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
-
-
-def _branch_cache(cache, lengths: Sequence[int]) -> DynamicCache:
-    """A left-padded batch cache whose row r holds the first ``lengths[r]`` positions of ``cache``.
+def _branch_cache(prefixes: Sequence[tuple[DynamicCache, int]]) -> DynamicCache:
+    """A left-padded batch cache whose row r holds the first ``n`` positions of cache ``c``, (c, n) = prefixes[r].
 
     Padded slots are zeros and masked out; real slots keep the rotary positions 0..n-1 they were computed
     with, which is what generate's attention-mask-derived positions give them too.
     """
-    width = max(lengths)
+    width = max(n for _, n in prefixes)
     data = []
-    for layer in cache.layers:
+    for layer in range(len(prefixes[0][0].layers)):
         rows_k, rows_v = [], []
-        for n in lengths:
+        for cache, n in prefixes:
             pad = (0, 0, width - n, 0)
-            rows_k.append(torch.nn.functional.pad(layer.keys[:, :, :n], pad))
-            rows_v.append(torch.nn.functional.pad(layer.values[:, :, :n], pad))
+            rows_k.append(torch.nn.functional.pad(cache.layers[layer].keys[:, :, :n], pad))
+            rows_v.append(torch.nn.functional.pad(cache.layers[layer].values[:, :, :n], pad))
         data.append((torch.cat(rows_k), torch.cat(rows_v)))
     return DynamicCache(data)
+
+
+@dataclass(frozen=True)
+class _Branch:
+    """A greedy completion fast branching asks for: ``generated`` (prefix tokens of s plus a[next]) after the
+    prompt, the cache that holds the prompt and all but the last generated token, and who asked."""
+
+    prompt: tuple[int, ...]
+    generated: tuple[int, ...]
+    cache: DynamicCache
+    problem: Problem
+    counter: TokenCounter | None
+
+
+def _fast_scan(
+    model,
+    tokenizer,
+    problem: Problem,
+    prompt: Sequence[int],
+    greedy: Trace,
+    sample: Trace,
+    settings: DecodeSettings,
+    counter: TokenCounter | None,
+    branch_batch: int,
+    chunk: int,
+) -> Generator[list[_Branch], list[bool], Pivot | None]:
+    """Fast branching of one pair as a coroutine: yields the completions it needs, receives their
+    correctness, returns the pivot. Lets a driver batch the completions of several problems."""
+    tokens = list(sample.token_ids)
+    prefix = _LazyPrefix(model, prompt, tokens, counter, chunk)
+
+    def next_divergent(start: int) -> int | None:
+        i = start
+        while prefix.known(i):
+            if tokens[i] != prefix.argmax[i]:
+                return i
+            i += 1
+        return None
+
+    current = next_divergent(0)
+    while current is not None:
+        # The branch of divergent position D[r] leaves s at D[r+1]; past the last one it *is* the sample.
+        batch: list[tuple[int, int | None]] = []
+        while current is not None and len(batch) < branch_batch:
+            following = next_divergent(current + 1)
+            batch.append((current, following))
+            current = following
+        outcomes: dict[int, bool] = {}
+        pending: list[tuple[int, _Branch]] = []
+        for i, nxt in batch:
+            if nxt is None:
+                outcomes[i] = sample.correct
+                continue
+            generated = (*tokens[:nxt], prefix.argmax[nxt])
+            if _ended(tokenizer, generated, settings) or answer_is_final(
+                tokenizer.decode(list(generated), skip_special_tokens=True)
+            ):
+                outcomes[i] = problem.score(_completion_text(tokenizer, generated, settings))
+            else:
+                pending.append((i, _Branch(tuple(prompt), generated, prefix.cache, problem, counter)))
+        if pending:
+            answers = yield [branch for _, branch in pending]
+            outcomes.update((i, ok) for (i, _), ok in zip(pending, answers, strict=True))
+        for i, _ in batch:
+            if outcomes[i] != greedy.correct:
+                return _pivot(prompt, greedy, sample, i, tokens[i], prefix.argmax[i])
+    return None
+
+
+def _complete(model, tokenizer, branches: Sequence[_Branch], settings: DecodeSettings) -> list[bool]:
+    """Greedy completions of branches (of any problems), batched from their cached prefixes, each stopped
+    once its answer is final; returns the correctness of each."""
+    results: list[bool] = []
+    for begin in range(0, len(branches), settings.batch_size):
+        batch = branches[begin : begin + settings.batch_size]
+        inputs = [[*b.prompt, *b.generated] for b in batch]
+        outs = generate(
+            model,
+            tokenizer,
+            inputs,
+            max_new_tokens=[settings.max_new_tokens - len(b.generated) for b in batch],
+            stop_strings=settings.stop_strings,
+            stop_when_final=True,
+            completion_starts=[len(b.prompt) for b in batch],
+            batch_size=len(batch),
+            past_key_values=_branch_cache([(b.cache, len(ids) - 1) for b, ids in zip(batch, inputs, strict=True)]),
+            counter=[b.counter or TokenCounter() for b in batch],
+            counter_kind="fast-branch",
+        )
+        results += [b.problem.score(out[0].text) for b, out in zip(batch, outs, strict=True)]
+    return results
+
+
+def branching_pivots_fast(
+    model,
+    tokenizer,
+    pairs: Sequence[tuple[Problem, Sequence[int], Trace, Trace]],
+    settings: DecodeSettings,
+    counters: Sequence[TokenCounter | None] | None = None,
+    branch_batch: int = 4,
+    chunk: int = 8,
+) -> list[Pivot | None]:
+    """Exact fast branching of several (problem, prompt, greedy, sample) pairs at once: complete only at
+    divergent positions, from cached prefixes grown lazily ``chunk`` tokens at a time, ``branch_batch``
+    positions per pair per round, the completions of all pairs batched together (``settings.batch_size``
+    rows at most), each stopped once its answer is final. Same pivots as the naive scan."""
+    counters = list(counters) if counters is not None else [None] * len(pairs)
+    scans = [
+        _fast_scan(model, tokenizer, problem, prompt, greedy, sample, settings, counter, branch_batch, chunk)
+        for (problem, prompt, greedy, sample), counter in zip(pairs, counters, strict=True)
+    ]
+    pivots: list[Pivot | None] = [None] * len(pairs)
+    requests: dict[int, list[_Branch]] = {}
+
+    def advance(k: int, answers: list[bool] | None) -> None:
+        try:
+            requests[k] = scans[k].send(answers)
+        except StopIteration as stop:
+            pivots[k] = stop.value
+
+    for k in range(len(scans)):
+        advance(k, None)
+    while requests:
+        asked = sorted(requests.items())
+        requests.clear()
+        answers = _complete(model, tokenizer, [b for _, branches in asked for b in branches], settings)
+        for k, branches in asked:
+            advance(k, answers[: len(branches)])
+            answers = answers[len(branches) :]
+    return pivots
 
 
 def branching_pivot_fast(
@@ -163,51 +314,8 @@ def branching_pivot_fast(
     settings: DecodeSettings,
     counter: TokenCounter | None = None,
     branch_batch: int = 4,
+    chunk: int = 8,
 ) -> Pivot | None:
-    """Exact fast branching: complete only at divergent positions, from cached prefixes, in batches of
-    ``branch_batch``, stopping each completion once its answer is final. Same pivot as the naive scan."""
-    tokens = list(sample.token_ids)
-    argmax, cache = _argmax_and_cache(model, list(prompt) + tokens, counter)
-    # a[i]: greedy token after P + s[:i]; logits at position len(P)+i-1 predict s[i].
-    a = argmax[len(prompt) - 1 : len(prompt) - 1 + len(tokens)]
-    divergent = [i for i, (s, g) in enumerate(zip(tokens, a, strict=True)) if s != g]
-    # The branch of divergent position D[r] leaves s at D[r+1]; past the last one it *is* the sample.
-    for begin in range(0, len(divergent), branch_batch):
-        batch = divergent[begin : begin + branch_batch]
-        outcomes: dict[int, bool] = {}
-        pending: list[tuple[int, list[int]]] = []
-        for r, i in enumerate(batch, start=begin):
-            if r + 1 == len(divergent):
-                outcomes[i] = sample.correct
-                continue
-            nxt = divergent[r + 1]
-            generated = [*tokens[:nxt], a[nxt]]
-            if _ended(tokenizer, generated, settings) or answer_is_final(
-                tokenizer.decode(generated, skip_special_tokens=True)
-            ):
-                outcomes[i] = problem.score(_completion_text(tokenizer, generated, settings))
-            else:
-                pending.append((i, generated))
-        if pending:
-            inputs = [list(prompt) + generated for _, generated in pending]
-            # Each branch's cache is the shared forward pass's cache cut before its last input token.
-            branch_cache = _branch_cache(cache, [len(ids) - 1 for ids in inputs]) if _sliceable(cache) else None
-            outs = generate(
-                model,
-                tokenizer,
-                inputs,
-                max_new_tokens=[settings.max_new_tokens - len(g) for _, g in pending],
-                stop_strings=settings.stop_strings,
-                stop_when_final=True,
-                completion_starts=[len(prompt)] * len(inputs),
-                batch_size=len(inputs),
-                past_key_values=branch_cache,
-                counter=counter,
-                counter_kind="fast-branch",
-            )
-            for (i, _), out in zip(pending, outs, strict=True):
-                outcomes[i] = problem.score(out[0].text)
-        for i in batch:
-            if outcomes[i] != greedy.correct:
-                return _pivot(prompt, greedy, sample, i, tokens[i], a[i])
-    return None
+    """:func:`branching_pivots_fast` of one pair."""
+    pair = [(problem, prompt, greedy, sample)]
+    return branching_pivots_fast(model, tokenizer, pair, settings, [counter], branch_batch, chunk)[0]
