@@ -108,7 +108,11 @@ class CCAModel(BaseTuner):
         side, index = self._cca_plans[adapter_name][current_key]
         if isinstance(target, CCALayer):
             target.update_layer(
-                adapter_name, side, index, init_weights=peft_config.init_weights, inference_mode=peft_config.inference_mode
+                adapter_name,
+                side,
+                index,
+                init_weights=peft_config.init_weights,
+                inference_mode=peft_config.inference_mode,
             )
         else:
             new_module = CCALayer(target, adapter_name, side, index, init_weights=peft_config.init_weights)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from tiny_models import tiny_model, tokens
 from transformers import AutoModelForSequenceClassification
 
-from peft_cca import CCAConfig, Circuit, CCALayer, describe
+from peft_cca import CCAConfig, CCALayer, Circuit, describe
 from peft_cca.errors import CCAError, UsageError
 
 ARCHS = ["llama", "qwen2", "gpt2"]
@@ -226,7 +226,9 @@ def test_defect_safe_merge_message_differs_from_peft():
     model = cca(tiny_model("llama"))
     with torch.no_grad():
         next(p for n, p in model.named_parameters() if "cca_delta" in n)[0, 0] = float("nan")
-    with pytest.raises(ValueError, match=r"^NaNs detected in the merged weights. The adapter default seems to be broken$"):
+    with pytest.raises(
+        ValueError, match=r"^NaNs detected in the merged weights. The adapter default seems to be broken$"
+    ):
         model.merge_adapter(safe_merge=True)
 
 
