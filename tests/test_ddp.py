@@ -1,10 +1,12 @@
-"""Two CPU processes under `accelerate launch` (DDP, gloo) make the same CCA update as one process.
+"""Two CPU processes under `accelerate launch` (DDP, gloo) make the same CCA update as one process, and the
+validation scorer, which splits its problems across the processes, gives every process the same completions.
 
 Run by pytest, this file launches itself as the worker: `accelerate launch ... tests/test_ddp.py <out.pt>`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -45,6 +47,21 @@ def update() -> dict[str, torch.Tensor]:
     return trainable_state(peft_model)
 
 
+def validation_completions() -> list[dict]:
+    """Exact match on a few problems (split across processes when launched with several)."""
+    from tiny_models import tiny_model
+    from tiny_tokenizer import tiny_tokenizer
+
+    from peft_cca.evaluate import evaluate_exact_match
+    from peft_cca.tasks.problem import Problem
+
+    problems = [Problem(id=f"p{i}", group_id=f"g{i % 2}", question=f"{i} + {i}?", answer=str(2 * i)) for i in range(5)]
+    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
+    return evaluate_exact_match(model, tokenizer, problems, max_new_tokens=4, batch_size=2, return_completions=True)[
+        "completions"
+    ]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -73,6 +90,8 @@ def test_two_processes_match_one(tmp_path):
     assert set(distributed) == set(single)
     for name, value in single.items():
         torch.testing.assert_close(distributed[name], value, rtol=1e-4, atol=1e-6)
+    every_process = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("completions-*.json"))]
+    assert len(every_process) == 2 and every_process[0] == every_process[1] == validation_completions()
 
 
 if __name__ == "__main__":
@@ -80,5 +99,7 @@ if __name__ == "__main__":
 
     state = PartialState()
     result = update()
+    completions = validation_completions()
+    Path(sys.argv[1]).with_name(f"completions-{state.process_index}.json").write_text(json.dumps(completions))
     if state.is_main_process:
         torch.save({**result, "world_size": torch.tensor(state.num_processes)}, sys.argv[1])
