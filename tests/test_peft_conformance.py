@@ -112,6 +112,30 @@ def test_defect_user_target_modules_were_overwritten_without_a_word():
         get_peft_model(tiny_model("llama"), config)
 
 
+def test_model_and_layer_status_report_the_adapter():
+    model = cca(tiny_model("llama"))
+    model.merge_adapter()
+    status = model.get_model_status()
+    assert status.peft_types == {"default": "CCA"} and status.merged_adapters == ["default"]
+    assert status.available_adapters == ["default"] and status.trainable_params > 0
+    assert all(layer.module_type == "cca.CCALayer" for layer in model.get_layer_status())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_training_changes_only_the_deltas_and_inputs_embeds_work(arch):
+    model = cca(tiny_model(arch)).train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(tokens()).logits.square().mean().backward()
+    optimizer.step()
+    for name, param in model.named_parameters():
+        assert torch.equal(param, before[name]) != ("cca_delta" in name), name
+    model.eval()
+    embeds = model.get_base_model().get_input_embeddings()(tokens())
+    with torch.no_grad():
+        assert torch.equal(model(inputs_embeds=embeds).logits, logits(model))
+
+
 # -- save and load ----------------------------------------------------------------------------------------------
 
 
@@ -256,6 +280,20 @@ def test_add_set_delete_adapters(arch):
     assert torch.equal(logits(model), second)
 
 
+def test_delete_unknown_adapter_raises_and_merging_twice_is_a_no_op():
+    model = cca(tiny_model("llama"))
+    with pytest.raises(ValueError, match="Adapter nope does not exist"):
+        model.delete_adapter("nope")
+    original = base_weights(model)
+    model.merge_adapter()
+    merged = base_weights(model)
+    with pytest.warns(UserWarning, match="already merged"):
+        model.merge_adapter()
+    assert all(torch.equal(v, merged[k]) for k, v in base_weights(model).items())
+    model.unmerge_adapter()
+    assert all(torch.equal(v, original[k]) for k, v in base_weights(model).items())
+
+
 def test_defect_plan_cache_kept_deleted_adapters():
     """Reported: the per-adapter plan cache kept deleted adapters' configs and index tensors."""
     model = cca(tiny_model("llama"))
@@ -321,6 +359,17 @@ def test_forward_after_a_dtype_change_matches_the_merged_model():
     model = cca(tiny_model("llama")).to(torch.bfloat16)
     unmerged = logits(model)
     model.merge_adapter()
+    torch.testing.assert_close(logits(model), unmerged, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_base_generates_and_merges(dtype):
+    model = cca(tiny_model("qwen2", dtype=dtype))
+    ids = tokens(batch=1)
+    assert model.generate(input_ids=ids, max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (1, 10)
+    unmerged = logits(model)
+    model.merge_adapter(safe_merge=True)
+    assert logits(model).dtype == dtype
     torch.testing.assert_close(logits(model), unmerged, rtol=0.05, atol=0.05)
 
 
