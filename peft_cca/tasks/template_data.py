@@ -113,3 +113,38 @@ def language_lists(language: str) -> dict[str, list[Any]]:
     path = language_dir(language) / "replacements.json"
     replacements = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     return {**BUILTIN_LISTS, **replacements}
+
+
+def _slavic_form(number: Any, one: str, few: str, many: str) -> str:
+    """The East Slavic plural rule: 1, 21 -> one; 2-4, 22-24 -> few; else (and 11-14) -> many."""
+    n = abs(int(number))
+    if n % 10 == 1 and n % 100 != 11:
+        return one
+    return few if n % 10 in (2, 3, 4) and n % 100 not in (12, 13, 14) else many
+
+
+_UKR_WEEKDAY_ACCUSATIVE = {"середа": "середу", "п’ятниця": "п’ятницю", "субота": "суботу", "неділя": "неділю"}
+_MAR_HALF = {"masc": "अर्धा", "neut": "अर्धे", "plural": "अर्धे", "oblique": "अर्ध्या", "obl": "अर्ध्या", "fem": "अर्धी"}
+_MAR_COLOR_OBLIQUE = {
+    "निळा": "निळ्या", "निळे": "निळ्या", "हिरवा": "हिरव्या", "हिरवे": "हिरव्या", "पिवळा": "पिवळ्या", "पिवळे": "पिवळ्या",
+    "जांभळा": "जांभळ्या", "जांभळे": "जांभळ्या", "काळा": "काळ्या", "काळे": "काळ्या", "पांढरा": "पांढऱ्या", "पांढरे": "पांढऱ्या",
+}  # fmt: skip
+_MAR_COLOR_PLURAL = {
+    "निळा": "निळे", "हिरवा": "हिरवे", "पिवळा": "पिवळे", "काळा": "काळे", "पांढरा": "पांढरे", "जांभळा": "जांभळे",
+}  # fmt: skip
+
+
+def _mar_color_form(color: str, form: str) -> str:
+    if form in ("oblique", "obl"):
+        return _MAR_COLOR_OBLIQUE.get(color, color)
+    return _MAR_COLOR_PLURAL.get(color, color) if form in ("plural", "pl", "neut") else color
+
+
+# Grammar helpers the Ukrainian and Marathi templates call, with the package's rules (its _helpers.py).
+LANGUAGE_FUNCTIONS = {
+    "ukr_plural_measurements": _slavic_form,
+    "ukr_month_form_on_number": lambda n: _slavic_form(n, "місяць", "місяці", "місяців"),
+    "ukr_weekday_to_when": lambda day: _UKR_WEEKDAY_ACCUSATIVE.get(day, day),
+    "mar_fraction_form": lambda text, form: _MAR_HALF.get(form, text) if text == "अर्धा" else text,
+    "mar_color_form": _mar_color_form,
+}
