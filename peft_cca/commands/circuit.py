@@ -58,9 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--decay-every",
         type=int,
         default=None,
-        help="multiply the lr by --decay-gamma every N epochs (default: constant lr)",
+        help="multiply the lr by --decay-gamma every N epochs (default: 5 for GSM-Symbolic tasks, the authors' "
+        "StepLR; else a constant lr)",
     )
-    parser.add_argument("--decay-gamma", type=float, default=0.5, help="step decay factor (default: %(default)s)")
+    parser.add_argument(
+        "--decay-gamma", type=float, help="step decay factor (default: 0.9 for GSM-Symbolic tasks, else 0.5)"
+    )
     parser.add_argument(
         "--early-stop",
         type=float,
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.dcm.train import DCMConfig
     from peft_cca.models import load_model
     from peft_cca.runtime import record_runtime, runtime_from_args
+    from peft_cca.tasks.protocol import setting
 
     model, tokenizer = load_model(args.model, runtime_from_args(args, training=True))
     vocab = model.get_input_embeddings().num_embeddings
@@ -122,14 +126,17 @@ def run(args: argparse.Namespace) -> int:
     if not train:
         print(f"error: {args.data} has no records in the train split")
         return 2
+    # the DCM schedule follows the protocol of the task stage 1 localized (tasks/protocol.py)
+    meta = Path(args.data) / "meta.json"
+    task = json.loads(meta.read_text()).get("task") if meta.exists() else None
     config = DCMConfig(
         form=args.form,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
-        decay_every=args.decay_every,
-        decay_gamma=args.decay_gamma,
+        decay_every=setting(args.decay_every, task, "dcm_decay_every"),
+        decay_gamma=setting(args.decay_gamma, task, "dcm_decay_gamma"),
         early_stop_fraction=args.early_stop or None,
         checkpoint_every=args.checkpoint_every,
         path=args.path,
