@@ -140,7 +140,9 @@ class CCAModel(BaseTuner):
         if self.training:
             raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
         if any(module.merged for module in self.modules() if isinstance(module, CCALayer)):
-            raise ValueError("Cannot pass `adapter_names` when there are merged adapters, unmerge them first.")
+            raise ValueError(
+                "Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first."
+            )
         unknown = {name for name in adapter_names if name != BASE_ADAPTER} - set(self.peft_config)
         if unknown:
             raise ValueError(f"Trying to infer with non-existing adapter(s): {', '.join(sorted(unknown))}")

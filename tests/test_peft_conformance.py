@@ -321,6 +321,10 @@ def test_mixed_adapter_batches_like_lora():
     assert generated.shape == (3, ids.shape[1] + 2)
     with pytest.raises(ValueError, match="non-existing adapter"):
         model(ids, adapter_names=["nope", "default", "default"])
+    model.merge_adapter()
+    with pytest.raises(ValueError, match="merged adapters, please call `unmerge_adapter` first"):
+        model(ids, adapter_names=names)
+    model.unmerge_adapter()
     model.train()
     with pytest.raises(ValueError, match="training mode"):
         model(ids, adapter_names=names)
