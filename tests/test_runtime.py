@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 import torch
@@ -107,3 +108,42 @@ def test_runtime_argv_round_trips_through_the_parser():
     rt.add_runtime_arguments(parser)
     args = parser.parse_args(["--device", "cpu", "--dtype", "fp32", "--device-map", "auto"])
     assert parser.parse_args(rt.runtime_argv(args)) == args
+
+
+def test_the_demo_passes_the_placement_to_every_stage_and_checkpointing_to_training_only(tmp_path):
+    from peft_cca.demo import DemoSettings, plan
+
+    flags = ("--device", "cpu", "--dtype", "bf16", "--attn-implementation", "eager", "--gradient-checkpointing")
+    for name, argv in plan(DemoSettings(out=tmp_path, preset="quick", runtime=flags)):
+        if argv[0] == "compare":
+            assert "--dtype" not in argv
+            continue
+        assert argv[argv.index("--dtype") + 1] == "bf16", name
+        assert ("--gradient-checkpointing" in argv) == (argv[0] in ("amplify", "lora")), name
+
+
+def test_a_run_records_the_placement_it_ran_with(tmp_path):
+    from tiny_models import tiny_model
+    from tiny_tokenizer import tiny_tokenizer
+
+    from peft_cca.cli import main
+
+    model_dir = tmp_path / "model"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    run = tmp_path / "localize"
+    placement = ["--device", "cpu", "--dtype", "bf16", "--attn-implementation", "eager"]
+    argv = ["localize", "--model", str(model_dir), "--task", "rg:chain_sum?size=6&seed=0", "--out", str(run)]
+    assert main([*argv, "--n-samples", "1", "--max-new-tokens", "4", "--max-group-accuracy", "1.01", *placement]) == 0
+    recorded = json.loads((run / "meta.json").read_text())["runtime"]
+    assert recorded["dtype"] == "bfloat16" and recorded["attn_implementation"] == "eager"
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", "--run", str(run), "--retention-tasks", "--no-kl", "--max-new-tokens", "4", "--out", str(out)]
+    assert main([*argv, *placement]) == 0
+    assert json.loads(out.read_text())["runtime"] == {
+        "device": "cpu",
+        "dtype": "bfloat16",
+        "attn_implementation": "eager",
+        "device_map": None,
+        "gradient_checkpointing": False,
+    }
