@@ -330,6 +330,7 @@ def estimate_cost(settings: DemoSettings, trace: int | None = None) -> list[Stag
     record = prompt + loc_trace / 2  # a pivot sits inside the trace
     evals = len(eval_schedule(c.steps)) + 1  # the schedule and step 0
     arms = [a for a in ("cca", "cca-nomask") if a not in settings.skip]
+    evaluated = 1 + len(arms) + ("lora" not in settings.skip)  # the base model and every arm
     per_seed = [
         StageCost("localize", localized * loc_trace * (1 + c.n_samples + BRANCH_COMPLETIONS), localized * prompt / 3),
         StageCost("circuit", 0.0, len(c.lambdas) * localized * (record / 3 + c.dcm_epochs)),
@@ -345,9 +346,7 @@ def estimate_cost(settings: DemoSettings, trace: int | None = None) -> list[Stag
         ),
         StageCost(
             "evaluate",
-            (2 + len(arms) - ("lora" in settings.skip))
-            * (test + len(settings.retention_tasks) * c.retention_size)
-            * eval_trace,
+            evaluated * (test + len(settings.retention_tasks) * c.retention_size) * eval_trace,
             0.0,
         ),
     ]

@@ -121,6 +121,17 @@ def test_the_plan_and_its_cost_are_printed_before_any_stage(tmp_path):
     assert all(longest[s].hours() >= costs[s].hours() > 0 for s in costs)
 
 
+def test_cost_estimate_counts_tokens_by_hand(tmp_path):
+    settings = DemoSettings(out=tmp_path, preset="quick", skip=("cca-nomask",))
+    costs = {c.stage: c for c in estimate_cost(settings)}
+    # 80 problems: 42 train, 6 validation, 32 test; one lambda, so only train is localized; chat prompts
+    assert costs["localize"].decode_tokens == 42 * 32 * (1 + 3 + 4)
+    # one arm x 2 lrs x 10 steps over 42 records of an 80-token prompt and half a 32-token trace
+    assert costs["amplify"].train_tokens == 1 * 2 * 10 * 42 * (80 + 16)
+    # base, cca and lora on 32 test problems and 8 problems of 4 retention tasks
+    assert costs["evaluate"].decode_tokens == 3 * (32 + 4 * 8) * 32
+
+
 def _finish(settings: DemoSettings) -> list[list[str]]:
     calls: list[list[str]] = []
     run_demo(settings, runner=lambda argv: calls.append(argv) or 0, echo=lambda _: None)
