@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import (
+    DynamicCache,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
@@ -203,6 +204,69 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+def stack_caches(prefixes: Sequence[tuple[DynamicCache, int]]) -> DynamicCache:
+    """A left-padded batch cache whose row r holds the first ``n`` positions of cache ``c``, (c, n) = prefixes[r].
+
+    Padded slots are zeros and masked out; real slots keep the rotary positions 0..n-1 they were computed
+    with, which is what generate's attention-mask-derived positions give them too. The sources are not
+    modified (a cache grows by concatenation into new tensors).
+    """
+    width = max(n for _, n in prefixes)
+    data = []
+    for layer in range(len(prefixes[0][0].layers)):
+        rows_k, rows_v = [], []
+        for cache, n in prefixes:
+            pad = (0, 0, width - n, 0)
+            rows_k.append(torch.nn.functional.pad(cache.layers[layer].keys[:, :, :n], pad))
+            rows_v.append(torch.nn.functional.pad(cache.layers[layer].values[:, :, :n], pad))
+        data.append((torch.cat(rows_k), torch.cat(rows_v)))
+    return DynamicCache(data)
+
+
+@torch.no_grad()
+def prefill_caches(
+    model,
+    inputs: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 8,
+    batch_tokens: int | None = None,
+    counters: Sequence[TokenCounter] | None = None,
+    counter_kind: str = "prefill",
+) -> list[DynamicCache]:
+    """For each input, a cache of all its tokens but the last, prefilled in length-sorted batches.
+
+    Plain full-length layers (even for sliding-window models, whose own cache drops what leaves the window):
+    such a cache can be cut to any prefix and shared, by :func:`generate` (``prompt_caches``) and by fast
+    branching, so a prompt is processed once for all its samples and branches.
+    """
+    caches: list[DynamicCache | None] = [None] * len(inputs)
+    lengths = [len(ids) - 1 for ids in inputs]
+    device = next(model.parameters()).device
+    for batch in plan_batches(lengths, [0] * len(inputs), batch_size=batch_size, batch_tokens=batch_tokens):
+        input_ids, mask = left_pad([list(inputs[i][:-1]) for i in batch], 0)
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        kwargs = {"logits_to_keep": 1} if _supports(model, "logits_to_keep") else {}
+        out = model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
+            past_key_values=DynamicCache(),
+            use_cache=True,
+            **kwargs,
+        )
+        width = input_ids.shape[1]
+        for row, i in enumerate(batch):
+            pad = width - lengths[i]
+            layers = [
+                (layer.keys[row : row + 1, :, pad:], layer.values[row : row + 1, :, pad:])
+                for layer in out.past_key_values.layers
+            ]
+            caches[i] = DynamicCache(layers)
+            if counters is not None:
+                counters[i].add(lengths[i], 0, counter_kind)
+    return caches
+
+
 def plan_batches(
     lengths: Sequence[int],
     budgets: Sequence[int],
@@ -285,6 +349,7 @@ def generate(
     batch_tokens: int | None = None,
     completion_starts: Sequence[int] | None = None,
     past_key_values=None,
+    prompt_caches: Sequence[DynamicCache] | None = None,
     counter: TokenCounter | Sequence[TokenCounter] | None = None,
     counter_kind: str = "generate",
 ) -> list[list[Generation]]:
@@ -297,8 +362,9 @@ def generate(
     ``max_new_tokens`` may be given per input. ``completion_starts[i]`` marks where the completion begins
     inside ``inputs[i]`` (default: at its end); stop strings and the final-answer check look at the text
     from there. ``past_key_values`` is a cache already holding all but the last token of every (left-padded)
-    input; it requires the whole batch in one call, in the given order. ``counter`` counts the tokens
-    processed, in one counter or in one counter per input.
+    input; it requires the whole batch in one call, in the given order. ``prompt_caches`` (from
+    :func:`prefill_caches`) hold all but the last token of each input, shared by its samples. ``counter``
+    counts the tokens processed, in one counter or in one counter per input.
     """
     budgets = [max_new_tokens] * len(inputs) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     starts = [len(ids) for ids in inputs] if completion_starts is None else list(completion_starts)
@@ -342,7 +408,10 @@ def generate(
             processors = _sampling_processors(temperature, top_k, top_p, row_seeds, device)
         cache, shared = past_key_values, 0
         input_ids, mask = input_ids.to(device), mask.to(device)
-        if max(row_budgets) > 0 and num_samples > 1 and cache is None and width > 1:
+        if prompt_caches is not None:
+            cache = stack_caches([(prompt_caches[i], len(inputs[i]) - 1) for i in batch])
+            cache.batch_repeat_interleave(num_samples)
+        elif max(row_budgets) > 0 and num_samples > 1 and cache is None and width > 1:
             cache, shared = _shared_prefill(model, input_ids, mask), width - 1
             cache.batch_repeat_interleave(num_samples)
         input_ids, mask = input_ids.repeat_interleave(num_samples, 0), mask.repeat_interleave(num_samples, 0)
@@ -357,7 +426,7 @@ def generate(
                 stopping_criteria=StoppingCriteriaList([stops]),
                 past_key_values=cache,
             ).cpu()
-        cached = width - 1 if past_key_values is not None else 0
+        cached = width - 1 if past_key_values is not None or prompt_caches is not None else 0
         per_row: list[Generation] = []
         for out_row, i in enumerate(rows):
             new = output[out_row, width:].tolist()

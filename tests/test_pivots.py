@@ -102,7 +102,8 @@ def test_branching_never_searches_past_the_first_flip(lm):
 
 def test_cached_generation_equals_plain_generation(lm):
     model, tokenizer = lm
-    from peft_cca.localize.pivots import _branch_cache, _LazyPrefix
+    from peft_cca.generation import stack_caches
+    from peft_cca.localize.pivots import _LazyPrefix
 
     prompt = tokenizer("abc: ", add_special_tokens=False)["input_ids"]
     trace = greedy_traces(model, tokenizer, [_problem("c")], [prompt], SETTINGS)[0].token_ids
@@ -114,7 +115,7 @@ def test_cached_generation_equals_plain_generation(lm):
         tokenizer,
         inputs,
         max_new_tokens=6,
-        past_key_values=_branch_cache([(prefix.cache, len(i) - 1) for i in inputs]),
+        past_key_values=stack_caches([(prefix.cache, len(i) - 1) for i in inputs]),
         batch_size=2,
     )
     plain = [generate(model, tokenizer, [i], max_new_tokens=6)[0] for i in inputs]

@@ -83,6 +83,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=4,
         help="fast branching: divergent positions completed together in one batch",
     )
+    parser.add_argument(
+        "--batch-tokens",
+        type=int,
+        help="cap of padded tokens (rows x (longest prompt + --max-new-tokens)) per generation batch; inputs are "
+        "sorted by length and packed under it, at most --batch-size problems each (default: no cap)",
+    )
+    parser.add_argument(
+        "--temperature-when-wrong",
+        type=float,
+        default=0.8,
+        help="sampling temperature when the greedy trace is wrong, to find a right one (authors: 0.8)",
+    )
+    parser.add_argument(
+        "--temperature-when-right",
+        type=float,
+        default=1.2,
+        help="sampling temperature when the greedy trace is right, to find a wrong one (authors: 1.2)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=50,
+        help="sample among the k most likely tokens; 0 turns it off (default: 50, transformers' default, "
+        "which the authors' sampling used)",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=1.0,
+        help="nucleus sampling mass; 1.0 turns it off (default: 1.0, as the authors sampled)",
+    )
     add_runtime_arguments(parser)
 
 
@@ -103,6 +134,11 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         branch_batch=args.branch_batch,
+        batch_tokens=args.batch_tokens,
+        temperature_when_greedy_wrong=args.temperature_when_wrong,
+        temperature_when_greedy_right=args.temperature_when_right,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
         splits=tuple(args.splits),
         max_group_accuracy=args.max_group_accuracy,
         limit=args.limit,

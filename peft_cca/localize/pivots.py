@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from peft_cca.generation import TokenCounter, cut_at_stop, generate
+from peft_cca.generation import TokenCounter, cut_at_stop, generate, stack_caches
 from peft_cca.localize.traces import DecodeSettings, Trace
 from peft_cca.tasks.answers import answer_is_final
 from peft_cca.tasks.problem import Problem
@@ -126,11 +126,13 @@ class _LazyPrefix:
     The window is still applied, by the attention mask, so the values are the same.
     """
 
-    def __init__(self, model, prompt: Sequence[int], tokens: Sequence[int], counter, chunk: int):
+    def __init__(self, model, prompt: Sequence[int], tokens: Sequence[int], counter, chunk: int, prompt_cache=None):
         self.model, self.sequence, self.prompt_len = model, [*prompt, *tokens], len(prompt)
         self.counter, self.chunk = counter, chunk
-        self.cache = DynamicCache()
-        self.fed = 0
+        # A prompt cache (all of P but its last token, as prefilled for sampling) is extended, never modified.
+        layers = [] if prompt_cache is None else [(layer.keys, layer.values) for layer in prompt_cache.layers]
+        self.cache = DynamicCache(layers) if layers else DynamicCache()
+        self.fed = 0 if prompt_cache is None else len(prompt) - 1
         self.argmax: list[int] = []
         self.keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
@@ -156,24 +158,6 @@ class _LazyPrefix:
         self.fed = end
 
 
-def _branch_cache(prefixes: Sequence[tuple[DynamicCache, int]]) -> DynamicCache:
-    """A left-padded batch cache whose row r holds the first ``n`` positions of cache ``c``, (c, n) = prefixes[r].
-
-    Padded slots are zeros and masked out; real slots keep the rotary positions 0..n-1 they were computed
-    with, which is what generate's attention-mask-derived positions give them too.
-    """
-    width = max(n for _, n in prefixes)
-    data = []
-    for layer in range(len(prefixes[0][0].layers)):
-        rows_k, rows_v = [], []
-        for cache, n in prefixes:
-            pad = (0, 0, width - n, 0)
-            rows_k.append(torch.nn.functional.pad(cache.layers[layer].keys[:, :, :n], pad))
-            rows_v.append(torch.nn.functional.pad(cache.layers[layer].values[:, :, :n], pad))
-        data.append((torch.cat(rows_k), torch.cat(rows_v)))
-    return DynamicCache(data)
-
-
 @dataclass(frozen=True)
 class _Branch:
     """A greedy completion fast branching asks for: ``generated`` (prefix tokens of s plus a[next]) after the
@@ -197,11 +181,12 @@ def _fast_scan(
     counter: TokenCounter | None,
     branch_batch: int,
     chunk: int,
+    prompt_cache,
 ) -> Generator[list[_Branch], list[bool], Pivot | None]:
     """Fast branching of one pair as a coroutine: yields the completions it needs, receives their
     correctness, returns the pivot. Lets a driver batch the completions of several problems."""
     tokens = list(sample.token_ids)
-    prefix = _LazyPrefix(model, prompt, tokens, counter, chunk)
+    prefix = _LazyPrefix(model, prompt, tokens, counter, chunk, prompt_cache)
 
     def next_divergent(start: int) -> int | None:
         i = start
@@ -257,7 +242,7 @@ def _complete(model, tokenizer, branches: Sequence[_Branch], settings: DecodeSet
             stop_when_final=True,
             completion_starts=[len(b.prompt) for b in batch],
             batch_size=len(batch),
-            past_key_values=_branch_cache([(b.cache, len(ids) - 1) for b, ids in zip(batch, inputs, strict=True)]),
+            past_key_values=stack_caches([(b.cache, len(ids) - 1) for b, ids in zip(batch, inputs, strict=True)]),
             counter=[b.counter or TokenCounter() for b in batch],
             counter_kind="fast-branch",
         )
@@ -273,15 +258,18 @@ def branching_pivots_fast(
     counters: Sequence[TokenCounter | None] | None = None,
     branch_batch: int = 4,
     chunk: int = 8,
+    prompt_caches: Sequence[DynamicCache] | None = None,
 ) -> list[Pivot | None]:
     """Exact fast branching of several (problem, prompt, greedy, sample) pairs at once: complete only at
     divergent positions, from cached prefixes grown lazily ``chunk`` tokens at a time, ``branch_batch``
     positions per pair per round, the completions of all pairs batched together (``settings.batch_size``
-    rows at most), each stopped once its answer is final. Same pivots as the naive scan."""
+    rows at most), each stopped once its answer is final. Same pivots as the naive scan. ``prompt_caches``
+    (from :func:`~peft_cca.generation.prefill_caches`, as sampling used them) spare prefilling each prompt."""
     counters = list(counters) if counters is not None else [None] * len(pairs)
+    caches = list(prompt_caches) if prompt_caches is not None else [None] * len(pairs)
     scans = [
-        _fast_scan(model, tokenizer, problem, prompt, greedy, sample, settings, counter, branch_batch, chunk)
-        for (problem, prompt, greedy, sample), counter in zip(pairs, counters, strict=True)
+        _fast_scan(model, tokenizer, problem, prompt, greedy, sample, settings, counter, branch_batch, chunk, cache)
+        for (problem, prompt, greedy, sample), counter, cache in zip(pairs, counters, caches, strict=True)
     ]
     pivots: list[Pivot | None] = [None] * len(pairs)
     requests: dict[int, list[_Branch]] = {}
@@ -315,7 +303,9 @@ def branching_pivot_fast(
     counter: TokenCounter | None = None,
     branch_batch: int = 4,
     chunk: int = 8,
+    prompt_cache: DynamicCache | None = None,
 ) -> Pivot | None:
     """:func:`branching_pivots_fast` of one pair."""
     pair = [(problem, prompt, greedy, sample)]
-    return branching_pivots_fast(model, tokenizer, pair, settings, [counter], branch_batch, chunk)[0]
+    caches = None if prompt_cache is None else [prompt_cache]
+    return branching_pivots_fast(model, tokenizer, pair, settings, [counter], branch_batch, chunk, caches)[0]

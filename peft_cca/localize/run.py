@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
-from peft_cca.generation import TokenCounter
-from peft_cca.localize.dataset import DatasetWriter, _read_jsonl
-from peft_cca.localize.pivots import Pivot, branching_pivot_fast, branching_pivot_naive, prefix_pivot
+from peft_cca.generation import TokenCounter, plan_batches, prefill_caches
+from peft_cca.localize.dataset import PROGRESS, DatasetWriter, _read_jsonl
+from peft_cca.localize.pivots import Pivot, branching_pivot_naive, branching_pivots_fast, prefix_pivot
 from peft_cca.localize.profile import pivot_profile
-from peft_cca.localize.traces import DecodeSettings, Trace, counterfactual, greedy_traces
+from peft_cca.localize.traces import (
+    TEMPERATURE_WHEN_GREEDY_RIGHT,
+    TEMPERATURE_WHEN_GREEDY_WRONG,
+    TOP_K,
+    TOP_P,
+    DecodeSettings,
+    Trace,
+    counterfactuals,
+    greedy_traces,
+)
+from peft_cca.runfolder import atomic_write_json, atomic_write_text
 from peft_cca.runtime import placement
 from peft_cca.tasks import DEFAULT_TASK
 from peft_cca.tasks.problem import Problem
@@ -39,7 +52,12 @@ class LocalizeConfig:
     n_samples: int = 10
     seed: int = 0
     batch_size: int = 8
+    batch_tokens: int | None = None
     branch_batch: int = 4
+    temperature_when_greedy_wrong: float = TEMPERATURE_WHEN_GREEDY_WRONG
+    temperature_when_greedy_right: float = TEMPERATURE_WHEN_GREEDY_RIGHT
+    top_k: int | None = TOP_K
+    top_p: float = TOP_P
     splits: tuple[str, ...] = ("train",)
     max_group_accuracy: float = DEFAULT_ACCURACY_THRESHOLD
     limit: int | None = None
@@ -50,24 +68,26 @@ def tokenizer_info(tokenizer) -> dict[str, Any]:
     return {"name": getattr(tokenizer, "name_or_path", ""), "vocab_size": len(tokenizer)}
 
 
-def find_pivot(
+def find_pivots(
     model,
     tokenizer,
-    problem: Problem,
-    prompt: list[int],
-    greedy: Trace,
-    sample: Trace,
+    pairs: Sequence[tuple[Problem, list[int], Trace, Trace]],
     config: LocalizeConfig,
     settings: DecodeSettings,
-    counter: TokenCounter,
-) -> Pivot | None:
-    """The pivot of one (greedy, counterfactual) pair with the configured method."""
+    counters: Sequence[TokenCounter],
+    prompt_caches: Sequence | None = None,
+) -> list[Pivot | None]:
+    """The pivot of each (problem, prompt, greedy, counterfactual) pair with the configured method; fast
+    branching starts from the prompt caches of sampling when given."""
     if config.method == "prefix":
-        return prefix_pivot(prompt, greedy, sample)
+        return [prefix_pivot(prompt, greedy, sample) for _, prompt, greedy, sample in pairs]
     if config.branching == "naive":
-        return branching_pivot_naive(model, tokenizer, problem, prompt, greedy, sample, settings, counter)
-    return branching_pivot_fast(
-        model, tokenizer, problem, prompt, greedy, sample, settings, counter, branch_batch=config.branch_batch
+        return [
+            branching_pivot_naive(model, tokenizer, problem, prompt, greedy, sample, settings, counter)
+            for (problem, prompt, greedy, sample), counter in zip(pairs, counters, strict=True)
+        ]
+    return branching_pivots_fast(
+        model, tokenizer, pairs, settings, counters, branch_batch=config.branch_batch, prompt_caches=prompt_caches
     )
 
 
@@ -90,36 +110,70 @@ def make_record(tokenizer, problem: Problem, split: str, method: str, pivot: Piv
     }
 
 
+def _rounds(state: PartialState, chunks: Sequence[list[int]], compute: Callable[[list[int]], Any]):
+    """Deal ``chunks`` to the processes, one each per round, and yield every (chunk, result) to every process
+    in chunk order: N processes see exactly the results, in the order, that one process computes."""
+    for begin in range(0, len(chunks), state.num_processes):
+        dealt = chunks[begin : begin + state.num_processes]
+        mine = compute(dealt[state.process_index]) if state.process_index < len(dealt) else None
+        yield from zip(dealt, gather_object([mine]), strict=False)
+
+
 def _greedy_phase(
-    model, tokenizer, problems: Sequence[Problem], prompts: Sequence[list[int]], settings: DecodeSettings, out_dir: Path
+    model,
+    tokenizer,
+    problems: Sequence[Problem],
+    prompts: Sequence[list[int]],
+    settings: DecodeSettings,
+    out_dir: Path,
+    state: PartialState,
 ) -> dict[str, dict[str, Any]]:
-    """Greedy traces of all problems, in fixed chunks so a resumed run batches (and pads) them identically."""
+    """Greedy traces of all problems, batched by length under the token budget. The batch plan depends only
+    on the prompts, and a batch with any problem left is recomputed whole, so a resumed run batches (and
+    pads) every problem as an uninterrupted one does."""
     path = out_dir / GREEDY
     rows = {row["problem_id"]: row for row in _read_jsonl(path)}
-    chunks = range(0, len(problems), settings.batch_size)
-    with tqdm(total=len(problems), desc="greedy traces", unit="problem") as bar, path.open("a") as handle:
-        for begin in chunks:
-            chunk = problems[begin : begin + settings.batch_size]
-            bar.update(sum(p.id in rows for p in chunk))
-            if all(p.id in rows for p in chunk):
-                continue
-            chunk_prompts = prompts[begin : begin + settings.batch_size]
-            traces = greedy_traces(model, tokenizer, chunk, chunk_prompts, settings)
-            for problem, prompt, trace in zip(chunk, chunk_prompts, traces, strict=True):
-                if problem.id in rows:
+    state.wait_for_everyone()  # every process has read the file before the main one rewrites it
+    if state.is_main_process and path.exists():  # drop a line torn by a kill before appending
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows.values()))
+    plan = plan_batches(
+        [len(p) for p in prompts],
+        [settings.max_new_tokens] * len(prompts),
+        batch_size=settings.batch_size,
+        batch_tokens=settings.batch_tokens,
+    )
+    todo = [chunk for chunk in plan if not all(problems[i].id in rows for i in chunk)]
+
+    def compute(chunk: list[int]) -> list[dict[str, Any]]:
+        chunk_prompts = [prompts[i] for i in chunk]
+        traces = greedy_traces(model, tokenizer, [problems[i] for i in chunk], chunk_prompts, settings)
+        return [
+            {
+                "problem_id": problems[i].id,
+                "group_id": problems[i].group_id,
+                "correct": trace.correct,
+                "token_ids": list(trace.token_ids),
+                "text": trace.text,
+                "tokens": len(prompt) + len(trace.token_ids),
+            }
+            for i, prompt, trace in zip(chunk, chunk_prompts, traces, strict=True)
+        ]
+
+    main = state.is_main_process
+    with (
+        tqdm(total=len(problems), initial=len(rows), desc="greedy traces", unit="problem", disable=not main) as bar,
+        path.open("a") if main else contextlib.nullcontext() as handle,
+    ):
+        for _, new_rows in _rounds(state, todo, compute):
+            for row in new_rows:
+                if row["problem_id"] in rows:
                     continue
-                row = {
-                    "problem_id": problem.id,
-                    "group_id": problem.group_id,
-                    "correct": trace.correct,
-                    "token_ids": list(trace.token_ids),
-                    "text": trace.text,
-                    "tokens": len(prompt) + len(trace.token_ids),
-                }
-                handle.write(json.dumps(row) + "\n")
-                rows[problem.id] = row
+                if main:
+                    handle.write(json.dumps(row) + "\n")
+                rows[row["problem_id"]] = row
                 bar.update(1)
-            handle.flush()
+            if main:
+                handle.flush()
     return rows
 
 
@@ -139,11 +193,22 @@ def localize(
     out_dir.mkdir(parents=True, exist_ok=True)
     problems = list(problems)[: config.limit] if config.limit is not None else list(problems)
     style = resolve_prompt_style(tokenizer, config.prompt_style)
-    settings = DecodeSettings(config.max_new_tokens, stop_strings(style), config.batch_size)
+    settings = DecodeSettings(
+        max_new_tokens=config.max_new_tokens,
+        stop_strings=stop_strings(style),
+        batch_size=config.batch_size,
+        batch_tokens=config.batch_tokens,
+        temperature_when_greedy_wrong=config.temperature_when_greedy_wrong,
+        temperature_when_greedy_right=config.temperature_when_greedy_right,
+        top_k=config.top_k,
+        top_p=config.top_p,
+    )
     prompts = [encode_prompt(tokenizer, build_prompt(tokenizer, p, style)) for p in problems]
     split_of = assign_splits(problems, seed=config.seed)
 
-    greedy = _greedy_phase(model, tokenizer, problems, prompts, settings, out_dir)
+    state = PartialState()
+    main = state.is_main_process
+    greedy = _greedy_phase(model, tokenizer, problems, prompts, settings, out_dir, state)
     accuracy = group_accuracy(problems, greedy)
     kept = groups_below({g: v["accuracy"] for g, v in accuracy.items()}, config.max_group_accuracy)
     meta = {
@@ -154,48 +219,101 @@ def localize(
         "split_seed": config.seed,
         "prompt_style": style,  # resolved, so later stages rebuild exactly these prompts
         "groups": sorted(kept),
+        "sampling": {  # the authors' settings by default: T by greedy correctness, top-k 50, top-p 1.0
+            "temperature_when_greedy_wrong": config.temperature_when_greedy_wrong,
+            "temperature_when_greedy_right": config.temperature_when_greedy_right,
+            "top_k": config.top_k,
+            "top_p": config.top_p,
+            "n_samples": config.n_samples,
+            "seeded": "per problem (sha256 of seed and problem id), per sample",
+        },
         "config": asdict(config),
         "runtime": placement(model),  # device, dtype, attention kernel the traces were decoded with
     }
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+    if main:
+        atomic_write_json(out_dir / "meta.json", meta)
 
-    writer = DatasetWriter(out_dir)
+    writer = DatasetWriter(out_dir) if main else None  # cleans what a kill left; only the main process writes
+    state.wait_for_everyone()
+    done = {row["problem_id"] for row in _read_jsonl(out_dir / PROGRESS)}
     todo = [
         (p, q) for p, q in zip(problems, prompts, strict=True) if p.group_id in kept and split_of[p.id] in config.splits
     ]
-    with tqdm(total=len(todo), desc=f"pivots ({config.method})", unit="problem") as bar:
-        for problem, prompt in todo:
-            if writer.done(problem.id):
-                bar.update(1)
-                continue
-            row = greedy[problem.id]
-            trace = Trace(tuple(row["token_ids"]), row["text"], row["correct"])
-            counter = TokenCounter()
-            sample = counterfactual(
-                model, tokenizer, problem, prompt, trace, settings, config.n_samples, config.seed, counter
+    # Fixed chunks of the todo list, recomputed whole when any problem is left: same batches on resume.
+    chunks = [list(range(b, min(b + config.batch_size, len(todo)))) for b in range(0, len(todo), config.batch_size)]
+    pending = [chunk for chunk in chunks if not all(todo[k][0].id in done for k in chunk)]
+
+    def compute(chunk: list[int]) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
+        problems_, prompts_ = [todo[k][0] for k in chunk], [todo[k][1] for k in chunk]
+        traces = [
+            Trace(tuple(greedy[p.id]["token_ids"]), greedy[p.id]["text"], greedy[p.id]["correct"]) for p in problems_
+        ]
+        counters = [TokenCounter() for _ in chunk]
+        # each prompt is prefilled once, for its samples and its fast branching alike
+        caches = prefill_caches(
+            model,
+            prompts_,
+            batch_size=config.batch_size,
+            batch_tokens=config.batch_tokens,
+            counters=counters,
+            counter_kind="sample",
+        )
+        samples = counterfactuals(
+            model, tokenizer, problems_, prompts_, traces, settings, config.n_samples, config.seed, counters, caches
+        )
+        found = [k for k, sample in enumerate(samples) if sample is not None]
+        pairs = [(problems_[k], prompts_[k], traces[k], samples[k]) for k in found]
+        pivots = dict(
+            zip(
+                found,
+                find_pivots(
+                    model,
+                    tokenizer,
+                    pairs,
+                    config,
+                    settings,
+                    [counters[k] for k in found],
+                    [caches[k] for k in found],
+                ),
+                strict=True,
             )
-            pivot = None
-            if sample is not None:
-                pivot = find_pivot(model, tokenizer, problem, prompt, trace, sample, config, settings, counter)
+        )
+        results = []
+        for k, problem in enumerate(problems_):
+            pivot = pivots.get(k)
             record = (
                 None if pivot is None else make_record(tokenizer, problem, split_of[problem.id], config.method, pivot)
             )
-            writer.finish(
-                problem.id,
-                {
-                    "greedy_correct": trace.correct,
-                    "counterfactual": sample is not None,
-                    "pivot": pivot is not None,
-                    "position": None if pivot is None else pivot.position,
-                    "tokens": counter.by_kind,
-                },
-                record,
-            )
-            bar.update(1)
-            bar.set_postfix(tokens=counter.total)
-    summary = summarize(problems, greedy, accuracy, kept, writer)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+            status = {
+                "greedy_correct": traces[k].correct,
+                "counterfactual": samples[k] is not None,
+                "pivot": pivot is not None,
+                "position": None if pivot is None else pivot.position,
+                "tokens": counters[k].by_kind,
+            }
+            results.append((problem.id, status, record))
+        return results
+
+    with tqdm(
+        total=len(todo),
+        initial=len(done & {p.id for p, _ in todo}),
+        desc=f"pivots ({config.method})",
+        unit="problem",
+        disable=not main,
+    ) as bar:
+        for _, results in _rounds(state, pending, compute):
+            for problem_id, status, record in results:
+                if problem_id in done:
+                    continue
+                if writer is not None:
+                    writer.finish(problem_id, status, record)
+                done.add(problem_id)
+                bar.update(1)
+    summary = None
+    if writer is not None:
+        summary = summarize(problems, greedy, accuracy, kept, writer)
+        atomic_write_json(out_dir / "summary.json", summary)
+    return broadcast_object_list([summary])[0]
 
 
 def summarize(problems, greedy, accuracy, kept, writer: DatasetWriter) -> dict[str, Any]:

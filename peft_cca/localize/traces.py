@@ -86,10 +86,12 @@ def counterfactuals(
     n_samples: int = 10,
     seed: int = 0,
     counters: Sequence[TokenCounter] | None = None,
+    prompt_caches: Sequence | None = None,
 ) -> list[Trace | None]:
     """For each problem, the first of ``n_samples`` sampled traces whose correctness differs from its greedy
-    trace, or None. Problems are sampled together (one batch per temperature), each prompt prefilled once;
-    a problem's draws depend only on its id and ``seed``, never on its batch."""
+    trace, or None. Problems are sampled together (one batch per temperature), each prompt prefilled once
+    (or taken from ``prompt_caches``, see :func:`~peft_cca.generation.prefill_caches`); a problem's draws
+    depend only on its id and ``seed``, never on its batch."""
     found: list[Trace | None] = [None] * len(problems)
     for right in (False, True):
         index = [i for i, trace in enumerate(greedy) if trace.correct == right]
@@ -108,6 +110,7 @@ def counterfactuals(
             seed=[problem_seed(problems[i].id, seed) for i in index],
             batch_size=settings.batch_size,
             batch_tokens=settings.batch_tokens,
+            prompt_caches=None if prompt_caches is None else [prompt_caches[i] for i in index],
             counter=None if counters is None else [counters[i] for i in index],
             counter_kind="sample",
         )
