@@ -117,3 +117,18 @@ def test_other_languages_load_and_broken_translations_are_left_out_by_name(caplo
     assert len({p.group_id for p in ukrainian}) == 98 and caplog.text.count("left out") == 2
     with pytest.raises(UsageError, match="no such language"):
         load_problems("gsm-symbolic-templates:xx")
+
+
+def test_both_answer_spellings_and_list_repetition():
+    for header in ("#answer: ", "#answer = ", "#answer:"):
+        annotated = "{x,2} and {y,3}\n#init:\n- $x = sample([1, 2] * 3)\n- $y = range(3, 4)\n" + header + "x * y"
+        template = parse_template({"question_annotated": annotated})
+        assert template.answer.text == "x * y" and default_answer(template) == "6"
+    with pytest.raises(TemplateError, match=r"line 3 .*repetition longer than"):
+        load_problems_from({"question_annotated": "{x,1}\n#init:\n- $x = sample([1, 2] * 10**6)\n#answer: x"})
+
+
+def load_problems_from(record: dict):
+    from peft_cca.tasks.templates import template_problems
+
+    return template_problems([parse_template(record)], 1, 0, "test", "t", "t")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import warnings
 from collections.abc import Callable, Mapping
 from fractions import Fraction
 from typing import Any
@@ -133,7 +134,9 @@ def compile_expression(expression: str) -> ast.Expression:
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise UnsafeExpressionError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
     try:
-        tree = ast.parse(expression.strip(), mode="eval")
+        with warnings.catch_warnings():  # "1if x else 2" parses with a SyntaxWarning printed to stderr
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(expression.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as error:
         raise UnsafeExpressionError(f"not an expression: {expression.strip()!r}") from error
     stack: list[tuple[ast.AST, int]] = [(tree, 0)]
