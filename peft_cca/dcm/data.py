@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peft_cca.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 REQUIRED = ("prefix_ids", "desired_token_id", "undesired_token_id")
@@ -22,7 +24,7 @@ SPLITS = ("train", "validation", "test")
 DECODE_CHECKS = 8
 
 
-class DatasetError(ValueError):
+class DatasetError(UsageError):
     """The Error-Localization dataset cannot be used with this model/tokenizer; the message says why."""
 
 
@@ -114,6 +116,24 @@ def _check_tokenizer(path: Path, meta: dict[str, Any], records: list[Record], te
         )
 
 
+def _drop_without_signal(records: list[Record], file: Path) -> list[Record]:
+    """Records whose desired token is their undesired one: logit_d - logit_u is 0 under any mask, no signal."""
+    kept = [r for r in records if r.desired != r.undesired]
+    if not kept:
+        raise DatasetError(
+            f"{file}: every record has desired_token_id == undesired_token_id, so DCM has nothing to learn; "
+            "rebuild the dataset with `peft-cca localize`"
+        )
+    if len(kept) < len(records):
+        logger.warning(
+            "%s: skipped %d of %d records whose desired token equals their undesired token (no signal)",
+            file,
+            len(records) - len(kept),
+            len(records),
+        )
+    return kept
+
+
 def load_records(
     data: str | Path,
     vocab_size: int | None = None,
@@ -155,5 +175,6 @@ def load_records(
         records = [r for r in records if r.split in splits]
         if not records:
             raise DatasetError(f"{file} has no records in split(s) {splits}")
+    records = _drop_without_signal(records, file)
     logger.info("loaded %d Error-Localization records from %s", len(records), file)
     return records

@@ -121,19 +121,37 @@ class MaskIntervention:
         self.spec = spec
         self.mask = mask
         self.positions: torch.Tensor | None = None
+        self._positions: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._index: dict[tuple[str, torch.device], torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def at(self, positions: torch.Tensor) -> MaskIntervention:
         self.positions = positions
+        self._positions.clear()
         return self
 
+    def _rows_and_positions(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row and position indices on ``device``, copied there once per forward, not once per site."""
+        if device not in self._positions:
+            pos = self.positions.to(device)
+            self._positions[device] = (torch.arange(pos.shape[0], device=device), pos)
+        return self._positions[device]
+
+    def _site_index(self, kind: str, device: torch.device) -> torch.Tensor:
+        """The feature index of ``kind``'s components on ``device``, moved there once per run."""
+        key = (kind, device)
+        if key not in self._index:
+            self._index[key] = self.spec.site(kind).index.reshape(-1).to(device)
+        return self._index[key]
+
     def _factor(self, layer: int, kinds: list[str], width: int, like: torch.Tensor) -> torch.Tensor:
+        """Per-feature multipliers; the mask stays fp32 and is cast to the activations' dtype only here."""
         factor = torch.ones(width, dtype=like.dtype, device=like.device)
         for kind in kinds:
             site = self.spec.site(kind)
             per_component = self.mask.scale(kind)[layer].to(dtype=like.dtype, device=like.device)
             src = per_component.repeat_interleave(site.index.shape[1])
-            factor = factor.scatter(0, site.index.reshape(-1).to(like.device), src)
+            factor = factor.scatter(0, self._site_index(kind, like.device), src)
         return factor
 
     def _apply(self, h: torch.Tensor, layer: int, kinds: list[str]) -> torch.Tensor:
@@ -147,8 +165,7 @@ class MaskIntervention:
     def _apply_flat(self, h: torch.Tensor, layer: int, kinds: list[str]) -> torch.Tensor:
         if self.positions is None:
             raise RuntimeError("MaskIntervention.at(positions) must be called before the forward pass")
-        rows = torch.arange(h.shape[0], device=h.device)
-        pos = self.positions.to(h.device)
+        rows, pos = self._rows_and_positions(h.device)
         factor = self._factor(layer, kinds, h.shape[-1], h)
         # out-of-place index_put keeps autograd happy and leaves every other position untouched
         return h.index_put((rows, pos), h[rows, pos] * factor)

@@ -20,7 +20,8 @@ from peft_cca.arch import describe
 from peft_cca.circuit import Circuit
 from peft_cca.dcm.data import Record
 from peft_cca.dcm.paths import make_path
-from peft_cca.dcm.train import DCMConfig, DCMResult, mean_logit_diff, train_mask
+from peft_cca.dcm.train import RESTART_HINT, DCMConfig, DCMResult, mean_logit_diff, run_settings, train_mask
+from peft_cca.runfolder import check_settings
 
 logger = logging.getLogger(__name__)
 
@@ -97,24 +98,36 @@ def sweep(
     out_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    extra_settings: dict[str, Any] | None = None,
 ) -> list[SweepResult]:
-    """Train one mask per lambda, sharing one prefix cache (fast path) across all of them."""
+    """Train one mask per lambda, sharing one prefix cache (fast path) across all of them.
+
+    With ``out_dir`` each lambda's folder records its settings (:func:`run_settings` plus ``extra_settings``)
+    and a resume with other ones is refused before any model work.
+    """
     config = config or DCMConfig()
+    folders = {lam: Path(out_dir) / f"lambda_{lam:g}" for lam in lambdas} if out_dir is not None else {}
+    settings = {lam: run_settings(replace(config, lam=lam), train, **(extra_settings or {})) for lam in lambdas}
+    for lam, folder in folders.items():
+        check_settings(folder, settings[lam], overwrite=not resume, restart_hint=RESTART_HINT)
     spec = describe(model)
-    train_path = make_path(config.path, model, train, config.cache_budget_mb, config.overflow, progress)
-    val_path = (
-        make_path(config.path, model, validation, config.cache_budget_mb, config.overflow, progress)
-        if validation
-        else None
-    )
+    budgets = (config.cache_budget_mb, config.overflow, progress, config.host_budget_mb)
+    train_path = make_path(config.path, model, train, *budgets)
+    val_path = make_path(config.path, model, validation, *budgets) if validation else None
     bs = config.batch_size
     base_train = mean_logit_diff(model, train_path, batch_size=bs)
     base_val = mean_logit_diff(model, val_path, batch_size=bs) if val_path else float("nan")
     results = []
     for lam in lambdas:
-        run_dir = Path(out_dir) / f"lambda_{lam:g}" if out_dir is not None else None
         result: DCMResult = train_mask(
-            model, train, replace(config, lam=lam), run_dir, resume=resume, path=train_path, progress=progress
+            model,
+            train,
+            replace(config, lam=lam),
+            folders.get(lam),
+            resume=resume,
+            path=train_path,
+            progress=progress,
+            settings=settings[lam],
         )
         val_diff = mean_logit_diff(model, val_path, result.circuit, bs, spec) if val_path else float("nan")
         sweep_result = SweepResult(
