@@ -100,7 +100,9 @@ def _generate_units(
 
     A unit is generated as one batch whichever process takes it, so the texts do not depend on the process count.
     """
-    units = [(begin, inputs[begin : begin + unit]) for begin in range(0, len(inputs), unit)]
+    # units of similar lengths pad least: inputs are sorted longest first (then by position) before cutting
+    order = sorted(range(len(inputs)), key=lambda i: (-len(inputs[i]), i))
+    units = [(begin, [inputs[i] for i in order[begin : begin + unit]]) for begin in range(0, len(inputs), unit)]
     done: dict[int, list[str]] = {}
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
@@ -119,7 +121,8 @@ def _generate_units(
         from accelerate.utils import gather_object
 
         done.update(gather_object([(index, done[index]) for index in mine]))
-    return [text for index in range(len(units)) for text in done[index]]
+    texts = [text for index in range(len(units)) for text in done[index]]
+    return [texts[position] for position in sorted(range(len(order)), key=order.__getitem__)]
 
 
 @torch.no_grad()
