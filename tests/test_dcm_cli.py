@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from test_dcm_data import MINE
@@ -11,7 +12,8 @@ from test_dcm_paths import random_records, tiny_model
 import peft_cca.models
 from peft_cca.circuit import Circuit
 from peft_cca.cli import main
-from peft_cca.dcm.data import tokenizer_fingerprint
+from peft_cca.dcm.data import DatasetError, tokenizer_fingerprint
+from peft_cca.errors import UsageError
 
 
 def test_help_lists_every_option(capsys):
@@ -37,7 +39,7 @@ def test_help_lists_every_option(capsys):
 
 def test_circuit_command_writes_outputs(tmp_path, monkeypatch, capsys):
     model = tiny_model("llama")
-    monkeypatch.setattr(peft_cca.models, "load_model", lambda name, **kw: (model, MINE))
+    monkeypatch.setattr(peft_cca.models, "load_model", lambda name, *a, **kw: (model, MINE))
     data = tmp_path / "data"
     data.mkdir()
     rows = [
@@ -87,3 +89,69 @@ def test_circuit_command_writes_outputs(tmp_path, monkeypatch, capsys):
     assert sweep["chosen_lambda"] == 0.0 and len(sweep["rows"]) == 2
     assert sweep["rule"].startswith("The gain of a circuit") and sweep["max_fraction"] is None
     assert "chosen" in capsys.readouterr().out
+
+
+def _strict(path):
+    """JSON as a strict parser reads it: NaN and Infinity are refused."""
+
+    def refuse(name):
+        raise AssertionError(f"{path} holds {name}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.fixture
+def tiny_data(tmp_path, monkeypatch):
+    model = tiny_model("llama")
+    monkeypatch.setattr(peft_cca.models, "load_model", lambda name, *a, **kw: (model, MINE))
+
+    def make(desired=3, undesired=5):
+        data = tmp_path / f"data-{desired}-{undesired}"
+        data.mkdir(exist_ok=True)
+        rows = [
+            {"prefix_ids": list(r.prefix_ids), "desired_token_id": desired, "undesired_token_id": undesired}
+            for r in random_records(6)
+        ]
+        (data / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (data / "meta.json").write_text(json.dumps({"tokenizer": tokenizer_fingerprint(MINE)}))
+        return data
+
+    return make
+
+
+def _circuit(data, out, *extra):
+    argv = ["circuit", "--data", str(data), "--model", "tiny", "--epochs", "2", "--batch-size", "3", "--out", str(out)]
+    return main([*argv, "--lr", "0.2", *extra])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "1e-2,nan"])
+def test_lambda_that_is_not_a_finite_non_negative_number_is_refused(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["circuit", "--data", "d", "--out", "o", "--lambda", value])
+    assert exit_info.value.code == 2 and "finite numbers >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--lr", "0"), ("--lr", "-1"), ("--epochs", "0"), ("--batch-size", "0")])
+def test_settings_that_cannot_train_are_refused(tiny_data, tmp_path, flag, value):
+    with pytest.raises(UsageError, match="DCM setting"):
+        _circuit(tiny_data(), tmp_path / "out", flag, value)
+
+
+def test_records_without_signal_are_refused(tiny_data, tmp_path):
+    with pytest.raises(DatasetError, match="desired_token_id == undesired_token_id"):
+        _circuit(tiny_data(4, 4), tmp_path / "out")
+
+
+def test_resume_with_other_settings_is_refused_and_json_is_strict(tiny_data, tmp_path):
+    data, out = tiny_data(), tmp_path / "out"
+    assert _circuit(data, out, "--lr-schedule", "authors", "--checkpoint-every", "1") == 0
+    history = _strict(out / "history.json")
+    assert history["lr_schedule"] == {"scheduler": "StepLR", "step_size": 5, "gamma": 0.9, "unit": "epoch"}
+    sweep = _strict(out / "sweep.json")  # no validation records: their logit differences are null, not NaN
+    assert sweep["rows"][0]["base_validation_logit_diff"] is None
+    assert (out / "lambda_0.01" / "settings.json").exists()
+    assert _circuit(data, out, "--lr-schedule", "authors", "--resume") == 0  # same settings: resumes
+    for drift in (["--lr", "0.3"], ["--seed", "1"], ["--form", "authors"], ["--lr-schedule", "constant"]):
+        with pytest.raises(UsageError, match="was made with other settings"):
+            _circuit(data, out, "--lr-schedule", "authors", "--resume", *drift)
+    assert not any(math.isnan(e["loss"]) for e in history["epochs"])

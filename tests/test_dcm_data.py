@@ -87,3 +87,14 @@ def test_dataset_made_with_another_tokenizer(tmp_path):
         load_records(tmp_path, tokenizer=MINE)
     _write(tmp_path, [_record(prefix_text="two plus three is")])
     assert load_records(tmp_path, tokenizer=MINE)
+
+
+def test_records_whose_desired_token_is_the_undesired_one_are_skipped_with_a_count(tmp_path, caplog):
+    _write(tmp_path, [_record(), _record(desired=6, undesired=6), _record(desired=2, undesired=2)])
+    with caplog.at_level("WARNING"):
+        records = load_records(tmp_path)
+    assert [(r.desired, r.undesired) for r in records] == [(5, 6)]
+    assert "skipped 2 of 3 records" in caplog.text
+    _write(tmp_path, [_record(desired=6, undesired=6)])
+    with pytest.raises(DatasetError, match="nothing to learn"):
+        load_records(tmp_path)

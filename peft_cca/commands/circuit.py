@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,8 +16,8 @@ def _lambdas(text: str) -> list[float]:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"--lambda takes a number or a comma list of numbers, not {text!r}") from err
-    if not values or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError("--lambda values must be >= 0")
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"--lambda values must be finite numbers >= 0, not {text!r}")
     return values
 
 
@@ -65,6 +66,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--decay-gamma", type=float, help="step decay factor (default: 0.9 for GSM-Symbolic tasks, else 0.5)"
     )
     parser.add_argument(
+        "--lr-schedule",
+        choices=("auto", "constant", "authors"),
+        default="auto",
+        help="authors: their StepLR(step_size=5 epochs, gamma=0.9); constant: no decay; auto: --decay-every/"
+        "--decay-gamma, else the task's protocol. Recorded in history.json (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--early-stop-rule",
+        choices=("auto", "selection", "authors"),
+        default="auto",
+        help="selection: the selected set unchanged for the patience; authors: the number selected unchanged "
+        "within one epoch (reset every epoch), as in their code; both ignore steps at the initial selection. "
+        "auto: authors for --form authors, else selection (default: %(default)s)",
+    )
+    parser.add_argument(
         "--early-stop",
         type=float,
         default=0.2,
@@ -82,15 +98,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-budget-mb",
         type=float,
-        default=2048.0,
-        help="memory for the prefix cache of the fast path; past it records go to --overflow (default: %(default)s)",
+        default=None,
+        help="device memory for the prefix cache of the fast path (shared prefixes stored once; each layer on "
+        "its own device) (default: half the device's free memory)",
+    )
+    parser.add_argument(
+        "--host-budget-mb",
+        type=float,
+        default=None,
+        help="host memory for the prefix cache past the device budget, on GPU models (default: half the RAM)",
     )
     parser.add_argument(
         "--overflow",
-        choices=("spill", "recompute"),
-        default="spill",
-        help="what to do with records past the cache budget: spill to disk or recompute their "
-        "prefix each time (default: %(default)s)",
+        choices=("recompute", "spill"),
+        default="recompute",
+        help="records past both budgets: recompute their prefix when a batch needs them, or spill them to a "
+        "temporary folder on disk (default: %(default)s)",
     )
     parser.add_argument(
         "--checkpoint-every",
@@ -113,11 +136,16 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.dcm.data import load_records
     from peft_cca.dcm.plot import plot_circuit, plot_history
     from peft_cca.dcm.sweep import SELECTION_RULE, choose, sweep
-    from peft_cca.dcm.train import DCMConfig
+    from peft_cca.dcm.train import AUTHORS_STEP_LR, DCMConfig
+    from peft_cca.errors import UsageError
     from peft_cca.models import load_model
+    from peft_cca.runfolder import atomic_write_json, ensure_output_dir
     from peft_cca.runtime import record_runtime, runtime_from_args
     from peft_cca.tasks.protocol import setting
 
+    out = ensure_output_dir(Path(args.out))
+    if args.lr_schedule != "auto" and (args.decay_every is not None or args.decay_gamma is not None):
+        raise UsageError(f"--lr-schedule {args.lr_schedule} sets the decay: drop --decay-every/--decay-gamma")
     model, tokenizer = load_model(args.model, runtime_from_args(args, training=True))
     vocab = model.get_input_embeddings().num_embeddings
     records = load_records(args.data, vocab_size=vocab, tokenizer=tokenizer)
@@ -138,32 +166,36 @@ def run(args: argparse.Namespace) -> int:
         decay_every=setting(args.decay_every, task, "dcm_decay_every"),
         decay_gamma=setting(args.decay_gamma, task, "dcm_decay_gamma"),
         early_stop_fraction=args.early_stop or None,
+        early_stop_rule=args.early_stop_rule,
         checkpoint_every=args.checkpoint_every,
         path=args.path,
         cache_budget_mb=args.cache_budget_mb,
+        host_budget_mb=args.host_budget_mb,
         overflow=args.overflow,
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if args.lr_schedule != "auto":
+        decay_every, decay_gamma = AUTHORS_STEP_LR if args.lr_schedule == "authors" else (None, config.decay_gamma)
+        config = replace(config, decay_every=decay_every, decay_gamma=decay_gamma)
     record_runtime(out, model)
-    results = sweep(model, train, validation, args.lambdas, replace(config, lam=args.lambdas[0]), out, args.resume)
+    first = replace(config, lam=args.lambdas[0])
+    results = sweep(
+        model, train, validation, args.lambdas, first, out, args.resume, extra_settings={"model": args.model}
+    )
     chosen = choose(results, max_fraction=args.max_fraction)
     for result in results:
         folder = out / f"lambda_{result.lam:g}"
         result.circuit.save(folder / "circuit.json")
         plot_circuit(result.circuit, folder / "circuit.png", seed=args.seed, lam=result.lam)
     chosen.circuit.save(out / "circuit.json")
-    (out / "history.json").write_text(json.dumps({"lambda": chosen.lam, **chosen.history}, indent=1))
-    (out / "sweep.json").write_text(
-        json.dumps(
-            {
-                "rule": SELECTION_RULE,
-                "max_fraction": args.max_fraction,
-                "chosen_lambda": chosen.lam,
-                "rows": [r.row() for r in results],
-            },
-            indent=1,
-        )
+    atomic_write_json(out / "history.json", {"lambda": chosen.lam, **chosen.history})
+    atomic_write_json(
+        out / "sweep.json",
+        {
+            "rule": SELECTION_RULE,
+            "max_fraction": args.max_fraction,
+            "chosen_lambda": chosen.lam,
+            "rows": [r.row() for r in results],
+        },
     )
     plot_circuit(chosen.circuit, out / "circuit.png", seed=args.seed, lam=chosen.lam)
     plot_history(chosen.history, out / "history.png")
