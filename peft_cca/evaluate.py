@@ -57,9 +57,9 @@ NEUTRAL_TEXTS: tuple[str, ...] = (
 
 def _processes() -> tuple[int, int]:
     """``(rank, world size)`` of this process: ``(0, 1)`` unless launched with several accelerate processes."""
-    from accelerate import PartialState
+    from peft_cca.runtime import process_state
 
-    state = PartialState()
+    state = process_state()
     return state.process_index, state.num_processes
 
 
@@ -111,6 +111,10 @@ def _generate_units(
             if path.exists():
                 done[index] = json.loads(path.read_text())
     rank, world = _processes()
+    if world > 1:  # every process has listed the cached units before any process writes a new one
+        from peft_cca.runtime import process_state
+
+        process_state().wait_for_everyone()
     mine = [index for index in range(len(units)) if index not in done][rank::world]
     for index in mine:
         outputs = generate(model, tokenizer, units[index][1], batch_size=unit, **generate_kwargs)

@@ -77,11 +77,23 @@ class Runtime:
         return asdict(self)
 
 
-def _accelerate_device():
-    """The device of this process when launched by accelerate with several processes, else ``None``."""
+def process_state():
+    """accelerate's ``PartialState`` of this process, told to use the CPU where torch sees no accelerator.
+
+    accelerate's multi-GPU launcher (torchrun, which its ``use_cpu`` configs use too, see
+    recipes/accelerate/ddp_cpu.yaml) does not pass ``use_cpu`` on to the processes, and a ``PartialState()``
+    without ``cpu=True`` on a machine without a GPU then sees one process, not a gloo group: every process would
+    do all the work and write the same files. The first call fixes the state for the whole process.
+    """
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    return PartialState(cpu=not torch.accelerator.is_available())
+
+
+def _accelerate_device():
+    """The device of this process when launched by accelerate with several processes, else ``None``."""
+    state = process_state()
     return state.device if state.num_processes > 1 else None
 
 
@@ -98,7 +110,7 @@ def _resolve_device(device: str) -> str:
                 f"--device {device} under accelerate launch, whose process runs on {launched}: "
                 f"drop --device or change the accelerate config (use_cpu)"
             )
-        return str(launched)
+        return "cpu" if launched.type == "cpu" else str(launched)  # one CPU: "cpu" as a single process says
     if kind == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -263,11 +275,9 @@ def record_runtime(folder, model) -> None:
     """Write ``runtime.json`` (the model's :func:`placement`) into a stage's output folder, from the main process."""
     from pathlib import Path
 
-    from accelerate import PartialState
-
     from peft_cca.runfolder import atomic_write_json
 
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         atomic_write_json(Path(folder) / "runtime.json", placement(model))
 
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from peft import PeftModel, get_peft_model
 from torch import nn
 from torch.utils.data import Dataset, SequentialSampler
@@ -35,7 +34,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from peft_cca.circuit import Circuit
 from peft_cca.config import CCAConfig
 from peft_cca.generation import left_pad
-from peft_cca.runtime import trainer_use_cpu
+from peft_cca.runtime import process_state, trainer_use_cpu
 from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE
 
 logger = logging.getLogger(__name__)
@@ -378,7 +377,7 @@ def add_run(runs: list[RunResult], run: RunResult, base_score: float | None) -> 
 
 def save_result(result: AmplifyResult, output_dir: str | Path | None, summary_name: str, **extra: Any) -> None:
     """``<output_dir>/adapter/`` and the sweep summary, written by the main process only."""
-    if output_dir is None or not PartialState().is_main_process:
+    if output_dir is None or not process_state().is_main_process:
         return
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -95,9 +95,9 @@ def test_two_processes_match_one(tmp_path):
 
 
 if __name__ == "__main__":
-    from accelerate import PartialState
+    from peft_cca.runtime import process_state
 
-    state = PartialState()
+    state = process_state()
     result = update()
     completions = validation_completions()
     Path(sys.argv[1]).with_name(f"completions-{state.process_index}.json").write_text(json.dumps(completions))

@@ -98,8 +98,9 @@ def test_seeded_sampling_draws_from_the_softmax():
     torch.testing.assert_close(counts / 4000, logits.softmax(-1)[0], atol=0.03, rtol=0)
 
 
-def test_samples_do_not_depend_on_batching_or_prefill(lm):
-    model, tokenizer = lm
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])  # full attention, and a sliding window
+def test_samples_do_not_depend_on_batching_or_prefill(arch):
+    model, tokenizer = tiny_model(arch, seed=3), tiny_tokenizer()
     prompts = _prompts(tokenizer, 4)
     kwargs = dict(max_new_tokens=8, temperature=1.2, top_k=50, seed=[11, 12, 13, 14])
     shared = generate(model, tokenizer, prompts, num_samples=3, batch_size=4, **kwargs)

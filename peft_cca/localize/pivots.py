@@ -197,13 +197,15 @@ def _fast_scan(
         return None
 
     current = next_divergent(0)
+    size = 1  # rounds of 1, 2, 4, ... branch_batch positions: an early pivot wastes few completions
     while current is not None:
         # The branch of divergent position D[r] leaves s at D[r+1]; past the last one it *is* the sample.
         batch: list[tuple[int, int | None]] = []
-        while current is not None and len(batch) < branch_batch:
+        while current is not None and len(batch) < size:
             following = next_divergent(current + 1)
             batch.append((current, following))
             current = following
+        size = min(2 * size, branch_batch)
         outcomes: dict[int, bool] = {}
         pending: list[tuple[int, _Branch]] = []
         for i, nxt in batch:
@@ -261,10 +263,11 @@ def branching_pivots_fast(
     prompt_caches: Sequence[DynamicCache] | None = None,
 ) -> list[Pivot | None]:
     """Exact fast branching of several (problem, prompt, greedy, sample) pairs at once: complete only at
-    divergent positions, from cached prefixes grown lazily ``chunk`` tokens at a time, ``branch_batch``
-    positions per pair per round, the completions of all pairs batched together (``settings.batch_size``
-    rows at most), each stopped once its answer is final. Same pivots as the naive scan. ``prompt_caches``
-    (from :func:`~peft_cca.generation.prefill_caches`, as sampling used them) spare prefilling each prompt."""
+    divergent positions, from cached prefixes grown lazily ``chunk`` tokens at a time, 1, 2, 4 ... up to
+    ``branch_batch`` positions per pair per round, the completions of all pairs batched together
+    (``settings.batch_size`` rows at most), each stopped once its answer is final. Same pivots as the naive
+    scan. ``prompt_caches`` (from :func:`~peft_cca.generation.prefill_caches`, as sampling used them) spare
+    prefilling each prompt."""
     counters = list(counters) if counters is not None else [None] * len(pairs)
     caches = list(prompt_caches) if prompt_caches is not None else [None] * len(pairs)
     scans = [

@@ -30,7 +30,7 @@ from peft_cca.localize.traces import (
     greedy_traces,
 )
 from peft_cca.runfolder import atomic_write_json, atomic_write_text
-from peft_cca.runtime import placement
+from peft_cca.runtime import placement, process_state
 from peft_cca.tasks import DEFAULT_TASK
 from peft_cca.tasks.problem import Problem
 from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, encode_prompt, resolve_prompt_style, stop_strings
@@ -206,7 +206,7 @@ def localize(
     prompts = [encode_prompt(tokenizer, build_prompt(tokenizer, p, style)) for p in problems]
     split_of = assign_splits(problems, seed=config.seed)
 
-    state = PartialState()
+    state = process_state()
     main = state.is_main_process
     greedy = _greedy_phase(model, tokenizer, problems, prompts, settings, out_dir, state)
     accuracy = group_accuracy(problems, greedy)

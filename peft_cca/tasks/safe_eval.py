@@ -109,6 +109,8 @@ def dotted_name(node: ast.AST) -> str | None:
 
 def check_value(value: Any) -> Any:
     """``value`` if it is within the bounds, else UnsafeExpressionError. Ranges are lazy, so any length is fine."""
+    if type(value) is int and -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE:  # the common case, first
+        return value
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
@@ -156,8 +158,10 @@ def compile_expression(expression: str) -> ast.Expression:
             # The callee is a (dotted) name looked up in the functions passed in; only its arguments are walked.
             stack.extend((arg, depth + 1) for arg in node.args)
             continue
-        if isinstance(node, ast.Constant) and not isinstance(node.value, (int, float, str)):
-            raise UnsafeExpressionError(f"constant of type {type(node.value).__name__} not allowed")
+        if isinstance(node, ast.Constant):
+            if not isinstance(node.value, (int, float, str)):
+                raise UnsafeExpressionError(f"constant of type {type(node.value).__name__} not allowed")
+            check_value(node.value)
         stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
     return tree
 
@@ -168,7 +172,9 @@ class _Evaluator:
         self.functions = functions
 
     def visit(self, node: ast.AST) -> Any:
-        return check_value(_VISITORS[type(node)](self, node))
+        # Only operations and calls make new values, so only their results are checked (see binop, call...):
+        # constants are checked when compiled, names are the caller's checked values, containers are literals.
+        return _VISITORS[type(node)](self, node)
 
     def expression(self, node: ast.Expression) -> Any:
         return self.visit(node.body)
@@ -205,13 +211,14 @@ class _Evaluator:
         if kind is ast.Mod and isinstance(left, str):
             raise UnsafeExpressionError("string formatting with % not allowed")
         try:
-            return _BINARY[kind](left, right)
+            value = _BINARY[kind](left, right)
         except (ArithmeticError, TypeError, ValueError) as error:
             raise EvaluationError(f"cannot evaluate {ast.unparse(node)}: {error}") from error
+        return check_value(value)
 
     def unaryop(self, node: ast.UnaryOp) -> Any:
         try:
-            return _UNARY[type(node.op)](self.visit(node.operand))
+            return check_value(_UNARY[type(node.op)](self.visit(node.operand)))
         except TypeError as error:
             raise EvaluationError(f"cannot evaluate {ast.unparse(node)}: {error}") from error
 
@@ -250,7 +257,7 @@ class _Evaluator:
             raise UnsafeExpressionError(f"unknown function {name}()")
         args = [self.visit(a) for a in node.args]
         try:
-            return function(*args)
+            return check_value(function(*args))
         except UnsafeExpressionError:
             raise
         except (ArithmeticError, TypeError, ValueError, IndexError, KeyError) as error:

@@ -398,11 +398,19 @@ def parse_template(record: dict[str, Any], where: str = "template", template_id:
 
 def _bind(template: Template, binding: _Statement, value: Any, values: dict, shown: dict, rng: Any) -> None:
     """Bind ``value`` to the names of ``binding``: one name draws from a range/Choices, a tuple of names unpacks."""
+    if len(binding.names) == 1 and isinstance(value, (range, Choices)):
+        if not value:
+            raise EvaluationError("draws from an empty range")
+        value = rng.choice(value)
+    parts = _split(template, binding, value)
+    for name, part in zip(binding.names, parts, strict=True):
+        shown[name] = part
+        values[name] = check_value(_number(part))
+
+
+def _split(template: Template, binding: _Statement, value: Any) -> list[Any]:
+    """The value of each name of ``binding``: a tuple of names unpacks (flattening one level where needed)."""
     if len(binding.names) == 1:
-        if isinstance(value, (range, Choices)):
-            if not value:
-                raise EvaluationError("draws from an empty range")
-            value = rng.choice(value)
         parts = [value]
     else:
         if not isinstance(value, (list, tuple)):
@@ -412,9 +420,22 @@ def _bind(template: Template, binding: _Statement, value: Any, values: dict, sho
             parts = [x for p in parts for x in (p if isinstance(p, (list, tuple)) else [p])]
         if len(parts) != len(binding.names):
             raise template.error(f"{len(binding.names)} names but {len(parts)} values", binding)
-    for name, part in zip(binding.names, parts, strict=True):
-        shown[name] = part
-        values[name] = check_value(_number(part))
+    return parts
+
+
+def _prepare(template: Template, binding: _Statement, candidates: Sequence[Any]) -> list[tuple[tuple, tuple]] | None:
+    """Each candidate as (spellings, numbers) of its names, split once; None where one would fail at a draw."""
+    single = len(binding.names) == 1
+    if isinstance(candidates, range) or (single and any(isinstance(c, (range, Choices)) for c in candidates)):
+        return None  # a range is drawn lazily; a drawn range or Choices is drawn from again by _bind
+    try:
+        prepared = []
+        for candidate in candidates:
+            parts = _split(template, binding, candidate)
+            prepared.append((tuple(parts), tuple(check_value(_number(p)) for p in parts)))
+    except UsageError:
+        return None
+    return prepared
 
 
 def _names_in(statement: _Statement) -> set[str]:
@@ -486,7 +507,10 @@ class _Sampler:
         bound = {name for binding in template.bindings for name in binding.names}
         candidates = [_candidates(template, binding, bound) for binding in template.bindings]
         order = _draw_order(template, [c is not None for c in candidates])
-        self.steps = [(template.bindings[i], candidates[i]) for i in order]
+        prepared = [
+            c if c is None else _prepare(template, b, c) for b, c in zip(template.bindings, candidates, strict=True)
+        ]
+        self.steps = [(template.bindings[i], candidates[i], prepared[i]) for i in order]
         self.schedule = _condition_schedule(template, order)
 
     def _check(self, conditions: list[_Statement], values: dict, failures: dict) -> bool:
@@ -510,13 +534,16 @@ class _Sampler:
         shown: dict[str, Any] = {}
         if not self._check(self.schedule[0], values, failures):
             return None
-        for index, (binding, candidates) in enumerate(self.steps, start=1):
+        for index, (binding, candidates, prepared) in enumerate(self.steps, start=1):
             try:
-                if candidates is None:
-                    value = evaluate(binding.tree, values, self.functions)
+                if prepared is not None:  # the fast path: one choice among candidates split once
+                    spellings, numbers = self.rng.choice(prepared)
+                    shown.update(zip(binding.names, spellings, strict=True))
+                    values.update(zip(binding.names, numbers, strict=True))
+                elif candidates is None:
+                    _bind(template, binding, evaluate(binding.tree, values, self.functions), values, shown, self.rng)
                 else:
-                    value = self.rng.choice(candidates)
-                _bind(template, binding, value, values, shown, self.rng)
+                    _bind(template, binding, self.rng.choice(candidates), values, shown, self.rng)
             except EvaluationError as error:
                 _note(failures, binding, str(error))
                 return None
