@@ -22,6 +22,8 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
+from peft_cca import registration
+
 COMPONENT_KINDS: tuple[str, ...] = ("q", "k", "v", "mlp")
 MLP_TARGETS: tuple[str, ...] = ("up", "gate", "down")
 
@@ -354,3 +356,6 @@ def describe(
     spec = ArchSpec(shape, layout)
     spec.check(base)
     return spec
+
+
+registration.core_module_loaded(__name__)  # see registration.py: completes a waiting registration

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from peft_cca import registration
 from peft_cca.arch import COMPONENT_KINDS, ModelShape, describe
 from peft_cca.errors import UsageError
 
@@ -209,3 +210,6 @@ class Circuit:
             f"Circuit({self.shape.model_type}, {len(self)}/{self.shape.total_components} components "
             f"= {100 * self.fraction:.3f}%: q={c['q']} k={c['k']} v={c['v']} mlp={c['mlp']})"
         )
+
+
+registration.core_module_loaded(__name__)  # see registration.py: completes a waiting registration

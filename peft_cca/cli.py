@@ -31,14 +31,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    """Run a stage. A failure the user can act on is one line on stderr (``-v`` adds the traceback): exit code 2
+    for bad options, files and run folders, 1 for other expected failures, 130 for Ctrl-C (rerun to resume)."""
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    return int(args._run(args) or 0)
+    prog = f"{parser.prog} {args.command}"
+    from peft_cca.errors import CCAError
+
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except CCAError as error:
+        if args.verbose:
+            logging.exception("details")
+        print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
+        return error.exit_code
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
+        # a path the user gave that is missing or unusable: the OS message names it
+        if args.verbose:
+            logging.exception("details")
+        print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

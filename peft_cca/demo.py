@@ -21,8 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from peft_cca.errors import CCAError
 from peft_cca.runfolder import atomic_write_json, check_settings, ensure_output_dir
 from peft_cca.tasks import DEFAULT_RETENTION_TASKS
@@ -431,6 +429,8 @@ def run_demo(
     resumed = check_settings(out, settings.recorded(), overwrite=overwrite)
     if overwrite:
         _start_afresh(out)
+    import torch  # here, not at the top: the CLI builds its parser from this module without torch
+
     stages_dir = out / "stages"
     stages_dir.mkdir(parents=True, exist_ok=True)
     provenance = {

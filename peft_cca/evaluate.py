@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from torch import nn
 
+from peft_cca.defaults import LM_EVAL_TASKS
 from peft_cca.errors import UsageError
 from peft_cca.generation import generate, left_pad, pad_token_id
 from peft_cca.runfolder import atomic_write_json, check_settings
@@ -37,7 +38,6 @@ from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, encode_pr
 logger = logging.getLogger(__name__)
 
 RETENTION_TASKS: tuple[str, ...] = DEFAULT_RETENTION_TASKS
-LM_EVAL_TASKS: tuple[str, ...] = ("mmlu_stem", "mmlu_humanities", "triviaqa", "truthfulqa_mc2")
 # Plain encyclopedic sentences with no arithmetic: drift here is drift in general language modelling.
 NEUTRAL_TEXTS: tuple[str, ...] = (
     "The river winds through a wide valley before it reaches the sea, and small villages line its banks.",

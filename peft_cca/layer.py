@@ -18,6 +18,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from peft_cca import registration
 from peft_cca.arch import Side
 from peft_cca.errors import CCAError
 
@@ -192,3 +193,6 @@ class CCALayer(nn.Module, BaseTunerLayer):
 
     def __repr__(self) -> str:
         return "cca." + super().__repr__()
+
+
+registration.core_module_loaded(__name__)  # see registration.py: completes a waiting registration

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from torch import nn
 from transformers import PrinterCallback
 
 from peft_cca.arch import describe
+from peft_cca.defaults import DEFAULT_LORA_LRS, LoraSettings
 from peft_cca.runtime import trainer_use_cpu
 from peft_cca.tasks.problem import Problem
 from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt
@@ -37,27 +37,6 @@ from peft_cca.trainer import (
 )
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_LORA_LRS: tuple[float, ...] = (5e-5, 1e-4, 2e-4, 5e-4)
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """The paper's LoRA hyper-parameters (everything but the learning rate, which is swept)."""
-
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.1
-    epochs: float = 2.0
-    effective_batch: int = 32
-    per_device_batch: int = 8
-    # a fraction, not a count: a fixed 5 warmup steps swallowed whole runs on small training splits
-    warmup_fraction: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    eval_every: int = 10
-    max_length: int = 1024
-    max_steps: int = -1  # > 0 caps the run (tests, quick looks)
 
 
 def gold_completion(problem: Problem) -> str:

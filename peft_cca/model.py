@@ -12,6 +12,7 @@ import torch
 from peft.tuners.tuners_utils import AuxiliaryTrainingWrapper, BaseTuner
 from torch import nn
 
+from peft_cca import registration
 from peft_cca.arch import COMPONENT_KINDS, ArchSpec, Side, describe
 from peft_cca.circuit import Circuit
 from peft_cca.config import CCAConfig
@@ -195,3 +196,6 @@ class CCAModel(BaseTuner):
                     "these weights"
                 )
         return remapped
+
+
+registration.core_module_loaded(__name__)  # see registration.py: completes a waiting registration

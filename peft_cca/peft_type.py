@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from peft.utils.peft_types import PeftType
 
+from peft_cca import registration
+
 
 def extend_peft_type(name: str) -> PeftType:
     """The ``PeftType`` member called ``name``, created if peft does not have it."""
@@ -28,3 +30,6 @@ def extend_peft_type(name: str) -> PeftType:
 
 
 CCA_PEFT_TYPE = extend_peft_type("CCA")
+
+
+registration.core_module_loaded(__name__)  # see registration.py: completes a waiting registration

@@ -33,15 +33,13 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from peft_cca.circuit import Circuit
 from peft_cca.config import CCAConfig
+from peft_cca.defaults import DEFAULT_LRS, DEFAULT_STEPS, OPTIMIZERS
 from peft_cca.generation import left_pad
 from peft_cca.runtime import process_state, trainer_use_cpu
 from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LRS: tuple[float, ...] = (1e-2, 5e-3, 1e-3, 5e-4, 1e-4, 5e-5, 1e-5)
-DEFAULT_STEPS = 50
-OPTIMIZERS = {"sgd": "sgd", "adamw": "adamw_torch"}
 RECORD_FIELDS = ("prefix_ids", "desired_token_id", "undesired_token_id")
 
 EvaluateFn = Callable[[nn.Module], float]

@@ -10,8 +10,8 @@ HELP = "stage 3: train only the circuit (CCATrainer) and save the adapter"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from peft_cca.defaults import DEFAULT_LRS, DEFAULT_STEPS, OPTIMIZERS
     from peft_cca.runtime import add_runtime_arguments
-    from peft_cca.trainer import DEFAULT_LRS, DEFAULT_STEPS, OPTIMIZERS
 
     parser.add_argument("--run", required=True, type=Path, help="run folder of stages 1-2 (records.jsonl, meta.json)")
     parser.add_argument("--model", help="model name or path (default: the one in meta.json)")

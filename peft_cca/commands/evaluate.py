@@ -12,8 +12,9 @@ HELP = "exact match on the target task, retention suite and KL drift"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from peft_cca.evaluate import LM_EVAL_TASKS, RETENTION_TASKS
+    from peft_cca.defaults import LM_EVAL_TASKS
     from peft_cca.runtime import add_runtime_arguments
+    from peft_cca.tasks import DEFAULT_RETENTION_TASKS as RETENTION_TASKS
 
     parser.add_argument("--run", required=True, type=Path, help="stage 1 run folder (meta.json, records.jsonl)")
     parser.add_argument("--adapter", type=Path, help="a saved adapter (CCA or LoRA); without it, the base model")

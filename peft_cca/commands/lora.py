@@ -10,7 +10,7 @@ HELP = "the LoRA SFT baseline on the same training problems"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from peft_cca.lora_baseline import DEFAULT_LORA_LRS, LoraSettings
+    from peft_cca.defaults import DEFAULT_LORA_LRS, LoraSettings
     from peft_cca.runtime import add_runtime_arguments
 
     defaults = LoraSettings()
@@ -40,8 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from peft_cca.defaults import LoraSettings
     from peft_cca.evaluate import stage_problems
-    from peft_cca.lora_baseline import LoraSettings, lora_sft
+    from peft_cca.lora_baseline import lora_sft
     from peft_cca.models import load_model
     from peft_cca.runtime import record_runtime, runtime_from_args
     from peft_cca.tasks.protocol import setting

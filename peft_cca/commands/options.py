@@ -1,0 +1,80 @@
+"""Option types for the stage commands: argparse refuses nonsense at parse time, before any model loads.
+
+argparse turns a ``ValueError``/``ArgumentTypeError`` from a ``type=`` callable into one line, the command's usage
+and exit code 2, so every numeric flag gets a type here that says what it expects. Nothing here imports torch:
+the parser (and so ``--help``) must build in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+
+def _number(text: str, kind: Callable[[str], float | int], what: str) -> float | int:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (steps, sizes, budgets)."""
+    value = _number(text, int, "an integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (seeds, counts that may be zero)."""
+    value = _number(text, int, "an integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """Any finite number."""
+    return float(_number(text, float, "a number"))
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (learning rates, temperatures)."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value:g} must be greater than 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (lambdas, weight decay)."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value:g} must be 0 or more")
+    return value
+
+
+def probability(text: str) -> float:
+    """A number in (0, 1] (top-p, fractions)."""
+    value = finite_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value:g} must be in (0, 1]")
+    return value
+
+
+def fraction_of_one(text: str) -> float:
+    """A number in [0, 1] (accuracy thresholds)."""
+    value = finite_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value:g} must be in [0, 1]")
+    return value
+
+
+def positive_int_or_auto(text: str) -> int | str:
+    """``auto`` or an integer >= 1 (``--micro-batch``)."""
+    return "auto" if text == "auto" else positive_int(text)
