@@ -333,27 +333,44 @@ def split_problems(
     return chosen[:limit] if limit is not None else chosen
 
 
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A stage 1 JSON file, or a one-line UsageError naming the file and where it is damaged."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UsageError(
+            f"{path}: line {err.lineno}: not valid JSON ({err.msg}); rerun stage 1 (localize) to rewrite it"
+        ) from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: holds {type(data).__name__}, not a JSON object; rerun stage 1 (localize)")
+    return data
+
+
 def _first(data: Mapping[str, Any], *keys: str) -> Any:
     return next((data[k] for k in keys if data.get(k) is not None), None)
 
 
 def run_problems(run_dir: str | Path, split: str, *, limit: int | None = None) -> list[Problem]:
-    """``split`` problems of a stage 1 run directory, from the task spec, split seed and kept groups it recorded.
+    """``split`` problems of a stage 1 run directory, from the task spec and split seed it recorded.
 
-    Reads ``meta.json`` (``task``/``task_spec``, ``split_seed``/``seed``) and, when present, the groups the
-    accuracy filter kept (``groups`` in ``meta.json`` or ``summary.json``).
+    Reads ``meta.json`` (``task``/``task_spec``, ``split_seed``/``seed``). Training problems are those of the groups
+    the accuracy filter kept (``groups`` in ``meta.json`` or ``summary.json``); validation and test cover every
+    group, as in the paper, which filters only the training split: so the score also measures harm to the
+    templates the base model already solves, and the best step is picked on the whole population.
     """
     run_dir = Path(run_dir)
-    meta = json.loads((run_dir / "meta.json").read_text())
+    meta = _read_json_object(run_dir / "meta.json")
     summary_file = run_dir / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    summary = _read_json_object(summary_file) if summary_file.exists() else {}
     task = _first(meta, "task", "task_spec")
     if task is None:
-        raise ValueError(f"{run_dir / 'meta.json'} records no task spec; pass --task")
+        raise UsageError(f"{run_dir / 'meta.json'}: records no task spec; pass --task")
     seed = int(_first(meta, "split_seed", "seed") or 0)
-    groups = _first(meta, "groups", "kept_groups") or _first(summary, "groups", "kept_groups")
-    if isinstance(groups, Mapping):
-        groups = list(groups)
+    groups = None
+    if split == "train":  # an empty list of kept groups is a filter too (nothing to train on), not its absence
+        groups = next((d[k] for d in (meta, summary) for k in ("groups", "kept_groups") if d.get(k) is not None), None)
+        if isinstance(groups, Mapping):
+            groups = list(groups)
     task_limit = (meta.get("config") or {}).get("limit")
     return split_problems(task, split, seed=seed, groups=groups, limit=limit, task_limit=task_limit)
 

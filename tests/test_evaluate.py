@@ -189,3 +189,27 @@ def test_half_precision_bases_evaluate_with_fp32_deltas(dtype):
     result = evaluate_model(half, tokenizer, problems, retention_tasks=(), max_new_tokens=4, batch_size=2)
     assert 0.0 <= result["test"]["macro"] <= 1.0 and result["test"]["n"] == 4
     assert 0.0 < result["general"]["kl"] < 0.1
+
+
+def test_training_covers_the_kept_templates_while_validation_and_test_cover_every_template(tmp_path):
+    from peft_cca.evaluate import stage_problems
+
+    task = f"template:{ROOT / 'tests' / 'fixtures' / 'templates_sample.json'}?size=10&seed=3"
+    run = tmp_path / "localize"
+    run.mkdir()
+    meta = {"task": task, "seed": 1, "split_seed": 1, "groups": ["template/beads"], "config": {"limit": None}}
+    (run / "meta.json").write_text(json.dumps(meta))
+    groups = {split: {p.group_id for p in stage_problems(run, split)} for split in ("train", "validation", "test")}
+    every = {"template/beads", "template/shelves"}
+    assert groups == {"train": {"template/beads"}, "validation": every, "test": every}
+    assert [len(stage_problems(run, split)) for split in ("train", "validation", "test")] == [5, 2, 8]
+    (run / "meta.json").write_text(json.dumps({**meta, "groups": []}))  # nothing under the threshold: no training
+    assert stage_problems(run, "train") == [] and len(stage_problems(run, "test")) == 8
+
+
+def test_a_damaged_meta_json_is_one_line_naming_the_file_and_line(tmp_path):
+    from peft_cca.evaluate import stage_problems
+
+    (tmp_path / "meta.json").write_text('{"task": "rg:chain_sum",\n"seed": }')
+    with pytest.raises(UsageError, match=r"meta\.json: line 2: not valid JSON"):
+        stage_problems(tmp_path, "test")
