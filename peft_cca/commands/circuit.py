@@ -22,6 +22,13 @@ def _lambdas(text: str) -> list[float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from peft_cca.commands.options import (
+        non_negative_float,
+        non_negative_int,
+        positive_float,
+        positive_int,
+        probability,
+    )
     from peft_cca.runtime import add_runtime_arguments
 
     parser.description = (
@@ -52,18 +59,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="paper: h -> (1+m)h, m starts at 0; authors: h -> 2mh, m starts at 1 (0.5 = identity). "
         "Selected means m > 0.5 in both (default: %(default)s)",
     )
-    parser.add_argument("--epochs", type=int, default=50, help="training epochs (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=8, help="records per step (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate (default: %(default)s)")
+    parser.add_argument("--epochs", type=positive_int, default=50, help="training epochs (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="records per step (default: %(default)s)")
+    parser.add_argument("--lr", type=positive_float, default=5e-3, help="Adam learning rate (default: %(default)s)")
     parser.add_argument(
         "--decay-every",
-        type=int,
+        type=positive_int,
         default=None,
         help="multiply the lr by --decay-gamma every N epochs (default: 5 for GSM-Symbolic tasks, the authors' "
         "StepLR; else a constant lr)",
     )
     parser.add_argument(
-        "--decay-gamma", type=float, help="step decay factor (default: 0.9 for GSM-Symbolic tasks, else 0.5)"
+        "--decay-gamma", type=probability, help="step decay factor (default: 0.9 for GSM-Symbolic tasks, else 0.5)"
     )
     parser.add_argument(
         "--lr-schedule",
@@ -82,12 +89,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--early-stop",
-        type=float,
+        type=non_negative_float,
         default=0.2,
         help="stop when the selected set is unchanged for this fraction of an epoch's batches; "
         "0 disables (default: %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the batch order (default: %(default)s)")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the batch order (default: %(default)s)"
+    )
     parser.add_argument(
         "--path",
         choices=("fast", "full"),
@@ -97,14 +106,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--cache-budget-mb",
-        type=float,
+        type=positive_float,
         default=None,
         help="device memory for the prefix cache of the fast path (shared prefixes stored once; each layer on "
         "its own device) (default: half the device's free memory)",
     )
     parser.add_argument(
         "--host-budget-mb",
-        type=float,
+        type=positive_float,
         default=None,
         help="host memory for the prefix cache past the device budget, on GPU models (default: half the RAM)",
     )
@@ -117,14 +126,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=positive_int,
         default=5,
         help="save the mask and optimizer every N epochs (default: %(default)s)",
     )
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     parser.add_argument(
         "--max-fraction",
-        type=float,
+        type=probability,
         help="component budget of a lambda sweep, e.g. 0.02: only circuits with at most this fraction of the "
         "components compete (the paper's circuits are under 2%%)",
     )

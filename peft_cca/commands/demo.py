@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from peft_cca.commands.options import non_negative_float, non_negative_int, positive_float, positive_int, probability
 from peft_cca.demo import PRESETS, SKIPPABLE, DemoSettings, run_demo
 from peft_cca.runtime import add_runtime_arguments, runtime_argv
 from peft_cca.tasks import DEFAULT_RETENTION_TASKS, DEFAULT_TASK
@@ -13,8 +16,16 @@ from peft_cca.tasks.protocol import PAPER
 HELP = "every stage end to end on the offline model, with a comparison table"
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(","))
+def _comma_list(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
+    """An argparse type for a comma list whose every item passes ``kind`` (a type of commands/options.py)."""
+
+    def parse(text: str) -> tuple[Any, ...]:
+        items = [v.strip() for v in text.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma list such as 1e-3,1e-2 (an item is empty)")
+        return tuple(kind(v) for v in items)
+
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,22 +83,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_runtime_arguments(parser, training=True)
     group = parser.add_argument_group("counts (override the preset)")
-    group.add_argument("--problems", type=int, help="problems drawn from the task")
-    group.add_argument("--n-samples", type=int, help="sampled counterfactual traces per problem")
-    group.add_argument("--max-new-tokens", type=int, help="generation budget per trace of stage 1")
-    group.add_argument("--eval-max-new-tokens", type=int, help="generation budget of evaluation and validation")
-    group.add_argument("--lambdas", type=_floats, help="DCM sparsity weights, comma-separated")
-    group.add_argument("--max-fraction", type=float, help="component budget of the lambda sweep, e.g. 0.02")
-    group.add_argument("--dcm-epochs", type=int, help="DCM epochs")
-    group.add_argument("--dcm-lr", type=float, help="DCM Adam learning rate")
-    group.add_argument("--lrs", type=_floats, help="CCA learning rates, comma-separated")
-    group.add_argument("--steps", type=int, help="CCA full-batch steps")
-    group.add_argument("--seeds", type=lambda s: tuple(int(v) for v in s.split(",")), help="CCA seeds, e.g. 0,1,2")
-    group.add_argument("--val-limit", type=int, help="validation problems used to pick the best step")
-    group.add_argument("--test-limit", type=int, help="test problems evaluated")
-    group.add_argument("--retention-size", type=int, help="problems per retention task")
-    group.add_argument("--lora-lrs", type=_floats, help="LoRA learning rates, comma-separated")
-    group.add_argument("--lora-epochs", type=int, help="LoRA epochs over the training problems")
+    group.add_argument("--problems", type=positive_int, help="problems drawn from the task")
+    group.add_argument("--n-samples", type=positive_int, help="sampled counterfactual traces per problem")
+    group.add_argument("--max-new-tokens", type=positive_int, help="generation budget per trace of stage 1")
+    group.add_argument(
+        "--eval-max-new-tokens", type=positive_int, help="generation budget of evaluation and validation"
+    )
+    group.add_argument("--lambdas", type=_comma_list(non_negative_float), help="DCM sparsity weights, comma-separated")
+    group.add_argument("--max-fraction", type=probability, help="component budget of the lambda sweep, e.g. 0.02")
+    group.add_argument("--dcm-epochs", type=positive_int, help="DCM epochs")
+    group.add_argument("--dcm-lr", type=positive_float, help="DCM Adam learning rate")
+    group.add_argument("--lrs", type=_comma_list(positive_float), help="CCA learning rates, comma-separated")
+    group.add_argument("--steps", type=positive_int, help="CCA full-batch steps")
+    group.add_argument("--seeds", type=_comma_list(non_negative_int), help="CCA seeds, e.g. 0,1,2")
+    group.add_argument("--val-limit", type=positive_int, help="validation problems used to pick the best step")
+    group.add_argument("--test-limit", type=positive_int, help="test problems evaluated")
+    group.add_argument("--retention-size", type=positive_int, help="problems per retention task")
+    group.add_argument("--lora-lrs", type=_comma_list(positive_float), help="LoRA learning rates, comma-separated")
+    group.add_argument("--lora-epochs", type=positive_int, help="LoRA epochs over the training problems")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ HELP = "exact match on the target task, retention suite and KL drift"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from peft_cca.commands.options import non_negative_int, positive_float, positive_int
     from peft_cca.defaults import LM_EVAL_TASKS
     from peft_cca.runtime import add_runtime_arguments
     from peft_cca.tasks import DEFAULT_RETENTION_TASKS as RETENTION_TASKS
@@ -22,9 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model name or path (default: the one in meta.json)")
     parser.add_argument("--out", type=Path, help="output JSON (default: <adapter>/../eval.json, <run>/eval-base.json)")
     parser.add_argument("--task", help="task spec (default: the one in meta.json)")
-    parser.add_argument("--split-seed", type=int, default=0, help="split seed with --task")
-    parser.add_argument("--test-limit", type=int, help="use at most this many test problems")
-    parser.add_argument("--val-limit", type=int, help="use at most this many validation problems (0: skip)")
+    parser.add_argument("--split-seed", type=non_negative_int, default=0, help="split seed with --task")
+    parser.add_argument("--test-limit", type=positive_int, help="use at most this many test problems")
+    parser.add_argument(
+        "--val-limit", type=non_negative_int, help="use at most this many validation problems (0: skip)"
+    )
     parser.add_argument("--prompt-style", help="prompt style (default: the one in meta.json, else auto)")
     parser.add_argument(
         "--retention-tasks",
@@ -32,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=list(RETENTION_TASKS),
         help="reasoning-gym tasks of the retention suite (none: skip)",
     )
-    parser.add_argument("--retention-size", type=int, default=50, help="problems per retention task")
+    parser.add_argument("--retention-size", type=positive_int, default=50, help="problems per retention task")
     parser.add_argument("--no-kl", action="store_true", help="skip the KL drift on neutral text")
     parser.add_argument(
         "--lm-eval",
@@ -40,11 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TASK",
         help=f"run lm-eval tasks (needs the hub; no names: {' '.join(LM_EVAL_TASKS)})",
     )
-    parser.add_argument("--lm-eval-limit", type=float, help="lm-eval examples per task")
+    parser.add_argument("--lm-eval-limit", type=positive_float, help="lm-eval examples per task")
     parser.add_argument(
-        "--max-new-tokens", type=int, help="generation budget (default: 1500 for GSM-Symbolic tasks, else 256)"
+        "--max-new-tokens", type=positive_int, help="generation budget (default: 1500 for GSM-Symbolic tasks, else 256)"
     )
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
     add_runtime_arguments(parser)
 
 

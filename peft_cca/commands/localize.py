@@ -10,6 +10,7 @@ HELP = "stage 1: find pivotal tokens and write the Error-Localization dataset"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from peft_cca.commands.options import non_negative_int, positive_float, positive_int, probability
     from peft_cca.models import DEFAULT_MODEL
     from peft_cca.runtime import add_runtime_arguments
     from peft_cca.tasks import DEFAULT_TASK, PROMPT_STYLES
@@ -41,8 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="run folder: records.jsonl, summary.json, meta.json (re-running resumes)",
     )
-    parser.add_argument("--limit", type=int, help="use only the first N problems of the task")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the splits and of the samples (default: 0)")
+    parser.add_argument("--limit", type=positive_int, help="use only the first N problems of the task")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the splits and of the samples (default: 0)"
+    )
     parser.add_argument(
         "--prompt-style",
         choices=PROMPT_STYLES,
@@ -53,12 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-new-tokens",
-        type=int,
+        type=positive_int,
         help="token budget of every trace, prefix included (default: 2500 for GSM-Symbolic tasks, else 96)",
     )
     parser.add_argument(
         "--n-samples",
-        type=int,
+        type=positive_int,
         default=10,
         help="sampled traces per problem when looking for a counterfactual (T=0.8 when greedy is "
         "wrong, 1.2 when right; default: 10)",
@@ -72,45 +75,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-group-accuracy",
-        type=float,
+        type=positive_float,
         default=0.8,
         help="localize only groups whose greedy accuracy is below this (paper: 0.8)",
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="problems per greedy generation batch")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="problems per greedy generation batch")
     parser.add_argument(
         "--branch-batch",
-        type=int,
+        type=positive_int,
         default=4,
         help="fast branching: divergent positions completed together in one batch",
     )
     parser.add_argument(
         "--batch-tokens",
-        type=int,
+        type=positive_int,
         help="cap of padded tokens (rows x (longest prompt + --max-new-tokens)) per generation batch; inputs are "
         "sorted by length and packed under it, at most --batch-size problems each (default: no cap)",
     )
     parser.add_argument(
         "--temperature-when-wrong",
-        type=float,
+        type=positive_float,
         default=0.8,
         help="sampling temperature when the greedy trace is wrong, to find a right one (authors: 0.8)",
     )
     parser.add_argument(
         "--temperature-when-right",
-        type=float,
+        type=positive_float,
         default=1.2,
         help="sampling temperature when the greedy trace is right, to find a wrong one (authors: 1.2)",
     )
     parser.add_argument(
         "--top-k",
-        type=int,
+        type=non_negative_int,
         default=50,
         help="sample among the k most likely tokens; 0 turns it off (default: 50, transformers' default, "
         "which the authors' sampling used)",
     )
     parser.add_argument(
         "--top-p",
-        type=float,
+        type=probability,
         default=1.0,
         help="nucleus sampling mass; 1.0 turns it off (default: 1.0, as the authors sampled)",
     )
