@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from peft_cca.runfolder import atomic_write_json
+
 MODEL = "smollm2-135m-instruct"
 
 
@@ -112,6 +114,7 @@ def main() -> None:
         help="higher than the paper's 5e-3 so that masks cross 0.5 within 5 short epochs",
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the figures here (e.g. benchmarks/results/dcm-cpu.json)")
     parser.add_argument("--worker", choices=("fast", "full"), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -158,12 +161,19 @@ def main() -> None:
                 flush=True,
             )
         fast, full = torch.load(Path(tmp) / "fast.pt"), torch.load(Path(tmp) / "full.pt")
-    agreement = ((fast > 0.5) == (full > 0.5)).float().mean().item()
+    figures = {
+        "dcm_speedup": stats["full"]["seconds"] / stats["fast"]["seconds"],
+        "mask_agreement": ((fast > 0.5) == (full > 0.5)).float().mean().item(),
+        "peak_rss_ratio": stats["fast"]["peak_rss_mb"] / stats["full"]["peak_rss_mb"],
+    }
     print(f"max |mask_fast - mask_full| = {(fast - full).abs().max().item():.2e} over {fast.numel()} components")
     print(
-        f"dcm_speedup={stats['full']['seconds'] / stats['fast']['seconds']:.2f} mask_agreement={agreement:.4f} "
-        f"peak_rss_ratio={stats['fast']['peak_rss_mb'] / stats['full']['peak_rss_mb']:.3f}"
+        f"dcm_speedup={figures['dcm_speedup']:.2f} mask_agreement={figures['mask_agreement']:.4f} "
+        f"peak_rss_ratio={figures['peak_rss_ratio']:.3f}"
     )
+    if args.json:
+        settings = {k: v for k, v in vars(args).items() if k not in ("json", "worker", "result")}
+        atomic_write_json(args.json, {**figures, "paths": stats, "prefix_lengths": lengths, "settings": settings})
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from peft import LoraConfig, get_peft_model
 from peft_cca import CCAConfig, describe
 from peft_cca.model import plan_targets
 from peft_cca.models import load_model
+from peft_cca.runfolder import atomic_write_json
 from peft_cca.trainer import PivotCollator, logit_difference
 
 VARIANTS = ("cca", "dense", "lora")
@@ -127,6 +128,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="micro-batch of prefixes")
     parser.add_argument("--length", type=int, default=128, help="prefix length in tokens")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the figures here (benchmarks/results/memory-cpu.json)")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: one measurement
     args = parser.parse_args()
     if args.variant:
@@ -162,6 +164,10 @@ def main() -> None:
     x = cca["peak_rss_bytes"] / results["dense"]["peak_rss_bytes"]
     y = cca["peak_rss_bytes"] / results["lora"]["peak_rss_bytes"]
     print(f"grad_state_bytes_over_minimum={w:.3f} peak_rss_ratio_vs_dense={x:.3f} peak_rss_ratio_vs_lora={y:.3f}")
+    if args.json:
+        figures = {"grad_state_bytes_over_minimum": w, "peak_rss_ratio_vs_dense": x, "peak_rss_ratio_vs_lora": y}
+        settings = {k: v for k, v in vars(args).items() if k not in ("json", "variant")}
+        atomic_write_json(args.json, {**figures, "variants": results, "settings": settings})
 
 
 if __name__ == "__main__":

@@ -233,6 +233,7 @@ def main() -> None:
     parser.add_argument("--protocol-trace", type=int, default=2000, help="projection: trace tokens")
     parser.add_argument("--branch-completions", type=int, default=5, help="projection: branch completions/problem")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write every figure here (benchmarks/results/scale-cpu.json)")
     parser.add_argument("--shape", help=argparse.SUPPRESS)
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--way", help=argparse.SUPPRESS)
@@ -242,9 +243,12 @@ def main() -> None:
         worker(args)
         return
     forwarded = [
-        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if v is not None and not isinstance(v, list)
+        f"--{k.replace('_', '-')}={v}"
+        for k, v in vars(args).items()
+        if v is not None and not isinstance(v, list) and k != "json"
     ]
     summary = []
+    report: dict[str, dict] = {}
     for shape in args.models:
         layers = args.layers or SHAPES[shape][1]["num_hidden_layers"]
         rates: dict[str, dict] = {}
@@ -270,12 +274,14 @@ def main() -> None:
             memory = max(measured["new"]["work_mb"], 1.0) / max(measured["old"]["work_mb"], 1.0)
             print(f"  {stage:8} speedup {speed:.2f}x, work memory new/old {memory:.2f}", flush=True)
             rates[f"{stage}_ratios"] = {"speedup": speed, "memory": memory}
+            report.setdefault(shape, {"layers": layers})[stage] = {**measured, "speedup": speed, "memory_ratio": memory}
         if all(stage in rates for stage in ("decode", "dcm", "amplify")):
             hours = project(shape, layers, rates, args)
             print(
                 f"  projected {rates['decode']['device']}-hours (paper protocol, new way, full depth): "
                 + ", ".join(f"{k} {v:.1f}" for k, v in hours.items())
             )
+            report[shape]["projected_hours"] = hours
             summary.append(
                 f"{shape} decode_speedup={rates['decode_ratios']['speedup']:.2f} "
                 f"dcm_speedup={rates['dcm_ratios']['speedup']:.2f} "
@@ -283,6 +289,11 @@ def main() -> None:
                 f"projected_hours={sum(hours.values()):.1f}"
             )
     print(" | ".join(summary))
+    if args.json:
+        from peft_cca.runfolder import atomic_write_json
+
+        settings = {k: v for k, v in vars(args).items() if k not in ("json", "shape", "stage", "way", "result")}
+        atomic_write_json(args.json, {"summary": summary, "models": report, "settings": settings})
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@ import torch
 from test_dcm_paths import _loss_and_grad
 from tiny_models import ARCHITECTURES, VOCAB, tiny_model
 
-from peft_cca.dcm.cache import compute_prefix_kv, free_bytes, group_by_shared_prefix
+from peft_cca.arch import describe
+from peft_cca.dcm import cache as cache_module
+from peft_cca.dcm.cache import PrefixCache, auto_device_budget, compute_prefix_kv, free_bytes, group_by_shared_prefix
 from peft_cca.dcm.data import Record
+from peft_cca.dcm.interventions import ComponentMask, MaskIntervention
 from peft_cca.dcm.paths import FullSequencePath, OneTokenPath
 from peft_cca.dcm.train import DCMConfig, train_mask
 
@@ -105,3 +108,72 @@ def test_budget_defaults_to_the_free_memory():
     model = tiny_model("llama")
     path = OneTokenPath(model, shared_prompt_records(), progress=False)
     assert path.cache.summary()["device_mb"] > 0 and path.cache.layer_devices == [torch.device("cpu")] * 2
+
+
+GIB = 2**30
+CUDA0, CUDA1 = torch.device("cuda", 0), torch.device("cuda", 1)
+
+
+def _fake_free(free: dict[torch.device, int]):
+    return lambda device: free[device]
+
+
+def test_auto_device_budget_is_bound_by_the_device_with_the_least_room_per_layer(monkeypatch):
+    # cuda:0 holds 1 of 4 layers with 10 GiB free, cuda:1 holds 3 with 12 GiB: each block puts 3/4 of its
+    # bytes on cuda:1, so half of its 12 GiB bounds the total at 8 GiB (not min(free) x half x 2 devices = 10)
+    monkeypatch.setattr(cache_module, "free_bytes", _fake_free({CUDA0: 10 * GIB, CUDA1: 12 * GIB}))
+    assert auto_device_budget([CUDA0, CUDA1, CUDA1, CUDA1]) == pytest.approx(8 * GIB)
+    assert auto_device_budget([CUDA0, CUDA0, CUDA1, CUDA1]) == pytest.approx(10 * GIB)
+
+
+def _as_if_on(monkeypatch, devices: list[torch.device], free: dict[torch.device, int]) -> None:
+    """Make the cache see its layers on ``devices`` (no tensor is moved there: every block fits elsewhere or
+    the budget is set) with ``free`` bytes on each."""
+    monkeypatch.setattr(cache_module, "layer_devices", lambda model: devices)
+    monkeypatch.setattr(cache_module, "free_bytes", _fake_free(free))
+
+
+def test_budgets_come_from_the_free_memory_of_the_layers_devices_and_the_host(monkeypatch):
+    model = tiny_model("llama")
+    cpu = torch.device("cpu")
+    _as_if_on(monkeypatch, [CUDA0, CUDA1], {CUDA0: 64 * GIB, CUDA1: 64 * GIB, cpu: 100 * GIB})
+    monkeypatch.setattr(PrefixCache, "_place", lambda self, kv, name: cache_module._Slot("device", kv=kv))
+    cache = PrefixCache(model, [list(r.prefix_ids) for r in shared_prompt_records()], progress=False)
+    assert cache._budget == {"device": int(64 * GIB), "host": int(50 * GIB)}
+
+
+def test_what_exceeds_the_device_budget_stays_in_host_memory_and_never_on_disk(monkeypatch, tmp_path):
+    model = tiny_model("llama")
+    records = shared_prompt_records()
+    whole = [compute_prefix_kv(model, [list(r.prefix_ids[:-1])])[0] for r in records[:-2]]
+    _as_if_on(monkeypatch, [CUDA0, CUDA0], {})
+    prefixes = [list(r.prefix_ids) for r in records]
+    cache = PrefixCache(model, prefixes, budget_mb=0.002, host_budget_mb=100, spill_dir=tmp_path, progress=False)
+    summary = cache.summary()
+    assert 0 < summary["device_mb"] <= 0.002 and summary["host_mb"] > 0
+    assert summary["spilled_blocks"] == summary["recomputed_blocks"] == 0 and not list(tmp_path.iterdir())
+    assert {slot.tier for slot in [*cache.shared, *cache.suffix.values()]} == {"device", "host"}
+    for index, kv in enumerate(whole):
+        for layer, (k, _) in enumerate(kv):
+            torch.testing.assert_close(torch.cat([p[layer][0] for p in cache.parts(index)], dim=-2), k)
+    # past both budgets: recomputed when needed by default, written to disk only when asked
+    full = PrefixCache(model, prefixes, budget_mb=0.002, host_budget_mb=0.002, spill_dir=tmp_path, progress=False)
+    assert full.summary()["recomputed_blocks"] > 0 and full.summary()["spilled_blocks"] == 0
+    assert not list(tmp_path.iterdir())
+    spill = PrefixCache(model, prefixes, 0.002, "spill", tmp_path, progress=False, host_budget_mb=0.002)
+    assert spill.summary()["spilled_blocks"] > 0 and list(tmp_path.iterdir())
+
+
+def test_index_tensors_are_moved_once_per_run_not_every_forward():
+    model = tiny_model("llama")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    records = shared_prompt_records()
+    path = OneTokenPath(model, records, progress=False)
+    spec = describe(model)
+    with MaskIntervention(model, spec, ComponentMask(spec.shape)) as intervention:
+        path.logit_diff([0, 1, 2], intervention)
+        first = dict(intervention._index)
+        path.logit_diff([3, 4, 5], intervention)
+        assert first and all(intervention._index[key] is tensor for key, tensor in first.items())
+        assert len(intervention._index) == len(first)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,19 @@ def free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     return psutil.virtual_memory().available
+
+
+def layer_devices(model: nn.Module) -> list[torch.device]:
+    """Where each decoder layer runs (``device_map="auto"`` spreads them): its keys and values are kept there."""
+    return [next(block.parameters()).device for block in describe(model).layers(model)]
+
+
+def auto_device_budget(layer_devices: Sequence[torch.device]) -> float:
+    """Bytes of cache the layers' devices can hold together: each block puts ``1/len(layer_devices)`` of its
+    bytes on each layer's device (every layer caches the same tokens), so a device holding ``n`` of the layers
+    bounds the total at ``AUTO_FRACTION * free / (n / layers)``; the tightest device decides."""
+    counts = Counter(layer_devices)
+    return min(AUTO_FRACTION * free_bytes(d) * len(layer_devices) / n for d, n in counts.items())
 
 
 def _nbytes(kv: KV) -> int:
@@ -174,8 +188,7 @@ class PrefixCache:
         self.overflow = overflow
         self._spill_dir = Path(spill_dir) if spill_dir is not None else None
         self._tmp: tempfile.TemporaryDirectory | None = None
-        # each layer's keys and values stay where that layer runs
-        self.layer_devices = [next(block.parameters()).device for block in describe(model).layers(model)]
+        self.layer_devices = layer_devices(model)
         self.groups = group_by_shared_prefix(self.prefixes)
         self.group_of: dict[int, int] = {i: g for g, (members, _) in enumerate(self.groups) for i in members}
         self.shared: list[_Slot] = []
@@ -186,14 +199,12 @@ class PrefixCache:
 
     # -- placement -------------------------------------------------------------------------------
     def _budgets(self, device_mb: float | None, host_mb: float | None) -> dict[str, int]:
-        devices = set(self.layer_devices)
-        on_host = all(d.type == "cpu" for d in devices)
+        on_host = all(d.type == "cpu" for d in self.layer_devices)
         host = host_mb * 2**20 if host_mb is not None else AUTO_FRACTION * free_bytes(torch.device("cpu"))
         if on_host:  # the device is the host: one budget, the device's when given
             return {"device": int(device_mb * 2**20 if device_mb is not None else host), "host": 0}
-        # the block is spread over the layers' devices: the tightest device bounds the whole
-        device = min(free_bytes(d) for d in devices) * AUTO_FRACTION * len(devices)
-        return {"device": int(device_mb * 2**20 if device_mb is not None else device), "host": int(host)}
+        device = device_mb * 2**20 if device_mb is not None else auto_device_budget(self.layer_devices)
+        return {"device": int(device), "host": int(host)}
 
     def _place(self, kv: KV, name: str) -> _Slot:
         size, tokens = _nbytes(kv), kv[0][0].shape[-2]
