@@ -2,15 +2,19 @@
 
 Prompt tokens are masked out of the loss: the dataset is in TRL's prompt/completion form, for which
 SFTTrainer sets ``completion_only_loss``. The prompt is stage 1's prompt text (chat template or few-shot),
-so LoRA learns to answer exactly the prompts it is evaluated on. LoRA r=16, alpha=32, dropout 0.1 on the
-attention and MLP projections, AdamW, cosine schedule warming up over the first 10% of steps, weight decay
-0.01, max grad norm 1.0, 2 epochs, effective batch 32; validation exact match every N steps picks the best
-checkpoint, as for CCA.
+so LoRA learns to answer exactly the prompts it is evaluated on. The target is the problem's worked solution
+(GSM-Symbolic's reasoning, as the authors train it) closed by the prompt style's answer sentence; a generated
+task without a solution gets the answer sentence alone, and the summary says which. Nothing is truncated
+unless ``max_length`` asks for it (then with a warning). LoRA r=16, alpha=32, dropout 0.1 on the attention and
+MLP projections, AdamW, cosine schedule warming up over the first 10% of steps, weight decay 0.01, max grad
+norm 1.0, 2 epochs, effective batch 32; validation exact match every N steps picks the best checkpoint, as for
+CCA.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,15 +27,19 @@ from transformers import PrinterCallback
 
 from peft_cca.arch import describe
 from peft_cca.defaults import DEFAULT_LORA_LRS, LoraSettings
+from peft_cca.errors import UsageError
 from peft_cca.runtime import trainer_use_cpu
 from peft_cca.tasks.problem import Problem
-from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt
+from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, resolve_prompt_style
 from peft_cca.trainer import (
     AmplifyResult,
     BestStepCallback,
     EvaluateFn,
     RunResult,
     add_run,
+    auto_micro_batch,
+    best_run,
+    check_schedule,
     load_trainable_state,
     save_result,
 )
@@ -39,18 +47,86 @@ from peft_cca.trainer import (
 logger = logging.getLogger(__name__)
 
 
-def gold_completion(problem: Problem) -> str:
-    """The target text: the gold solution when the source has one, closed by the sentence the scorer reads."""
-    solution = str(problem.metadata.get("solution", "")).strip()
-    closing = f"The answer is {problem.answer}."
-    return f"{solution}\n{closing}" if solution else closing
+# GSM8K-style calculator annotations ("<<48/2=24>>"): no exemplar of any prompt style has them, so a target
+# with them would teach a format the prompts never show
+_CALCULATOR = re.compile(r"<<[^<>]*>>")
+
+
+def gold_completion(problem: Problem, style: str = "fewshot") -> str:
+    """The target text: the worked solution when the source has one, closed by the answer sentence of the
+    resolved prompt ``style`` ("The final answer is N." for the authors' prompt, else "The answer is N.")."""
+    solution = _CALCULATOR.sub("", problem.solution or "").strip()
+    closing = f"The {'final ' if style == 'authors' else ''}answer is {problem.answer}."
+    if not solution:
+        return closing
+    # single spaces within the solution: the authors' exemplars are one line each, and so are lm-eval's
+    return f"{' '.join(solution.split())} {closing}"
 
 
 def sft_dataset(problems: Sequence[Problem], tokenizer, prompt_style: str = DEFAULT_PROMPT_STYLE) -> Dataset:
     """Prompt/completion rows: TRL masks the prompt out of the loss for this form."""
+    style = resolve_prompt_style(tokenizer, prompt_style)
     return Dataset.from_list(
-        [{"prompt": build_prompt(tokenizer, p, prompt_style), "completion": gold_completion(p)} for p in problems]
+        [{"prompt": build_prompt(tokenizer, p, style), "completion": gold_completion(p, style)} for p in problems]
     )
+
+
+def target_kind(problems: Sequence[Problem]) -> str:
+    """Which SFT target the run used, for its summary: worked solutions, answer sentences, or a mix."""
+    with_solution = sum(1 for p in problems if (p.solution or "").strip())
+    if with_solution == len(problems):
+        return "worked solution + answer sentence"
+    if with_solution == 0:
+        return "answer sentence only (the task has no worked solutions)"
+    return f"worked solution + answer sentence for {with_solution} of {len(problems)}; answer sentence for the rest"
+
+
+def example_lengths(dataset: Dataset, tokenizer) -> list[int]:
+    """Tokens of each prompt + completion + EOS, counted as TRL tokenises them (prompt and completion apart)."""
+    prompts = tokenizer(list(dataset["prompt"]))["input_ids"]
+    completions = tokenizer(list(dataset["completion"]), add_special_tokens=False)["input_ids"]
+    return [len(p) + len(c) + 1 for p, c in zip(prompts, completions, strict=True)]
+
+
+def sequence_limit(lengths: Sequence[int], max_length: int | None) -> int | None:
+    """TRL's ``max_length``: None (no cut) unless asked; a cut is announced with how many examples it shortens."""
+    if max_length is None:
+        return None
+    cut = sum(1 for n in lengths if n > max_length)
+    if cut:
+        logger.warning(
+            "LoRA: max_length %d cuts %d of %d training examples (the longest has %d tokens); raise --max-length "
+            "or leave it unset to train on whole solutions",
+            max_length,
+            cut,
+            len(lengths),
+            max(lengths),
+        )
+    return max_length
+
+
+def lora_micro_batch(
+    model: nn.Module, tokenizer, dataset: Dataset, lengths: Sequence[int], settings: LoraSettings
+) -> int:
+    """The micro-batch: ``settings.per_device_batch``, or for "auto" the largest that fits and divides a process's
+    share of the effective batch, so that the effective batch (and so the gradient) is the one asked for."""
+    if settings.per_device_batch != "auto":
+        return int(settings.per_device_batch)
+    from peft_cca.runtime import process_state
+
+    share = max(1, settings.effective_batch // process_state().num_processes)
+    longest = dataset[max(range(len(lengths)), key=lengths.__getitem__)]
+    ids = tokenizer(longest["prompt"] + longest["completion"])["input_ids"]
+
+    def probe(size: int) -> None:
+        batch = torch.tensor([ids] * size, device=next(model.parameters()).device)
+        try:
+            model(input_ids=batch, labels=batch).loss.backward()
+        finally:
+            model.zero_grad(set_to_none=True)
+
+    fits = auto_micro_batch(model, lengths, probe, cap=share)
+    return max(d for d in range(1, fits + 1) if share % d == 0)
 
 
 def lora_target_modules(model: nn.Module) -> list[str]:
@@ -70,8 +146,19 @@ def lora_config(model: nn.Module, settings: LoraSettings) -> LoraConfig:
     )
 
 
-def _sft_config(output_dir: str, lr: float, settings: LoraSettings, seed: int, use_cpu: bool | None = None):
+def _sft_config(
+    output_dir: str,
+    lr: float,
+    settings: LoraSettings,
+    seed: int,
+    use_cpu: bool | None = None,
+    micro_batch: int | None = None,
+    max_length: int | None = None,
+):
+    """TRL's config for one run; ``micro_batch`` replaces an "auto" ``settings.per_device_batch``."""
     from trl import SFTConfig
+
+    micro_batch = micro_batch or int(settings.per_device_batch)
 
     use_cpu = not torch.cuda.is_available() if use_cpu is None else use_cpu
 
@@ -80,13 +167,13 @@ def _sft_config(output_dir: str, lr: float, settings: LoraSettings, seed: int, u
         learning_rate=lr,
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.per_device_batch,
+        per_device_train_batch_size=micro_batch,
         optim="adamw_torch",
         lr_scheduler_type="cosine",
         warmup_steps=settings.warmup_fraction,  # transformers reads a value < 1 as a fraction
         weight_decay=settings.weight_decay,
         max_grad_norm=settings.max_grad_norm,
-        max_length=settings.max_length,
+        max_length=max_length,
         completion_only_loss=True,
         gradient_checkpointing=False,
         bf16=not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
@@ -99,7 +186,7 @@ def _sft_config(output_dir: str, lr: float, settings: LoraSettings, seed: int, u
         use_cpu=use_cpu,  # where the runtime placed the model: MPS stays on MPS
     )
     # world_size is known once the config has set up the (CPU or GPU) process group
-    per_round = settings.per_device_batch * config.world_size
+    per_round = micro_batch * config.world_size
     config.gradient_accumulation_steps = max(1, settings.effective_batch // per_round)
     return config
 
@@ -113,22 +200,27 @@ def train_lora_once(
     settings: LoraSettings,
     seed: int = 0,
     evaluate_at_start: bool = True,
+    micro_batch: int | None = None,
+    max_length: int | None = None,
 ) -> RunResult:
     """One SFT run at ``lr``; the best validation step's LoRA weights are left loaded."""
     from trl import SFTTrainer
 
     callback = BestStepCallback(evaluate_fn, (), evaluate_at_start=evaluate_at_start, every=settings.eval_every)
     with tempfile.TemporaryDirectory() as scratch:
+        args = _sft_config(scratch, lr, settings, seed, trainer_use_cpu(peft_model), micro_batch, max_length)
         trainer = SFTTrainer(
             model=peft_model,
-            args=_sft_config(scratch, lr, settings, seed, trainer_use_cpu(peft_model)),
+            args=args,
             train_dataset=dataset,
             processing_class=tokenizer,
             callbacks=[callback],
         )
         trainer.remove_callback(PrinterCallback)
         trainer.train()
-    return RunResult.from_training(lr, trainer, callback, evaluate_at_start)
+    run = RunResult.from_training(lr, trainer, callback, evaluate_at_start)
+    run.micro_batch = args.per_device_train_batch_size
+    return run
 
 
 def lora_sft(
@@ -151,6 +243,11 @@ def lora_sft(
     ``model`` is a bare transformers model; it is wrapped per run and unwrapped between runs.
     """
     settings = settings or LoraSettings()
+    if settings.max_steps == 0 or settings.epochs <= 0:
+        raise UsageError("LoRA: nothing to train: give --epochs > 0 and --max-steps > 0 (or -1 for the epochs)")
+    check_schedule(lrs, 1, what="lora")
+    if not train_problems:
+        raise UsageError("LoRA: no training problems: check the run's task and split (or --train-limit)")
     if evaluate_fn is None:
         from peft_cca.evaluate import validation_scorer
 
@@ -164,23 +261,44 @@ def lora_sft(
         )
 
     dataset = sft_dataset(train_problems, tokenizer, prompt_style)
+    lengths = example_lengths(dataset, tokenizer)
+    max_length = sequence_limit(lengths, settings.max_length)
+    micro_batch = lora_micro_batch(model, tokenizer, dataset, lengths, settings)
     runs: list[RunResult] = []
     base_score: float | None = None
     for lr in lrs:
         torch.manual_seed(seed)  # the same LoRA initialisation for every lr
         peft_model = get_peft_model(model, lora_config(model, settings))
         run = train_lora_once(
-            peft_model, tokenizer, dataset, evaluate_fn, lr, settings, seed, evaluate_at_start=base_score is None
+            peft_model,
+            tokenizer,
+            dataset,
+            evaluate_fn,
+            lr,
+            settings,
+            seed,
+            evaluate_at_start=base_score is None,
+            micro_batch=micro_batch,
+            max_length=max_length,
         )
         base_score = add_run(runs, run, base_score)
         logger.info("LoRA lr %g: best validation %.4f at step %d", lr, run.best_score, run.best_step)
         model = peft_model.unload()  # the base model without LoRA layers, weights untouched
-    best = max(runs, key=lambda r: r.best_score)
+    best = best_run(runs)
     peft_model = get_peft_model(model, lora_config(model, settings))
     load_trainable_state(peft_model, best.state)
     result = AmplifyResult(model=peft_model, best=best, runs=runs)
     # train_problems: what LoRA trained on, for Table 1 (CCA trains on pivots, LoRA on problems)
     save_result(
-        result, output_dir, "lora.json", method="lora", settings=settings.__dict__, train_problems=len(train_problems)
+        result,
+        output_dir,
+        "lora.json",
+        method="lora",
+        settings=settings.__dict__,
+        train_problems=len(train_problems),
+        target=target_kind(train_problems),
+        micro_batch=micro_batch,
+        longest_example_tokens=max(lengths),
+        max_length=max_length,
     )
     return result

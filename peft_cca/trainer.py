@@ -3,8 +3,13 @@
 The loss is the paper's: ``-(logit[desired] - logit[undesired])`` at the last position of each
 Error-Localization prefix, averaged over the whole dataset. Each optimizer step sees the whole dataset
 (full-batch, as the authors do) through gradient accumulation, so the batch size only trades memory for
-nothing else. Validation exact match runs at steps 2, 4, 6, 8, 10 and every 10 after; the best step's
-weights are restored at the end and become the adapter.
+nothing else (``--micro-batch auto`` picks the largest that fits). Validation exact match runs at steps 2, 4,
+6, 8, 10 and every 10 after; the best step's weights (kept on the CPU) are restored at the end and become the
+adapter. Of a learning-rate sweep only the best run's state is kept as the sweep goes.
+
+The "w/o mask" ablations: ``sites`` trains every circuit site (every q/k/v head row and MLP neuron,
+``Circuit.full``) through the CCA adapter; ``all`` (the authors') trains every parameter of the base model
+directly, embeddings, norms, o/gate/down and lm_head included, and is saved as a full model.
 
 Trainer pieces replaced here and why:
 - the sampler is sequential and the dataset is padded with zero-weight copies to a multiple of
@@ -16,7 +21,6 @@ Trainer pieces replaced here and why:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import tempfile
@@ -33,8 +37,10 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from peft_cca.circuit import Circuit
 from peft_cca.config import CCAConfig
-from peft_cca.defaults import DEFAULT_LRS, DEFAULT_STEPS, OPTIMIZERS
+from peft_cca.defaults import CPU_TOKEN_BUDGET, DEFAULT_LRS, DEFAULT_STEPS, NO_MASK_LABELS, OPTIMIZERS
+from peft_cca.errors import UsageError
 from peft_cca.generation import left_pad
+from peft_cca.runfolder import atomic_write_json
 from peft_cca.runtime import process_state, trainer_use_cpu
 from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE
 
@@ -103,6 +109,18 @@ class PivotCollator:
         }
 
 
+def check_schedule(lrs: Sequence[float], steps: int, what: str = "amplify") -> None:
+    """Refuse a sweep that would train nothing or diverge at once: transformers reads ``max_steps <= 0`` as
+    "use epochs" (1 or 3 steps), and a NaN lr gives NaN weights."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise UsageError(f"{what}: steps is {steps!r}; give a whole number of optimizer steps >= 1 (--steps)")
+    if not lrs:
+        raise UsageError(f"{what}: no learning rate to sweep; give at least one (--lr)")
+    for lr in lrs:
+        if not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
+            raise UsageError(f"{what}: learning rate {lr!r} must be a finite number > 0 (--lr)")
+
+
 def logit_difference(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Per-row ``logit[desired] - logit[undesired]`` at the last position."""
     outputs = model(
@@ -114,6 +132,84 @@ def logit_difference(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tor
     )
     last = outputs.logits[:, -1, :].float()
     return (last.gather(-1, batch["desired"][:, None]) - last.gather(-1, batch["undesired"][:, None])).squeeze(-1)
+
+
+def fit_micro_batch(start: int, probe: Callable[[int], None]) -> int:
+    """The largest size from ``start`` down, halving, at which ``probe(size)`` runs without running out of memory."""
+    size = max(1, start)
+    while True:
+        try:
+            probe(size)
+            return size
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            torch.cuda.empty_cache()
+            size //= 2
+
+
+def _probe_records(model: nn.Module, longest: Mapping[str, Any], pad_token_id: int) -> Callable[[int], None]:
+    """A forward and backward pass of ``size`` copies of the longest record; gradients are dropped after."""
+
+    def probe(size: int) -> None:
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in PivotCollator(pad_token_id)([longest] * size).items()}
+        try:
+            logit_difference(model, batch).sum().backward()
+        finally:
+            model.zero_grad(set_to_none=True)
+
+    return probe
+
+
+def auto_micro_batch(
+    model: nn.Module,
+    lengths: Sequence[int],
+    probe: Callable[[int], None],
+    cap: int | None = None,
+) -> int:
+    """The micro-batch ``--micro-batch auto`` trains with: never more than ``cap`` (default: every row).
+
+    On CUDA, one row's memory is measured with a probe at the longest row, the size that should fit in 90% of
+    ``torch.cuda.mem_get_info``'s free memory is tried, halving on out-of-memory. Elsewhere a token budget
+    (``CPU_TOKEN_BUDGET`` tokens of the longest row) bounds it: host memory is large and CPU kernels gain little
+    from bigger batches. Under several processes the smallest choice wins, so every process accumulates alike.
+    The choice changes memory and speed only: the full-batch gradient is the same for every size.
+    """
+    cap = max(1, cap or len(lengths))
+    longest = max(lengths)
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        probe(1)
+        per_row = max(1, torch.cuda.max_memory_allocated(device) - before)
+        free, _ = torch.cuda.mem_get_info(device)
+        size = fit_micro_batch(min(cap, max(1, int(0.9 * free / per_row))), probe)
+    else:
+        size = min(cap, max(1, CPU_TOKEN_BUDGET // max(1, longest)))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        chosen = torch.tensor([size], device=device if device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(chosen, op=torch.distributed.ReduceOp.MIN)
+        size = int(chosen.item())
+    return size
+
+
+def resolve_micro_batch(
+    micro_batch: int | str, model: nn.Module, records: Sequence[Mapping[str, Any]], pad_token_id: int
+) -> int:
+    """``micro_batch`` as a number: ``"auto"`` measured on ``model`` at the longest record."""
+    if micro_batch != "auto":
+        if not isinstance(micro_batch, int) or isinstance(micro_batch, bool) or micro_batch < 1:
+            raise UsageError(f"micro-batch {micro_batch!r} must be 'auto' or an integer >= 1 (--micro-batch)")
+        return micro_batch
+    rows = [as_row(r) for r in records]
+    longest = max(rows, key=lambda r: len(r["prefix_ids"]))
+    world = process_state().num_processes
+    cap = math.ceil(len(rows) / world)  # a process never sees more rows than its share
+    return auto_micro_batch(
+        model, [len(r["prefix_ids"]) for r in rows], _probe_records(model, longest, pad_token_id), cap
+    )
 
 
 class CCATrainer(Trainer):
@@ -199,8 +295,9 @@ def cca_training_arguments(
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Copies of the trainable parameters (the CCA deltas): tiny, so the best step is kept in memory."""
-    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    """CPU copies of the trainable parameters (the CCA deltas, or every weight for ``--no-mask all``): the
+    accelerator's memory stays for training."""
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
 
 
 @torch.no_grad()
@@ -294,6 +391,7 @@ class RunResult:
     history: list[dict[str, float]]
     losses: list[dict[str, float]]
     base_score: float | None = None
+    micro_batch: int | None = None
     state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     @classmethod
@@ -343,14 +441,19 @@ def train_one(
     pad_token_id: int,
     *,
     steps: int = DEFAULT_STEPS,
-    batch_size: int = 8,
+    batch_size: int | str = 8,
     optimizer: str = "sgd",
     seed: int = 0,
     output_dir: str | Path | None = None,
     schedule: Iterable[int] | None = None,
     evaluate_at_start: bool = True,
 ) -> RunResult:
-    """Train ``model``'s trainable weights from their current values at one ``lr``; leaves the best step loaded."""
+    """Train ``model``'s trainable weights from their current values at one ``lr``; leaves the best step loaded.
+
+    ``batch_size`` is the micro-batch: a number or ``"auto"`` (:func:`auto_micro_batch`).
+    """
+    check_schedule([lr], steps)
+    batch_size = resolve_micro_batch(batch_size, model, records, pad_token_id)
     callback = BestStepCallback(
         evaluate_fn, eval_schedule(steps) if schedule is None else schedule, evaluate_at_start=evaluate_at_start
     )
@@ -360,28 +463,55 @@ def train_one(
         args = cca_training_arguments(output_dir or scratch, lr, steps, batch_size, optimizer, seed, use_cpu=use_cpu)
         trainer = CCATrainer(model, args, records, pad_token_id, callbacks=[callback])
         trainer.train()
-    return RunResult.from_training(lr, trainer, callback, evaluate_at_start)
+    run = RunResult.from_training(lr, trainer, callback, evaluate_at_start)
+    run.micro_batch = batch_size
+    return run
 
 
 def add_run(runs: list[RunResult], run: RunResult, base_score: float | None) -> float:
-    """Append one lr's run; the untouched model scores the same for every lr, so it is evaluated once."""
+    """Append one lr's run; the untouched model scores the same for every lr, so it is evaluated once.
+
+    Only the best run so far keeps its state (ties keep the earlier, larger-listed lr): at paper scale, or with
+    ``--no-mask all``, a state per lr would not fit in host memory.
+    """
     base_score = run.base_score if base_score is None else base_score
     run.base_score = base_score
     if run.history and run.history[0]["step"] != 0:
         run.history.insert(0, {"step": 0, "score": base_score})
+    best = best_run(runs) if runs else None
+    if best is not None and run.best_score > best.best_score:
+        best.state = None
+    elif best is not None:
+        run.state = None
     runs.append(run)
     return base_score
 
 
-def save_result(result: AmplifyResult, output_dir: str | Path | None, summary_name: str, **extra: Any) -> None:
-    """``<output_dir>/adapter/`` and the sweep summary, written by the main process only."""
+def best_run(runs: Sequence[RunResult]) -> RunResult:
+    """The run with the best validation score; ``max`` keeps the first of equals, the larger lr listed first."""
+    return max(runs, key=lambda r: r.best_score)
+
+
+def save_result(
+    result: AmplifyResult,
+    output_dir: str | Path | None,
+    summary_name: str,
+    *,
+    folder: str = "adapter",
+    tokenizer=None,
+    **extra: Any,
+) -> None:
+    """``<output_dir>/<folder>/`` (the adapter, or a full model with its tokenizer) and the sweep summary as
+    strict JSON, written by the main process only."""
     if output_dir is None or not process_state().is_main_process:
         return
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result.adapter_dir = out / "adapter"
+    result.adapter_dir = out / folder
     result.model.save_pretrained(result.adapter_dir)
-    (out / summary_name).write_text(json.dumps({**result.to_dict(), **extra}, indent=2) + "\n")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(result.adapter_dir)
+    atomic_write_json(out / summary_name, {**result.to_dict(), **extra})
 
 
 def wrap(model: nn.Module, circuit: Circuit | None, mlp_targets: Sequence[str] = ("up",)) -> PeftModel:
@@ -391,6 +521,15 @@ def wrap(model: nn.Module, circuit: Circuit | None, mlp_targets: Sequence[str] =
     if circuit is None:
         raise ValueError("amplify needs a circuit to wrap a base model (or pass a PeftModel)")
     return get_peft_model(model, CCAConfig(circuit=circuit, mlp_targets=list(mlp_targets)))
+
+
+def train_every_parameter(model: nn.Module) -> nn.Module:
+    """The authors' "w/o mask": every parameter of the base model is trainable (the model is trained in place)."""
+    if isinstance(model, PeftModel):
+        raise ValueError("--no-mask all trains the base model itself: pass the model, not a PeftModel")
+    for param in model.parameters():
+        param.requires_grad_(True)
+    return model
 
 
 def amplify(
@@ -403,7 +542,7 @@ def amplify(
     lrs: Sequence[float] = DEFAULT_LRS,
     steps: int = DEFAULT_STEPS,
     optimizer: str = "sgd",
-    batch_size: int = 8,
+    batch_size: int | str = 8,
     mlp_targets: Sequence[str] = ("up",),
     prompt_style: str = DEFAULT_PROMPT_STYLE,
     max_new_tokens: int = 256,
@@ -411,17 +550,30 @@ def amplify(
     evaluate_fn: EvaluateFn | None = None,
     output_dir: str | Path | None = None,
     seed: int = 0,
+    no_mask: str | None = None,
 ) -> AmplifyResult:
     """Learning-rate sweep of CCA; the best run (by validation macro exact match) is loaded and saved.
 
     ``evaluate_fn(model) -> float`` replaces the validation exact match on ``val_problems`` when given.
-    Writes ``<output_dir>/adapter/`` and ``<output_dir>/amplify.json`` when ``output_dir`` is set.
+    ``no_mask``: None (train ``circuit``), ``"sites"`` (every circuit site) or ``"all"`` (every parameter of
+    the base model, saved as a full model in ``<output_dir>/model``). Writes ``<output_dir>/adapter/`` and
+    ``<output_dir>/amplify.json`` when ``output_dir`` is set. ``batch_size`` is the micro-batch or ``"auto"``.
     """
+    check_schedule(lrs, steps)
+    if no_mask not in (None, *NO_MASK_LABELS):
+        raise UsageError(f"no_mask is {no_mask!r}; choose one of {', '.join(NO_MASK_LABELS)} (--no-mask)")
     records = [r for r in records if split_of(r) == "train"]
-    peft_model = wrap(model, circuit, mlp_targets)
+    if not records:
+        raise UsageError("amplify: no training records (split 'train') in the run; run localize first")
+    if no_mask == "all":
+        trained = train_every_parameter(model)
+        initial = trainable_state(trained)  # every lr starts from the base model again
+    else:
+        trained = wrap(model, Circuit.full(model) if no_mask == "sites" else circuit, mlp_targets)
     if evaluate_fn is None:
         from peft_cca.evaluate import validation_scorer
 
+        # validation covers every template, as in the paper (run_problems filters only training)
         evaluate_fn = validation_scorer(
             tokenizer,
             val_problems or [],
@@ -432,26 +584,36 @@ def amplify(
         )
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    micro_batch = resolve_micro_batch(batch_size, trained, records, pad_id)
     runs: list[RunResult] = []
     base_score: float | None = None
     for lr in lrs:
-        reset_deltas(peft_model)
+        if no_mask == "all":
+            load_trainable_state(trained, initial)
+        else:
+            reset_deltas(trained)
         run = train_one(
-            peft_model,
+            trained,
             records,
             evaluate_fn,
             lr,
             pad_id,
             steps=steps,
-            batch_size=batch_size,
+            batch_size=micro_batch,
             optimizer=optimizer,
             seed=seed,
             evaluate_at_start=base_score is None,
         )
         base_score = add_run(runs, run, base_score)
         logger.info("lr %g: best validation %.4f at step %d", lr, run.best_score, run.best_step)
-    best = max(runs, key=lambda r: r.best_score)  # max keeps the first of equals: the larger lr listed first
-    load_trainable_state(peft_model, best.state)
-    result = AmplifyResult(model=peft_model, best=best, runs=runs)
-    save_result(result, output_dir, "amplify.json")
+    best = best_run(runs)
+    load_trainable_state(trained, best.state)
+    result = AmplifyResult(model=trained, best=best, runs=runs)
+    extra: dict[str, Any] = {"micro_batch": micro_batch, "no_mask": no_mask}
+    if no_mask is not None:
+        extra["label"] = NO_MASK_LABELS[no_mask]
+    if no_mask == "all":
+        save_result(result, output_dir, "amplify.json", folder="model", tokenizer=tokenizer, **extra)
+    else:
+        save_result(result, output_dir, "amplify.json", **extra)
     return result

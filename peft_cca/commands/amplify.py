@@ -10,50 +10,102 @@ HELP = "stage 3: train only the circuit (CCATrainer) and save the adapter"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from peft_cca.defaults import DEFAULT_LRS, DEFAULT_STEPS, OPTIMIZERS
+    from peft_cca.commands.options import non_negative_int, positive_float, positive_int, positive_int_or_auto
+    from peft_cca.defaults import DEFAULT_LRS, DEFAULT_STEPS, NO_MASK_LABELS, OPTIMIZERS
     from peft_cca.runtime import add_runtime_arguments
 
     parser.add_argument("--run", required=True, type=Path, help="run folder of stages 1-2 (records.jsonl, meta.json)")
     parser.add_argument("--model", help="model name or path (default: the one in meta.json)")
     parser.add_argument("--circuit", type=Path, help="circuit JSON (default: <run>/circuit.json)")
-    parser.add_argument("--no-mask", action="store_true", help='the "CCA w/o mask" ablation: every component')
-    parser.add_argument("--lr", type=float, nargs="+", default=list(DEFAULT_LRS), help="learning rate(s) to sweep")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="full-batch optimizer steps per lr")
+    parser.add_argument(
+        "--no-mask",
+        nargs="?",
+        const="sites",
+        choices=sorted(NO_MASK_LABELS),
+        help='the "CCA w/o mask" ablations: sites (the default) trains every q/k/v head row and MLP neuron a '
+        "circuit can hold; all (the authors') trains every parameter of the model and saves it in <out>/model",
+    )
+    parser.add_argument("--lr", type=positive_float, nargs="+", default=list(DEFAULT_LRS), help="lr(s) to sweep")
+    parser.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS, help="full-batch optimizer steps per lr")
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd")
-    parser.add_argument("--batch-size", type=int, default=8, help="micro-batch (steps are always full-batch)")
+    parser.add_argument(
+        "--micro-batch",
+        "--batch-size",
+        dest="micro_batch",
+        type=positive_int_or_auto,
+        default=8,
+        help="rows per forward pass, or auto: the largest that fits (steps are always full-batch: the gradient "
+        "is the same for every size)",
+    )
     parser.add_argument("--mlp-targets", nargs="+", default=["up"], choices=["up", "gate", "down"])
     parser.add_argument("--task", help="task spec for validation problems (default: the one in meta.json)")
-    parser.add_argument("--split-seed", type=int, help="split seed (default: the one in meta.json)")
-    parser.add_argument("--val-limit", type=int, help="use at most this many validation problems")
+    parser.add_argument("--split-seed", type=non_negative_int, help="split seed (default: the one in meta.json)")
+    parser.add_argument("--val-limit", type=positive_int, help="use at most this many validation problems")
     parser.add_argument("--prompt-style", help="prompt style (default: the one in meta.json, else auto)")
     parser.add_argument(
-        "--max-new-tokens", type=int, help="generation budget (default: 1500 for GSM-Symbolic tasks, else 256)"
+        "--max-new-tokens",
+        type=positive_int,
+        help="generation budget (default: 1500 for GSM-Symbolic tasks, else 256)",
     )
-    parser.add_argument("--eval-batch-size", type=int, default=16)
-    parser.add_argument("--out", type=Path, help="output folder (default: <run>/amplify or <run>/amplify-nomask)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-batch-size", type=positive_int, default=16)
+    parser.add_argument("--out", type=Path, help="output folder (default: <run>/amplify, <run>/amplify-nomask[-all])")
+    parser.add_argument("--overwrite", action="store_true", help="train afresh into an --out made with other settings")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     add_runtime_arguments(parser, training=True)
 
 
+def default_out(args: argparse.Namespace) -> Path:
+    """``<run>/amplify``, ``<run>/amplify-nomask`` (sites, as before) or ``<run>/amplify-nomask-all``."""
+    suffix = {None: "", "sites": "-nomask", "all": "-nomask-all"}[args.no_mask]
+    return args.run / f"amplify{suffix}"
+
+
+def output_settings(args: argparse.Namespace, model: str, circuit: Path | None, runtime: dict) -> dict:
+    """What the adapter depends on (not the micro-batch or evaluation batch: they change speed only)."""
+    keys = ("no_mask", "lr", "steps", "optimizer", "mlp_targets", "task", "split_seed", "val_limit")
+    keys += ("prompt_style", "max_new_tokens", "seed")
+    return {
+        **{key: getattr(args, key) for key in keys},
+        "model": model,
+        "circuit": str(circuit) if circuit else None,
+        "runtime": runtime,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
+    from peft_cca.errors import UsageError
+    from peft_cca.runfolder import check_settings, ensure_output_dir
+    from peft_cca.runtime import runtime_from_args
+
+    meta_path = args.run / "meta.json"
+    if not meta_path.is_file():
+        raise UsageError(f"--run {args.run} has no meta.json: give the folder stage 1 (localize) wrote")
+    meta = json.loads(meta_path.read_text())
+    circuit_path = None if args.no_mask else (args.circuit or args.run / "circuit.json")
+    if circuit_path is not None and not circuit_path.is_file():
+        raise UsageError(f"circuit {circuit_path} does not exist: run stage 2 (circuit) or pass --circuit")
+    runtime = runtime_from_args(args, training=True)
+    out = ensure_output_dir(args.out or default_out(args))  # before the model loads: no work lost at save
+    model_name = args.model or meta["model"]
+    check_settings(out, output_settings(args, model_name, circuit_path, runtime.record()), overwrite=args.overwrite)
+
     from peft_cca.circuit import Circuit
     from peft_cca.dcm.data import load_records
     from peft_cca.evaluate import stage_problems
     from peft_cca.models import load_model
-    from peft_cca.runtime import record_runtime, runtime_from_args
+    from peft_cca.runtime import record_runtime
     from peft_cca.tasks.protocol import setting
     from peft_cca.trainer import amplify
 
-    meta = json.loads((args.run / "meta.json").read_text())
-    model, tokenizer = load_model(args.model or meta["model"], runtime_from_args(args, training=True))
-    circuit = Circuit.full(model) if args.no_mask else Circuit.load(args.circuit or args.run / "circuit.json")
+    model, tokenizer = load_model(model_name, runtime)
+    circuit = Circuit.load(circuit_path) if circuit_path is not None else None
     records = load_records(
         args.run, vocab_size=model.get_input_embeddings().num_embeddings, tokenizer=tokenizer, splits=("train",)
     )
     val = stage_problems(args.run, "validation", task=args.task, split_seed=args.split_seed, limit=args.val_limit)
-    out = args.out or args.run / ("amplify-nomask" if args.no_mask else "amplify")
     record_runtime(out, model)
-    print(f"amplify: {len(records)} records, {len(val)} validation problems, {circuit}")
+    trains = {None: str(circuit), "sites": "every circuit site", "all": "every parameter"}[args.no_mask]
+    print(f"amplify: {len(records)} records, {len(val)} validation problems, training {trains}")
     result = amplify(
         model,
         tokenizer,
@@ -63,17 +115,18 @@ def run(args: argparse.Namespace) -> int:
         lrs=args.lr,
         steps=args.steps,
         optimizer=args.optimizer,
-        batch_size=args.batch_size,
+        batch_size=args.micro_batch,
         mlp_targets=args.mlp_targets,
         prompt_style=args.prompt_style or meta.get("prompt_style", "auto"),
         max_new_tokens=setting(args.max_new_tokens, args.task or meta.get("task"), "eval_max_new_tokens"),
         eval_batch_size=args.eval_batch_size,
         output_dir=out,
         seed=args.seed,
+        no_mask=args.no_mask,
     )
     print(f"{'lr':>8}  {'base':>6}  {'best':>6}  step")
     for r in result.runs:
         print(f"{r.lr:>8.0e}  {r.base_score:>6.3f}  {r.best_score:>6.3f}  {r.best_step}")
     print(f"best: lr {result.best.lr:g}, step {result.best.best_step}, validation {result.best.best_score:.3f}")
-    print(f"adapter: {result.adapter_dir}")
+    print(f"micro-batch: {result.best.micro_batch}; saved: {result.adapter_dir}")
     return 0

@@ -10,6 +10,13 @@ HELP = "the LoRA SFT baseline on the same training problems"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from peft_cca.commands.options import (
+        fraction_of_one,
+        non_negative_int,
+        positive_float,
+        positive_int,
+        positive_int_or_auto,
+    )
     from peft_cca.defaults import DEFAULT_LORA_LRS, LoraSettings
     from peft_cca.runtime import add_runtime_arguments
 
@@ -17,38 +24,73 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, type=Path, help="stage 1 run folder (meta.json)")
     parser.add_argument("--model", help="model name or path (default: the one in meta.json)")
     parser.add_argument("--task", help="task spec (default: the one in meta.json)")
-    parser.add_argument("--split-seed", type=int, default=0, help="split seed with --task")
-    parser.add_argument("--lr", type=float, nargs="+", default=list(DEFAULT_LORA_LRS), help="learning rate(s)")
-    parser.add_argument("--epochs", type=float, default=defaults.epochs)
-    parser.add_argument("--effective-batch", type=int, default=defaults.effective_batch)
-    parser.add_argument("--batch-size", type=int, default=defaults.per_device_batch, help="per device micro-batch")
-    parser.add_argument("--eval-every", type=int, default=defaults.eval_every, help="validation every N steps")
-    parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="cap the steps (> 0)")
-    parser.add_argument("--rank", type=int, default=defaults.rank)
-    parser.add_argument("--alpha", type=int, default=defaults.alpha)
-    parser.add_argument("--dropout", type=float, default=defaults.dropout)
-    parser.add_argument("--train-limit", type=int, help="use at most this many training problems")
-    parser.add_argument("--val-limit", type=int, help="use at most this many validation problems")
+    parser.add_argument("--split-seed", type=non_negative_int, default=0, help="split seed with --task")
+    parser.add_argument("--lr", type=positive_float, nargs="+", default=list(DEFAULT_LORA_LRS), help="lr(s) to sweep")
+    parser.add_argument("--epochs", type=positive_float, default=defaults.epochs)
+    parser.add_argument("--effective-batch", type=positive_int, default=defaults.effective_batch)
+    parser.add_argument(
+        "--micro-batch",
+        "--batch-size",
+        dest="micro_batch",
+        type=positive_int_or_auto,
+        default=defaults.per_device_batch,
+        help="rows per forward pass on each process, or auto: the largest that fits and divides the effective "
+        "batch (the effective batch, and so the gradient, stays the same)",
+    )
+    parser.add_argument("--eval-every", type=positive_int, default=defaults.eval_every, help="validation every N steps")
+    parser.add_argument("--max-steps", type=positive_int, help="cap the optimizer steps (default: the epochs decide)")
+    parser.add_argument(
+        "--max-length",
+        type=positive_int,
+        help="cut examples to this many tokens, with a warning (default: no cut, the longest example decides)",
+    )
+    parser.add_argument("--rank", type=positive_int, default=defaults.rank)
+    parser.add_argument("--alpha", type=positive_int, default=defaults.alpha)
+    parser.add_argument("--dropout", type=fraction_of_one, default=defaults.dropout)
+    parser.add_argument("--train-limit", type=positive_int, help="use at most this many training problems")
+    parser.add_argument("--val-limit", type=positive_int, help="use at most this many validation problems")
     parser.add_argument("--prompt-style", help="prompt style (default: the one in meta.json, else auto)")
     parser.add_argument(
-        "--max-new-tokens", type=int, help="generation budget (default: 1500 for GSM-Symbolic tasks, else 256)"
+        "--max-new-tokens",
+        type=positive_int,
+        help="generation budget (default: 1500 for GSM-Symbolic tasks, else 256)",
     )
-    parser.add_argument("--eval-batch-size", type=int, default=16)
+    parser.add_argument("--eval-batch-size", type=positive_int, default=16)
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/lora)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="train afresh into an --out made with other settings")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     add_runtime_arguments(parser, training=True)
 
 
+def output_settings(args: argparse.Namespace, model: str, runtime: dict) -> dict:
+    """What the adapter depends on (not the micro-batch or evaluation batch: they change speed only)."""
+    keys = ("task", "split_seed", "lr", "epochs", "effective_batch", "eval_every", "max_steps", "max_length")
+    keys += ("rank", "alpha", "dropout", "train_limit", "val_limit", "prompt_style", "max_new_tokens", "seed")
+    return {**{key: getattr(args, key) for key in keys}, "model": model, "runtime": runtime}
+
+
 def run(args: argparse.Namespace) -> int:
+    from peft_cca.errors import UsageError
+    from peft_cca.runfolder import check_settings, ensure_output_dir
+    from peft_cca.runtime import runtime_from_args
+
+    meta_path = args.run / "meta.json"
+    if not meta_path.is_file():
+        raise UsageError(f"--run {args.run} has no meta.json: give the folder stage 1 (localize) wrote")
+    meta = json.loads(meta_path.read_text())
+    runtime = runtime_from_args(args, training=True)
+    out = ensure_output_dir(args.out or args.run / "lora")  # before the model loads: no work lost at save
+    model_name = args.model or meta["model"]
+    check_settings(out, output_settings(args, model_name, runtime.record()), overwrite=args.overwrite)
+
     from peft_cca.defaults import LoraSettings
     from peft_cca.evaluate import stage_problems
     from peft_cca.lora_baseline import lora_sft
     from peft_cca.models import load_model
-    from peft_cca.runtime import record_runtime, runtime_from_args
+    from peft_cca.runtime import record_runtime
     from peft_cca.tasks.protocol import setting
 
-    meta = json.loads((args.run / "meta.json").read_text())
-    model, tokenizer = load_model(args.model or meta["model"], runtime_from_args(args, training=True))
+    model, tokenizer = load_model(model_name, runtime)
 
     def problems(split: str, limit: int | None) -> list:
         return stage_problems(args.run, split, task=args.task, split_seed=args.split_seed, limit=limit)
@@ -60,11 +102,12 @@ def run(args: argparse.Namespace) -> int:
         dropout=args.dropout,
         epochs=args.epochs,
         effective_batch=args.effective_batch,
-        per_device_batch=args.batch_size,
+        per_device_batch=args.micro_batch,
         eval_every=args.eval_every,
-        max_steps=args.max_steps,
+        max_steps=args.max_steps or -1,
+        max_length=args.max_length,
     )
-    record_runtime(args.out or args.run / "lora", model)
+    record_runtime(out, model)
     print(f"LoRA: {len(train)} training problems, {len(val)} validation problems")
     result = lora_sft(
         model,
@@ -76,10 +119,11 @@ def run(args: argparse.Namespace) -> int:
         prompt_style=args.prompt_style or meta.get("prompt_style", "auto"),
         max_new_tokens=setting(args.max_new_tokens, args.task or meta.get("task"), "eval_max_new_tokens"),
         eval_batch_size=args.eval_batch_size,
-        output_dir=args.out or args.run / "lora",
+        output_dir=out,
         seed=args.seed,
     )
     for r in result.runs:
         print(f"lr {r.lr:g}: base {r.base_score:.3f}, best {r.best_score:.3f} at step {r.best_step}")
-    print(f"best: lr {result.best.lr:g}, step {result.best.best_step}; adapter: {result.adapter_dir}")
+    print(f"best: lr {result.best.lr:g}, step {result.best.best_step}; micro-batch {result.best.micro_batch}")
+    print(f"adapter: {result.adapter_dir}")
     return 0
