@@ -1,0 +1,127 @@
+"""``--micro-batch``: any size gives the same full-batch gradient; ``auto`` halves on out-of-memory, follows the
+CPU token budget, divides LoRA's effective batch, and is recorded."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from peft import get_peft_model
+from tiny_models import VOCAB, tiny_model
+from tiny_tokenizer import tiny_tokenizer
+
+import peft_cca  # noqa: F401 - registers the "cca" method
+from peft_cca import CCAConfig, Circuit, describe
+from peft_cca.defaults import CPU_TOKEN_BUDGET, LoraSettings
+from peft_cca.errors import UsageError
+from peft_cca.lora_baseline import example_lengths, lora_micro_batch, sft_dataset
+from peft_cca.tasks.problem import Problem
+from peft_cca.trainer import (
+    PivotCollator,
+    amplify,
+    auto_micro_batch,
+    fit_micro_batch,
+    logit_difference,
+    resolve_micro_batch,
+    train_one,
+    trainable_state,
+)
+
+PAD = 2
+RECORDS = 7
+
+
+def records(n: int = RECORDS, seed: int = 3) -> list[dict]:
+    rng = random.Random(seed)
+    return [
+        {
+            "prefix_ids": [rng.randrange(4, VOCAB) for _ in range(rng.randrange(3, 12))],
+            "desired_token_id": rng.randrange(4, VOCAB),
+            "undesired_token_id": rng.randrange(4, VOCAB),
+        }
+        for _ in range(n)
+    ]
+
+
+def cca_model():
+    model = tiny_model("llama")
+    circuit = Circuit(describe(model).shape, {0: {"q": [1], "k": [0]}, 1: {"v": [1], "mlp": [2, 7]}})
+    return get_peft_model(model, CCAConfig(circuit=circuit))
+
+
+def gradient_after_one_step(micro_batch: int) -> dict[str, torch.Tensor]:
+    """SGD with lr 1 from zero deltas: the deltas are minus the full-batch gradient."""
+    model = cca_model()
+    train_one(model, records(), lambda _m: 0.0, 1.0, PAD, steps=1, batch_size=micro_batch, evaluate_at_start=False)
+    return trainable_state(model)
+
+
+def test_gradient_is_the_same_for_micro_batch_1_3_and_all():
+    # the plain computation: one batch of every record, the dataset mean of the loss
+    reference = cca_model()
+    (-logit_difference(reference, PivotCollator(PAD)(records())).mean()).backward()
+    plain = {n: -p.grad for n, p in reference.named_parameters() if p.requires_grad}
+    for size in (1, 3, RECORDS):
+        got = gradient_after_one_step(size)
+        assert set(got) == set(plain)
+        for name, value in plain.items():
+            torch.testing.assert_close(got[name], value, rtol=0, atol=1e-6, msg=f"micro-batch {size}: {name}")
+
+
+def test_fit_halves_on_out_of_memory_until_it_fits():
+    tried = []
+
+    def probe(size: int) -> None:
+        tried.append(size)
+        if size > 5:
+            raise torch.OutOfMemoryError("fake")
+
+    assert fit_micro_batch(32, probe) == 4
+    assert tried == [32, 16, 8, 4]
+
+
+def test_fit_gives_up_at_one():
+    def probe(size: int) -> None:
+        raise torch.OutOfMemoryError("fake")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        fit_micro_batch(4, probe)
+
+
+def test_auto_on_cpu_follows_the_token_budget_and_the_cap():
+    model = tiny_model("llama")
+
+    def never(size: int) -> None:
+        raise AssertionError("the CPU choice needs no probe")
+
+    assert auto_micro_batch(model, [CPU_TOKEN_BUDGET // 4, 10], never) == 2
+    assert auto_micro_batch(model, [3, 5], never, cap=2) == 2
+    assert auto_micro_batch(model, [CPU_TOKEN_BUDGET * 2], never) == 1
+
+
+def test_auto_is_resolved_and_recorded(tmp_path):
+    model = cca_model()
+    assert resolve_micro_batch("auto", model, records(), PAD) == RECORDS  # short rows: all fit the budget
+    with pytest.raises(UsageError, match="micro-batch"):
+        resolve_micro_batch(0, model, records(), PAD)
+    result = amplify(
+        model, tiny_tokenizer(), records(), None, lrs=(0.1,), steps=1, batch_size="auto",
+        evaluate_fn=lambda _m: 0.0, output_dir=tmp_path,
+    )  # fmt: skip
+    assert result.best.micro_batch == RECORDS
+    assert json.loads((tmp_path / "amplify.json").read_text())["micro_batch"] == RECORDS
+
+
+def test_lora_auto_divides_the_effective_batch():
+    tokenizer, model = tiny_tokenizer(), tiny_model("llama")
+    problems = [Problem(id=f"p{i}", group_id="g", question=f"What is {i} + 2?", answer=str(i + 2)) for i in range(4)]
+    dataset = sft_dataset(problems, tokenizer)
+    lengths = example_lengths(dataset, tokenizer)
+    for effective, expected in ((12, 12), (10, 10), (7, 7)):
+        settings = LoraSettings(per_device_batch="auto", effective_batch=effective)
+        assert lora_micro_batch(model, tokenizer, dataset, lengths, settings) == expected
+    settings = LoraSettings(per_device_batch="auto", effective_batch=12)
+    assert lora_micro_batch(model, tokenizer, dataset, [CPU_TOKEN_BUDGET // 5] * 4, settings) == 4  # 5 fit, 4 divides
+    assert lora_micro_batch(model, tokenizer, dataset, lengths, LoraSettings(per_device_batch=3)) == 3
