@@ -30,6 +30,23 @@ def _shape_of(model_or_shape: nn.Module | ModelShape) -> ModelShape:
     return model_or_shape if isinstance(model_or_shape, ModelShape) else describe(model_or_shape).shape
 
 
+def _shape_from(model: Any) -> ModelShape:
+    """The ``model`` block of a circuit file, each field checked (a float or a true would slip through int())."""
+    if not isinstance(model, Mapping):
+        raise ValueError('key "model" must be the model shape object that `peft-cca circuit` records')
+    names = list(ModelShape.__dataclass_fields__)
+    missing, unknown = [n for n in names if n not in model], sorted(set(model) - set(names))
+    if missing or unknown:
+        raise ValueError(f"key model: missing {missing}, unknown {unknown}; expected exactly {names}")
+    for name in names[1:]:
+        value = model[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"key model.{name}: must be a positive whole number, found {value!r}")
+    if not isinstance(model["model_type"], str):
+        raise ValueError(f"key model.model_type: must be a string, found {model['model_type']!r}")
+    return ModelShape(**model)
+
+
 class Circuit:
     """Selected components per layer: ``circuit.selected(layer, kind) -> sorted list of indices``."""
 
@@ -87,19 +104,52 @@ class Circuit:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Circuit:
+        """From :meth:`to_dict`'s form; every malformed field is a ``ValueError`` naming its key."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"holds a JSON {type(data).__name__}, not a circuit object; pass a circuit.json")
         fmt = data.get("format")
         if fmt != FORMAT:
-            raise ValueError(f"not a circuit file: format is {fmt!r}, expected {FORMAT!r}")
-        shape = ModelShape(**data["model"])
-        return cls(shape, {int(layer): kinds for layer, kinds in data["layers"].items()})
+            versioned = isinstance(fmt, str) and fmt.startswith(FORMAT.split("@")[0] + "@")
+            why = "another version of peft-cca wrote it; use that version" if versioned else "not a circuit file"
+            raise ValueError(f"{why}: format is {fmt!r}, expected {FORMAT!r}")
+        shape = _shape_from(data.get("model"))
+        layers = data.get("layers")
+        if not isinstance(layers, Mapping):
+            raise ValueError('key "layers" must be an object {"<layer>": {"q": [...], ...}}')
+        selection: dict[int, Mapping[str, list[int]]] = {}
+        for layer, kinds in layers.items():
+            if not (isinstance(layer, str) and layer.isdecimal()) or not isinstance(kinds, Mapping):
+                raise ValueError(f'key layers.{layer}: layers are "<whole number>": {{"q": [...], ...}}')
+            for kind, indices in kinds.items():
+                if not isinstance(indices, list):
+                    raise ValueError(f"key layers.{layer}.{kind}: must be a list of indices, found {indices!r}")
+            selection[int(layer)] = kinds
+        return cls(shape, selection)
 
     @classmethod
-    def load(cls, path: str | Path) -> Circuit:
-        """Read a circuit file; a malformed one is a :class:`UsageError` that names the file."""
+    def load(cls, path: str | Path, model: nn.Module | ModelShape | None = None) -> Circuit:
+        """Read a circuit file (checked against ``model``'s shape when given); a malformed file or another
+        model's circuit is a one-line :class:`UsageError` that names the file."""
+        path = Path(path)
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (ValueError, KeyError, TypeError) as error:
-            raise UsageError(f"{path}: {error}") from error
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise UsageError(f"{path}: not a text file; pass the circuit.json written by `peft-cca circuit`") from None
+        if not text.strip():
+            raise UsageError(f"{path}: the file is empty; rerun `peft-cca circuit` to write it again")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UsageError(
+                f"{path}: line {err.lineno}: not valid JSON ({err.msg}; truncated?); rerun `peft-cca circuit`"
+            ) from None
+        try:
+            circuit = cls.from_dict(data)
+            if model is not None:
+                circuit.validate(model)
+        except ValueError as error:
+            raise UsageError(f"{path}: {error}") from None
+        return circuit
 
     # -- io -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

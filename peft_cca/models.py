@@ -25,6 +25,7 @@ from peft_cca.errors import CCAError, UsageError
 from peft_cca.runtime import Runtime, check_model_supports
 
 if TYPE_CHECKING:
+    from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
@@ -200,3 +201,52 @@ def load_model(
     runtime.place(model)
     model.eval()
     return model, tokenizer
+
+
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+def check_adapter_folder(folder: str | Path) -> Path:
+    """``folder`` when it holds a readable adapter config and finite safetensors weights; a one-line error otherwise.
+
+    Checked before peft sees the folder: peft takes a folder without weights for a hub id ("Repo id must be a
+    string"), and a LoRA adapter full of NaN would be evaluated as if fine. Any PEFT method (CCA, LoRA) alike.
+    """
+    import json
+
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    hint = "pass the adapter/ folder that `peft-cca amplify` or `peft-cca lora` wrote, or train it again"
+    if not folder.is_dir():
+        raise UsageError(f"adapter folder {folder} does not exist; {hint}")
+    config = folder / ADAPTER_CONFIG
+    if not config.is_file():
+        raise UsageError(f"{config} is missing, so {folder} is not a saved adapter; {hint}")
+    try:
+        json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        line = f"line {err.lineno}: " if isinstance(err, json.JSONDecodeError) else ""
+        raise UsageError(f"{config}: {line}not valid JSON; restore the file saved with the adapter ({hint})") from None
+    weights = folder / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise UsageError(f"{weights} is missing: the adapter has a config but no weights; {hint}")
+    try:
+        with safe_open(str(weights), framework="pt") as tensors:
+            for key in tensors.keys():  # noqa: SIM118 - safe_open is not a mapping
+                value = tensors.get_tensor(key)
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    raise CCAError(f"{weights}: tensor {key} holds NaN or inf values; the adapter is broken, {hint}")
+    except SafetensorError as err:
+        raise UsageError(f"{weights}: not a readable safetensors file ({err}); {hint}") from None
+    return folder
+
+
+def load_adapter(model: PreTrainedModel, folder: str | Path) -> PeftModel:
+    """``model`` with the adapter saved in ``folder`` (see :func:`check_adapter_folder`), ready to evaluate."""
+    from peft import PeftModel
+
+    import peft_cca  # noqa: F401 - registers the "cca" method so CCA adapters load
+
+    return PeftModel.from_pretrained(model, str(check_adapter_folder(folder)))

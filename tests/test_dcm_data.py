@@ -68,7 +68,7 @@ def test_malformed_records(tmp_path):
     with pytest.raises(DatasetError, match="lacks"):
         load_records(tmp_path)
     (tmp_path / "records.jsonl").write_text("{not json\n")
-    with pytest.raises(DatasetError, match=":1: not valid JSON"):
+    with pytest.raises(DatasetError, match=r"records\.jsonl: line 1: not valid JSON"):
         load_records(tmp_path)
 
 

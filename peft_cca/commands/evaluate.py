@@ -85,11 +85,8 @@ def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft import PeftModel
-
-    import peft_cca  # noqa: F401 - registers the "cca" method so CCA adapters load
     from peft_cca.evaluate import LM_EVAL_TASKS, NEUTRAL_TEXTS, evaluate_model, on_main, prepare_cache, stage_problems
-    from peft_cca.models import load_model
+    from peft_cca.models import load_adapter, load_model
     from peft_cca.runfolder import atomic_write_json
     from peft_cca.runtime import runtime_from_args
     from peft_cca.tasks.protocol import setting
@@ -102,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     cache = prepare_cache(out.with_name(out.name + ".parts"), {**settings, "runtime": runtime.record()})
     model, tokenizer = load_model(args.model or info["model"], runtime)
     if args.adapter is not None:
-        model = PeftModel.from_pretrained(model, args.adapter)
+        model = load_adapter(model, args.adapter)
     meta = json.loads((args.run / "meta.json").read_text())
 
     def problems(split: str, limit: int | None) -> list:

@@ -53,27 +53,56 @@ def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
     return {"name": getattr(tokenizer, "name_or_path", ""), "vocab_size": len(tokenizer), "sha256": digest}
 
 
-def _parse(line: str, number: int, path: Path) -> Record:
+_FIX = "repair or delete that line, or rebuild the dataset with `peft-cca localize` into a fresh --out"
+
+
+def _token_id(value: Any) -> bool:
+    """A token id is a non-negative JSON integer: ``504.7`` or ``true`` would be silently truncated by ``int()``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _parse(line: str, number: int, path: Path) -> tuple[Record, str | None]:
+    where = f"{path}: line {number}"
     try:
         raw = json.loads(line)
     except json.JSONDecodeError as err:
-        raise DatasetError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+        raise DatasetError(f"{where}: not valid JSON ({err.msg}, column {err.colno}); {_FIX}") from None
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{where}: holds a JSON {type(raw).__name__}, not a record object; {_FIX}")
     missing = [key for key in REQUIRED if key not in raw]
     if missing:
-        raise DatasetError(f"{path}:{number}: record lacks {missing}; is this an Error-Localization dataset?")
+        raise DatasetError(f"{where}: record lacks {missing}; is this an Error-Localization dataset? {_FIX}")
     ids = raw["prefix_ids"]
-    if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
-        raise DatasetError(f"{path}:{number}: prefix_ids must be a non-empty list of token ids")
+    if not isinstance(ids, list) or not ids or not all(_token_id(i) for i in ids):
+        bad = next((i for i in ids if not _token_id(i)), None) if isinstance(ids, list) and ids else ids
+        raise DatasetError(
+            f"{where}: prefix_ids must be a non-empty list of whole non-negative token ids, found {bad!r}; {_FIX}"
+        )
+    for key in ("desired_token_id", "undesired_token_id"):
+        if not _token_id(raw[key]):
+            raise DatasetError(f"{where}: {key} must be a whole non-negative token id, found {raw[key]!r}; {_FIX}")
     split = raw.get("split", "train")
     if split not in SPLITS:
-        raise DatasetError(f"{path}:{number}: split {split!r} is not one of {SPLITS}")
+        raise DatasetError(f"{where}: split {split!r} is not one of {SPLITS}; {_FIX}")
+    text = raw.get("prefix_text")
     return Record(
         prefix_ids=tuple(ids),
-        desired=int(raw["desired_token_id"]),
-        undesired=int(raw["undesired_token_id"]),
+        desired=raw["desired_token_id"],
+        undesired=raw["undesired_token_id"],
         split=split,
         problem_id=str(raw.get("problem_id", number)),
-    )
+    ), (text if isinstance(text, str) else None)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        line = f"line {err.lineno}: " if isinstance(err, json.JSONDecodeError) else ""
+        raise DatasetError(f"{path}: {line}not valid JSON; rebuild the dataset with `peft-cca localize`") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{path}: not a JSON object; rebuild the dataset with `peft-cca localize`")
+    return meta
 
 
 def _meta_tokenizer(meta: dict[str, Any]) -> dict[str, Any]:
@@ -121,8 +150,8 @@ def _drop_without_signal(records: list[Record], file: Path) -> list[Record]:
     kept = [r for r in records if r.desired != r.undesired]
     if not kept:
         raise DatasetError(
-            f"{file}: every record has desired_token_id == undesired_token_id, so DCM has nothing to learn; "
-            "rebuild the dataset with `peft-cca localize`"
+            f"{file}: all {len(records)} records have desired_token_id == undesired_token_id, so DCM has nothing "
+            "to learn (an empty circuit); rebuild the dataset with `peft-cca localize`"
         )
     if len(kept) < len(records):
         logger.warning(
@@ -152,24 +181,31 @@ def load_records(
     # Parsed by hand rather than with `datasets` so every error names the file and line number.
     records: list[Record] = []
     texts: list[str | None] = []
-    for number, line in enumerate(file.read_text().splitlines(), start=1):
+    lines: list[int] = []
+    for number, raw_line in enumerate(file.read_bytes().splitlines(), start=1):
+        try:
+            line = raw_line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DatasetError(f"{file}: line {number}: not UTF-8 text ({err.reason}); {_FIX}") from None
         if line.strip():
-            records.append(_parse(line, number, file))
-            texts.append(json.loads(line).get("prefix_text"))
+            record, text = _parse(line, number, file)
+            records.append(record)
+            texts.append(text)
+            lines.append(number)
     if not records:
         raise DatasetError(f"{file} holds no records: the Error-Localization dataset is empty")
     if vocab_size is not None:
-        for number, record in enumerate(records, start=1):
-            ids = (*record.prefix_ids, record.desired, record.undesired)
-            bad = [i for i in ids if not 0 <= i < vocab_size]
+        for number, record in zip(lines, records, strict=True):
+            bad = [i for i in (*record.prefix_ids, record.desired, record.undesired) if i >= vocab_size]
             if bad:
                 raise DatasetError(
-                    f"record {number} ({record.problem_id}) has token ids {bad[:5]} outside the model's vocabulary "
-                    f"of {vocab_size}: the dataset was made for another model"
+                    f"{file}: line {number} ({record.problem_id}): token ids {bad[:5]} are outside the model's "
+                    f"vocabulary of {vocab_size}: the dataset was made for another model; use that model, or rebuild "
+                    "the dataset with `peft-cca localize` for this one"
                 )
     meta_file = file.parent / "meta.json"
     if tokenizer is not None:
-        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        meta = _read_meta(meta_file) if meta_file.exists() else {}
         _check_tokenizer(file.parent, meta, records, texts, tokenizer)
     if splits is not None:
         records = [r for r in records if r.split in splits]
