@@ -9,7 +9,16 @@ from peft import PeftModel
 from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
 
-from peft_cca.lora_baseline import LoraSettings, _sft_config, lora_config, lora_sft, sft_dataset
+from peft_cca.lora_baseline import (
+    LoraSettings,
+    _sft_config,
+    example_lengths,
+    lora_config,
+    lora_sft,
+    sequence_limit,
+    sft_dataset,
+    target_kind,
+)
 from peft_cca.tasks.problem import Problem
 
 PROBLEMS = [
@@ -61,3 +70,46 @@ def test_lora_recipe_runs_steps_and_keeps_the_best(tmp_path):
     params = dict(reloaded.named_parameters())
     for name, value in best.items():
         torch.testing.assert_close(params[name], value)
+
+
+GSM = Problem(
+    id="t0-0",
+    group_id="t0",
+    question="Ann has 3 boxes of 4 pens. How many pens does she have?",
+    answer="12",
+    solution="Each box holds 4 pens.\nSo 3 boxes hold 3 * 4 = <<3*4=12>>12 pens.",
+)
+
+
+def test_sft_examples_of_a_gsm_problem_contain_its_worked_solution():
+    tokenizer = tiny_tokenizer()
+    fewshot = sft_dataset([GSM], tokenizer, "fewshot")[0]["completion"]
+    assert fewshot == "Each box holds 4 pens. So 3 boxes hold 3 * 4 = 12 pens. The answer is 12."
+    authors = sft_dataset([GSM], tokenizer, "authors")[0]
+    assert authors["completion"] == "Each box holds 4 pens. So 3 boxes hold 3 * 4 = 12 pens. The final answer is 12."
+    assert authors["prompt"].endswith("A: Let's think step by step.")
+    assert target_kind([GSM]) == "worked solution + answer sentence"
+    assert target_kind(PROBLEMS).startswith("answer sentence only")
+    assert "1 of 2" in target_kind([GSM, PROBLEMS[0]])
+
+
+def test_nothing_is_cut_unless_asked_and_a_cut_is_announced(caplog):
+    tokenizer = tiny_tokenizer()
+    dataset = sft_dataset([GSM, *PROBLEMS[:2]], tokenizer, "fewshot")
+    lengths = example_lengths(dataset, tokenizer)
+    assert lengths[0] == len(tokenizer(dataset[0]["prompt"] + dataset[0]["completion"])["input_ids"]) + 1
+    assert sequence_limit(lengths, None) is None
+    assert not caplog.records
+    assert sequence_limit(lengths, min(lengths)) == min(lengths)
+    longer = sum(1 for n in lengths if n > min(lengths))
+    assert longer and f"cuts {longer} of 3" in caplog.text
+
+
+def test_lora_records_its_target_and_length(tmp_path):
+    tokenizer, model = tiny_tokenizer(), tiny_model("llama")
+    settings = LoraSettings(per_device_batch=2, effective_batch=2, max_steps=1, eval_every=1)
+    lora_sft(model, tokenizer, [GSM, *PROBLEMS[:1]], lrs=(1e-3,), settings=settings, evaluate_fn=lambda _m: 0.0,
+             output_dir=tmp_path)  # fmt: skip
+    saved = json.loads((tmp_path / "lora.json").read_text())
+    assert saved["target"].startswith("worked solution + answer sentence for 1 of 2")
+    assert saved["max_length"] is None and saved["longest_example_tokens"] > 0 and saved["micro_batch"] == 2
