@@ -160,3 +160,82 @@ def test_amplify_sweeps_and_saves_the_best_run(tmp_path):
     reloaded = PeftModel.from_pretrained(tiny_model("llama"), tmp_path / "adapter")
     for name, value in result.best.state.items():
         torch.testing.assert_close(dict(reloaded.named_parameters())[name], value)
+
+
+class ModelLoadedError(Exception):
+    """Raised in place of loading the model: the command got past its checks."""
+
+
+@pytest.fixture
+def run_folder(tmp_path, monkeypatch):
+    import peft_cca.models
+
+    def refuse(*_args, **_kwargs):
+        raise ModelLoadedError
+
+    monkeypatch.setattr(peft_cca.models, "load_model", refuse)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "meta.json").write_text(json.dumps({"model": "tiny"}))
+    (run / "circuit.json").write_text("{}")
+    return run
+
+
+@pytest.mark.parametrize("command", ["amplify", "lora"])
+def test_out_that_is_a_file_is_refused_before_the_model_loads(run_folder, command, capsys):
+    from peft_cca.cli import main
+
+    taken = run_folder / "taken.txt"
+    taken.write_text("keep me")
+    assert main([command, "--run", str(run_folder), "--out", str(taken)]) == 2
+    assert "taken.txt" in capsys.readouterr().err and taken.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("command", ["amplify", "lora"])
+def test_rerun_with_other_settings_is_refused_naming_them_and_overwrite_starts_afresh(run_folder, command, capsys):
+    from peft_cca.cli import main
+
+    base = [command, "--run", str(run_folder), "--out", str(run_folder / "out")]
+    with pytest.raises(ModelLoadedError):
+        main([*base, "--lr", "0.01"])
+    with pytest.raises(ModelLoadedError):  # the same settings: a rerun is allowed
+        main([*base, "--lr", "0.01", "--micro-batch", "3"])
+    assert main([*base, "--lr", "0.02"]) == 2
+    err = capsys.readouterr().err
+    assert "lr [0.01] (recorded) vs [0.02] (now)" in err and "--overwrite" in err
+    with pytest.raises(ModelLoadedError):
+        main([*base, "--lr", "0.02", "--overwrite"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--steps", "0"], ["--steps", "-1"], ["--lr", "nan"], ["--lr", "-0.1"], ["--lr", "inf"], ["--micro-batch", "0"]],
+)
+def test_amplify_refuses_nonsense_at_parse_time(run_folder, argv, capsys):
+    from peft_cca.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["amplify", "--run", str(run_folder), *argv])
+    assert exit_.value.code == 2 and argv[0] in capsys.readouterr().err
+
+
+def test_the_library_refuses_nonsense_too():
+    from peft_cca.errors import UsageError
+
+    model, _ = cca_model()
+    for kwargs, match in (({"steps": 0}, "steps"), ({"lrs": (float("nan"),)}, "learning rate"), ({"lrs": ()}, "lr")):
+        with pytest.raises(UsageError, match=match):
+            amplify(model, tiny_tokenizer(), records(2), None, evaluate_fn=constant, **kwargs)
+    with pytest.raises(UsageError, match="no_mask"):
+        amplify(model, tiny_tokenizer(), records(2), None, evaluate_fn=constant, no_mask="everything")
+
+
+def test_sweep_json_is_strict(tmp_path):
+    model, _ = cca_model()
+
+    def diverged(_m) -> float:
+        return float("nan")
+
+    amplify(model, tiny_tokenizer(), records(2), None, lrs=(0.1,), steps=2, evaluate_fn=diverged, output_dir=tmp_path)
+    text = (tmp_path / "amplify.json").read_text()
+    assert "NaN" not in text and json.loads(text)["runs"][0]["history"][0]["score"] is None
