@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 HELP = "stage 3: train only the circuit (CCATrainer) and save the adapter"
@@ -80,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     meta_path = args.run / "meta.json"
     if not meta_path.is_file():
         raise UsageError(f"--run {args.run} has no meta.json: give the folder stage 1 (localize) wrote")
-    meta = json.loads(meta_path.read_text())
+    from peft_cca.evaluate import _read_json_object  # one line naming the file and line of a damaged meta.json
+
+    meta = _read_json_object(meta_path)
     circuit_path = None if args.no_mask else (args.circuit or args.run / "circuit.json")
     if circuit_path is not None and not circuit_path.is_file():
         raise UsageError(f"circuit {circuit_path} does not exist: run stage 2 (circuit) or pass --circuit")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 HELP = "the LoRA SFT baseline on the same training problems"
@@ -77,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     meta_path = args.run / "meta.json"
     if not meta_path.is_file():
         raise UsageError(f"--run {args.run} has no meta.json: give the folder stage 1 (localize) wrote")
-    meta = json.loads(meta_path.read_text())
+    from peft_cca.evaluate import _read_json_object  # one line naming the file and line of a damaged meta.json
+
+    meta = _read_json_object(meta_path)
     runtime = runtime_from_args(args, training=True)
     out = ensure_output_dir(args.out or args.run / "lora")  # before the model loads: no work lost at save
     model_name = args.model or meta["model"]
