@@ -92,12 +92,14 @@ def check_settings(
     *,
     overwrite: bool = False,
     restart_hint: str = "pass --overwrite to start afresh, or choose another --out",
+    record: bool = True,
 ) -> bool:
     """Compare ``settings`` with those recorded in ``folder``; record them when there are none.
 
     Returns ``True`` when the folder already held the same settings (a resume), ``False`` when they were
     recorded now. Raises :class:`UsageError` naming every differing setting unless ``overwrite``, in which
-    case the new settings replace the old (the caller clears the stale files).
+    case the new settings replace the old (the caller clears the stale files). ``record=False`` only compares:
+    the other processes of a launch check while the main one writes.
     """
     folder = Path(folder)
     wanted = json.loads(json.dumps(json_safe(dict(settings)), sort_keys=True))
@@ -117,5 +119,6 @@ def check_settings(
         if differing:
             raise UsageError(f"{folder} was made with other settings: {'; '.join(differing)}; {restart_hint}")
         return True
-    atomic_write_json(recorded_path, wanted)
+    if record:
+        atomic_write_json(recorded_path, wanted)
     return False

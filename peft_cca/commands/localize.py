@@ -42,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="run folder: records.jsonl, summary.json, meta.json (re-running resumes)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in --out: remove what an earlier localize wrote there (a resume with other settings is "
+        "refused without it)",
+    )
     parser.add_argument("--limit", type=positive_int, help="use only the first N problems of the task")
     parser.add_argument(
         "--seed", type=non_negative_int, default=0, help="seed of the splits and of the samples (default: 0)"
@@ -123,6 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from peft_cca.localize.run import LocalizeConfig, localize
     from peft_cca.models import load_model
+    from peft_cca.runfolder import ensure_output_dir
     from peft_cca.runtime import runtime_from_args
     from peft_cca.tasks import load_problems
     from peft_cca.tasks.protocol import setting
@@ -146,9 +153,10 @@ def run(args: argparse.Namespace) -> int:
         max_group_accuracy=args.max_group_accuracy,
         limit=args.limit,
     )
+    ensure_output_dir(args.out)  # a file or a read-only folder is refused before the model loads
     model, tokenizer = load_model(args.model, runtime_from_args(args))
     problems = load_problems(args.task, limit=args.limit)
-    summary = localize(model, tokenizer, problems, config, args.out, model_name=args.model)
+    summary = localize(model, tokenizer, problems, config, args.out, model_name=args.model, overwrite=args.overwrite)
     print(json.dumps({k: v for k, v in summary.items() if k != "accuracy_by_group"}, indent=2))
     print(f"wrote {summary['records']} records to {args.out / 'records.jsonl'}")
     return 0

@@ -3,17 +3,22 @@
 ``records.jsonl`` holds one record per pivot (the schema of DESIGN.md); ``progress.jsonl`` holds one line per
 finished problem (greedy correctness, whether a counterfactual and a pivot were found, tokens spent). A
 problem counts as done only once its progress line is written, after its record; on restart, records of
-unfinished problems and a torn last line are dropped, so a killed run resumes to the same dataset.
+unfinished problems and a torn last line are dropped, so a killed run resumes to the same dataset; a damaged
+line anywhere else is refused with its file and line number.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import datasets
+
+from peft_cca.errors import UsageError
+from peft_cca.runfolder import atomic_write_text
 
 RECORDS = "records.jsonl"
 PROGRESS = "progress.jsonl"
@@ -35,16 +40,33 @@ RECORD_FIELDS = (
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Complete JSON lines of ``path``; a torn line from a killed writer is ignored."""
+    """The rows of ``path``. Only the last line may be torn (a killed writer stops before its newline): it is
+    dropped and its problem recomputed. A bad line anywhere else is damage no kill leaves: refuse, naming it."""
     if not path.exists():
         return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+    *lines, last = path.read_bytes().split(b"\n")  # ``last`` is empty when the file ends with a newline
+    rows = [_row(path, number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    if last.strip():
+        with contextlib.suppress(UsageError):
+            rows.append(_row(path, len(lines) + 1, last))
     return rows
+
+
+def _row(path: Path, number: int, line: bytes) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        what = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
+        raise UsageError(
+            f"{path} line {number} is not JSON ({what}): the run folder is damaged; delete {path.parent} or rerun "
+            "with --overwrite to start afresh"
+        ) from None
+    if not isinstance(row, dict) or not isinstance(row.get("problem_id"), str):
+        raise UsageError(
+            f"{path} line {number} is not an object with a problem_id: the run folder is damaged; delete "
+            f"{path.parent} or rerun with --overwrite to start afresh"
+        )
+    return row
 
 
 class DatasetWriter:
@@ -63,9 +85,7 @@ class DatasetWriter:
         return self.out_dir / name
 
     def _rewrite(self, name: str, rows: list[dict[str, Any]]) -> None:
-        tmp = self.path(name + ".tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        os.replace(tmp, self.path(name))
+        atomic_write_text(self.path(name), "".join(json.dumps(row) + "\n" for row in rows))
 
     def done(self, problem_id: str) -> bool:
         return problem_id in self.progress

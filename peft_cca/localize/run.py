@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 from collections import defaultdict
@@ -16,7 +17,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
 from peft_cca.generation import TokenCounter, plan_batches, prefill_caches
-from peft_cca.localize.dataset import PROGRESS, DatasetWriter, _read_jsonl
+from peft_cca.localize.dataset import PROGRESS, RECORDS, DatasetWriter, _read_jsonl
 from peft_cca.localize.pivots import Pivot, branching_pivot_naive, branching_pivots_fast, prefix_pivot
 from peft_cca.localize.profile import pivot_profile
 from peft_cca.localize.traces import (
@@ -29,7 +30,7 @@ from peft_cca.localize.traces import (
     counterfactuals,
     greedy_traces,
 )
-from peft_cca.runfolder import atomic_write_json, atomic_write_text
+from peft_cca.runfolder import SETTINGS_FILE, atomic_write_json, atomic_write_text, check_settings
 from peft_cca.runtime import placement, process_state
 from peft_cca.tasks import DEFAULT_TASK
 from peft_cca.tasks.problem import Problem
@@ -38,6 +39,8 @@ from peft_cca.tasks.splits import DEFAULT_ACCURACY_THRESHOLD, assign_splits, gro
 
 logger = logging.getLogger(__name__)
 GREEDY = "greedy.jsonl"
+# what localize writes into its folder; --overwrite removes exactly these
+RUN_FILES = (GREEDY, RECORDS, PROGRESS, "meta.json", "summary.json", SETTINGS_FILE)
 
 
 @dataclass
@@ -62,6 +65,47 @@ class LocalizeConfig:
     max_group_accuracy: float = DEFAULT_ACCURACY_THRESHOLD
     limit: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_settings(config: LocalizeConfig, model, model_name: str, problems: Sequence[Problem], style: str) -> dict:
+    """What the files of a run folder depend on. A resume with anything else would mix two datasets (and, as
+    later stages split by the recorded seed, leak training records into validation and test). The batch sizes
+    are here because a resume batches (and pads) as the first run did: that is what keeps it byte-identical."""
+    problem_rows = [[p.id, p.group_id, p.question, p.answer] for p in problems]
+    return {
+        "model": model_name,
+        "dtype": placement(model)["dtype"],
+        "task": config.task,
+        "limit": config.limit,
+        "problems_sha256": hashlib.sha256(json.dumps(problem_rows, default=str).encode()).hexdigest(),
+        "prompt_style": style,
+        "method": config.method,
+        "seed": config.seed,
+        "max_new_tokens": config.max_new_tokens,
+        "n_samples": config.n_samples,
+        "temperature_when_greedy_wrong": config.temperature_when_greedy_wrong,
+        "temperature_when_greedy_right": config.temperature_when_greedy_right,
+        "top_k": config.top_k,
+        "top_p": config.top_p,
+        "splits": list(config.splits),
+        "max_group_accuracy": config.max_group_accuracy,
+        "batch_size": config.batch_size,
+        "batch_tokens": config.batch_tokens,
+        "branch_batch": config.branch_batch,
+    }
+
+
+def prepare_folder(out_dir: Path, settings: dict[str, Any], overwrite: bool, state: PartialState) -> None:
+    """Start afresh (``overwrite``: the main process removes :data:`RUN_FILES`) or check that the folder was made
+    with ``settings`` and holds no damaged line. Every process checks, so all of them stop together."""
+    if overwrite and state.is_main_process:
+        for name in RUN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+    state.wait_for_everyone()
+    check_settings(out_dir, settings, record=state.is_main_process)
+    for name in (GREEDY, RECORDS, PROGRESS):
+        _read_jsonl(out_dir / name)
+    state.wait_for_everyone()
 
 
 def tokenizer_info(tokenizer) -> dict[str, Any]:
@@ -186,9 +230,16 @@ def group_accuracy(problems: Sequence[Problem], greedy: dict[str, dict[str, Any]
 
 
 def localize(
-    model, tokenizer, problems: Sequence[Problem], config: LocalizeConfig, out_dir: str | Path, model_name: str = ""
+    model,
+    tokenizer,
+    problems: Sequence[Problem],
+    config: LocalizeConfig,
+    out_dir: str | Path,
+    model_name: str = "",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Build (or resume) the Error-Localization dataset of ``problems`` in ``out_dir``; returns the summary."""
+    """Build (or resume) the Error-Localization dataset of ``problems`` in ``out_dir``; returns the summary. A
+    folder made with other settings is refused unless ``overwrite``, which starts afresh."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     problems = list(problems)[: config.limit] if config.limit is not None else list(problems)
@@ -208,6 +259,7 @@ def localize(
 
     state = process_state()
     main = state.is_main_process
+    prepare_folder(out_dir, run_settings(config, model, model_name, problems, style), overwrite, state)
     greedy = _greedy_phase(model, tokenizer, problems, prompts, settings, out_dir, state)
     accuracy = group_accuracy(problems, greedy)
     kept = groups_below({g: v["accuracy"] for g, v in accuracy.items()}, config.max_group_accuracy)
