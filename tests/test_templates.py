@@ -132,3 +132,27 @@ def load_problems_from(record: dict):
     from peft_cca.tasks.templates import template_problems
 
     return template_problems([parse_template(record)], 1, 0, "test", "t", "t")
+
+
+RARE = {"question_annotated": "{x,7} apples\n#init:\n- $x = range(0, 4000)\n#conditions:\n- x == 7\n#answer: x"}
+
+
+def test_a_rare_but_satisfiable_template_never_fails_on_one_unlucky_instance():
+    from peft_cca.tasks.templates import MAX_TRIES, template_problems
+
+    # one draw in 4,000 passes; with seed 1 instance 12 needs 23,088 draws, more than a fixed MAX_TRIES budget
+    assert MAX_TRIES < 23_088
+    problems = template_problems([parse_template(RARE, template_id="rare")], 20, 1, "test", "test", "test")
+    assert [p.answer for p in problems] == ["7"] * 20
+
+
+def test_a_loaded_machine_gives_the_same_instances(monkeypatch):
+    from peft_cca.tasks import templates
+
+    def make() -> list[str]:
+        return [p.question for p in templates.template_problems([parse_template(RARE)], 20, 3, "t", "t", "t")]
+
+    plain = make()
+    clock = iter(range(10**9))  # 256 draws take 50 ms: ten times slower than on two cores shared by six jobs
+    monkeypatch.setattr(templates.time, "monotonic", lambda: next(clock) * 0.05)
+    assert make() == plain

@@ -58,8 +58,16 @@ from peft_cca.tasks.template_data import BUILTIN_LISTS, LANGUAGE_FUNCTIONS, lang
 
 logger = logging.getLogger(__name__)
 
-MAX_TRIES = 20_000  # draws for one instance before its conditions count as unsatisfiable
-MAX_SECONDS = 10.0  # wall-clock budget for all instances of one template
+# Whether a template is unsatisfiable is decided by counted draws, not by the clock, so the problems a seed gives
+# do not depend on how loaded the machine is: an instance fails after MAX_TRIES draws, or after RARE_FACTOR times
+# the mean draws per instance seen so far in its template when that is more (GSM-Symbolic's template 459 needs
+# about 2,700 draws per instance; a geometric count exceeds 50 times its mean with probability e**-50).
+MAX_TRIES = 20_000
+RARE_FACTOR = 50
+# The clock only stops templates whose every draw is costly (each draw is bounded, their number is not): a safety
+# net several times above what the slowest published template needs on a loaded machine (0.2 s per instance).
+MAX_SECONDS = 10.0
+SECONDS_PER_INSTANCE = 1.0
 MAX_INSTANCES = 10_000  # per template and spec
 MAX_ROUND_DIGITS = 15
 SLOT = re.compile(r"\{(\w+)\s*,([^{}]*)\}")
@@ -512,6 +520,7 @@ class _Sampler:
         ]
         self.steps = [(template.bindings[i], candidates[i], prepared[i]) for i in order]
         self.schedule = _condition_schedule(template, order)
+        self.accepted = self.spent = 0  # instances made and the draws they took, for the draw budget
 
     def _check(self, conditions: list[_Statement], values: dict, failures: dict) -> bool:
         for condition in conditions:
@@ -556,16 +565,21 @@ class _Sampler:
     def instance(self, deadline: float) -> tuple[str, str, str | None]:
         """(question, gold answer, worked solution or None) of one fresh instance."""
         failures: dict[_Statement, tuple[int, str]] = {}
-        for tries in range(1, MAX_TRIES + 1):
+        budget = max(MAX_TRIES, RARE_FACTOR * -(-self.spent // max(self.accepted, 1)))
+        for tries in range(1, budget + 1):
             drawn = self.draw(failures)
             if drawn is not None:
+                self.accepted, self.spent = self.accepted + 1, self.spent + tries
                 return render(self.template, *drawn, self.functions)
             if tries % 256 == 0 and time.monotonic() > deadline:
-                break
+                raise self.template.error(
+                    f"instances took over the time budget ({tries} draws for this one, each costly); "
+                    "simplify its expressions or lower size"
+                )
         worst = max(failures, key=lambda s: failures[s][0], default=None)
         reason = f"{failures[worst][0]} times: {failures[worst][1]}" if worst is not None else "nothing failed"
         raise self.template.error(
-            f"conditions not satisfied in {tries} draws (this line failed {reason}); widen the ranges or loosen it",
+            f"conditions not satisfied in {budget} draws (this line failed {reason}); widen the ranges or loosen it",
             worst,
         )
 
@@ -728,7 +742,7 @@ def template_problems(
     problems = []
     for template in templates:
         sampler = _Sampler(template, random.Random(f"{seed}:{template.id}"))
-        deadline = time.monotonic() + MAX_SECONDS
+        deadline = time.monotonic() + MAX_SECONDS + SECONDS_PER_INSTANCE * size
         try:
             drawn = [sampler.instance(deadline) for _ in range(size)]
         except TemplateError as error:
