@@ -143,6 +143,8 @@ class Circuit:
             raise UsageError(
                 f"{path}: line {err.lineno}: not valid JSON ({err.msg}; truncated?); rerun `peft-cca circuit`"
             ) from None
+        except RecursionError:
+            raise UsageError(f"{path}: JSON nested too deeply to be a circuit; rerun `peft-cca circuit`") from None
         try:
             circuit = cls.from_dict(data)
             if model is not None:

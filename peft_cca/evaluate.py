@@ -341,6 +341,8 @@ def _read_json_object(path: Path) -> dict[str, Any]:
         raise UsageError(
             f"{path}: line {err.lineno}: not valid JSON ({err.msg}); rerun stage 1 (localize) to rewrite it"
         ) from None
+    except RecursionError:
+        raise UsageError(f"{path}: JSON nested too deeply; rerun stage 1 (localize) to rewrite it") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}: holds {type(data).__name__}, not a JSON object; rerun stage 1 (localize)")
     return data

@@ -226,7 +226,7 @@ def check_adapter_folder(folder: str | Path) -> Path:
         raise UsageError(f"{config} is missing, so {folder} is not a saved adapter; {hint}")
     try:
         json.loads(config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         line = f"line {err.lineno}: " if isinstance(err, json.JSONDecodeError) else ""
         raise UsageError(f"{config}: {line}not valid JSON; restore the file saved with the adapter ({hint})") from None
     weights = folder / ADAPTER_WEIGHTS

@@ -157,3 +157,44 @@ def test_a_gsm_symbolic_row_without_its_gold_line_is_refused_never_read_as_a_wor
     rows.write_text(json.dumps(good) + "\n" + json.dumps({**good, "instance": 1, "answer": "seven"}) + "\n")
     with pytest.raises(UsageError, match=r"rows\.jsonl:2: the answer has no '#### <number>' line"):
         load_problems(f"gsm-symbolic-file:{rows}")
+
+
+DEEP = "[" * 100_000  # json and tomllib recurse: a RecursionError, never a one-line error, unless caught
+
+
+def test_deeply_nested_json_in_any_input_file_is_one_line_within_a_second(tmp_path):
+    import time
+
+    from peft_cca.evaluate import stage_problems
+    from peft_cca.tasks.templates import TemplateError, read_templates
+
+    files = {
+        "records.jsonl": lambda path: load_records(path.parent),
+        "circuit.json": Circuit.load,
+        "rows.jsonl": lambda path: load_problems(f"gsm-symbolic-file:{path}"),
+        "templates.json": read_templates,
+        "templates.toml": read_templates,
+        "meta.json": lambda path: stage_problems(path.parent, "test"),
+    }
+    for name, load in files.items():
+        folder = tmp_path / name.replace(".", "-")
+        folder.mkdir()
+        path = folder / name
+        path.write_text(("a = " if name.endswith(".toml") else "") + DEEP)
+        start = time.monotonic()
+        with pytest.raises((UsageError, TemplateError), match=r"nested too deeply") as caught:
+            load(path)
+        assert time.monotonic() - start < 1.0 and name in str(caught.value)
+        _one_line(caught)
+
+
+def test_a_template_file_that_is_not_utf8_or_a_record_that_is_not_an_object(tmp_path):
+    import random
+
+    from peft_cca.tasks.templates import TemplateError, instantiate, read_templates
+
+    (tmp_path / "t.json").write_bytes(b'{"question_annotated": "\xff"}')
+    with pytest.raises(TemplateError, match=r"t\.json: not UTF-8 text"):
+        read_templates(tmp_path / "t.json")
+    with pytest.raises(TemplateError, match=r"template 0: a template is an object, not list"):
+        instantiate(["not a template"], random.Random(0))

@@ -67,6 +67,8 @@ def _parse(line: str, number: int, path: Path) -> tuple[Record, str | None]:
         raw = json.loads(line)
     except json.JSONDecodeError as err:
         raise DatasetError(f"{where}: not valid JSON ({err.msg}, column {err.colno}); {_FIX}") from None
+    except RecursionError:
+        raise DatasetError(f"{where}: JSON nested too deeply to be a record; {_FIX}") from None
     if not isinstance(raw, dict):
         raise DatasetError(f"{where}: holds a JSON {type(raw).__name__}, not a record object; {_FIX}")
     missing = [key for key in REQUIRED if key not in raw]

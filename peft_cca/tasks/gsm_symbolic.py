@@ -73,6 +73,8 @@ def load_gsm_symbolic_file(path: str | Path) -> list[Problem]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as error:
         raise UsageError(f"gsm-symbolic-file:{path}: cannot read it ({error.strerror}); check the path") from error
+    except UnicodeDecodeError as error:
+        raise UsageError(f"gsm-symbolic-file:{path}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
     rows = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -81,6 +83,8 @@ def load_gsm_symbolic_file(path: str | Path) -> list[Problem]:
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise UsageError(f"{path}:{number}: not JSON ({error.msg}); one JSON object per line") from error
+        except RecursionError:
+            raise UsageError(f"{path}:{number}: JSON nested too deeply; one flat JSON object per line") from None
         if not isinstance(row, dict):
             raise UsageError(f"{path}:{number}: not a JSON object; one JSON object per line")
         rows.append((f"{path}:{number}", row))

@@ -338,6 +338,8 @@ def _compile(where: str, template_id: str, number: int, text: str) -> ast.Expres
 
 def parse_template(record: dict[str, Any], where: str = "template", template_id: str = "0") -> Template:
     """Compile a template record once: its bindings, conditions, answer and solution slots."""
+    if not isinstance(record, dict):
+        raise TemplateError(f"{where}: template {template_id}: a template is an object, not {type(record).__name__}")
     text = record.get("question_annotated")
     if not isinstance(text, str):
         raise TemplateError(f"{where}: template {template_id}: no 'question_annotated' string; add one")
@@ -675,22 +677,29 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise TemplateError(f"{path}: cannot read the template file ({error.strerror}); check the path") from error
+    except UnicodeDecodeError as error:
+        raise TemplateError(f"{path}: not UTF-8 text (byte {error.start}); save the file as UTF-8") from None
     if path.suffix == ".toml":
         try:
             return [tomllib.loads(text)]
         except tomllib.TOMLDecodeError as error:
             raise TemplateError(f"{path}: not valid TOML ({error}); fix the file") from error
+        except RecursionError:
+            raise TemplateError(f"{path}: values nested too deeply to read; fix the file") from None
     try:
         data = json.loads(text)
         records = data if isinstance(data, list) else [data]
+    except RecursionError:
+        raise TemplateError(f"{path}: JSON nested too deeply to read; fix the file") from None
     except json.JSONDecodeError:
         records = []
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
                     records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise TemplateError(f"{path}:{number}: not JSON ({error.msg}); fix the line") from error
+                except (json.JSONDecodeError, RecursionError) as error:
+                    why = error.msg if isinstance(error, json.JSONDecodeError) else "nested too deeply"
+                    raise TemplateError(f"{path}:{number}: not JSON ({why}); fix the line") from None
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             raise TemplateError(f"{path}: template #{index} is not a JSON object; each template is an object")
