@@ -118,3 +118,30 @@ def test_defaults_load():
     assert load_problems(DEFAULT_TASK, limit=3)
     for task in DEFAULT_RETENTION_TASKS:
         assert load_problems(f"rg:{task}?size=1")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("rg:chain_sum?size=2&min_digits=-5", r"AssertionError: min_digits must be positive"),
+        ("rg:chain_sum?size=2&min_digits=5000&max_digits=5000", r"ValueError: Exceeds the limit"),
+    ],
+)
+def test_reasoning_gym_configs_it_refuses_are_one_usage_error_line(spec, message):
+    with pytest.raises(UsageError, match=r"rg:chain_sum: reasoning-gym refused .*" + message) as caught:
+        load_problems(spec, limit=2)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_reasoning_gym_config_that_would_run_for_ever_is_stopped_by_its_time_budget(monkeypatch):
+    import time
+
+    from peft_cca.tasks import reasoning_gym_source
+
+    monkeypatch.setattr(reasoning_gym_source, "SECONDS", 0.5)
+    monkeypatch.setattr(reasoning_gym_source, "SECONDS_PER_ITEM", 0.0)
+    start = time.monotonic()
+    with pytest.raises(UsageError, match=r"rg:chain_sum: generating 2 items took over 0\.5 s; lower the config"):
+        load_problems("rg:chain_sum?size=2&min_terms=10000000&max_terms=10000000", limit=2)
+    assert time.monotonic() - start < 5
+    assert len(load_problems("rg:chain_sum?size=3")) == 3  # the timer is gone: a normal load is unaffected
