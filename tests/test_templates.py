@@ -156,3 +156,20 @@ def test_a_loaded_machine_gives_the_same_instances(monkeypatch):
     clock = iter(range(10**9))  # 256 draws take 50 ms: ten times slower than on two cores shared by six jobs
     monkeypatch.setattr(templates.time, "monotonic", lambda: next(clock) * 0.05)
     assert make() == plain
+
+
+def test_short_ranges_drawn_from_a_list_give_exactly_the_instances_of_the_plain_draw(monkeypatch):
+    from peft_cca.tasks import templates
+
+    def questions() -> list[tuple[str, str]]:
+        specs = [f"template:{FIXTURES / 'templates_sample.json'}?size=20&seed=5", f"template:{PUBLISHED}?size=20"]
+        if _package_installed():
+            specs.append("gsm-symbolic-templates:en?size=2&seed=5")
+        return [(p.question, p.answer) for spec in specs for p in load_problems(spec)]
+
+    fast = questions()
+    prepare = templates._prepare
+    monkeypatch.setattr(  # the plain computation: every range drawn lazily by _bind
+        templates, "_prepare", lambda t, b, c: None if isinstance(c, range) else prepare(t, b, c)
+    )
+    assert questions() == fast

@@ -436,8 +436,13 @@ def _split(template: Template, binding: _Statement, value: Any) -> list[Any]:
 def _prepare(template: Template, binding: _Statement, candidates: Sequence[Any]) -> list[tuple[tuple, tuple]] | None:
     """Each candidate as (spellings, numbers) of its names, split once; None where one would fail at a draw."""
     single = len(binding.names) == 1
-    if isinstance(candidates, range) or (single and any(isinstance(c, (range, Choices)) for c in candidates)):
-        return None  # a range is drawn lazily; a drawn range or Choices is drawn from again by _bind
+    if isinstance(candidates, range):
+        if not single or not 0 < len(candidates) <= MAX_SEQUENCE:
+            return None  # a long (or empty) range is drawn lazily by _bind
+        # rng.choice picks index randbelow(len) from a list as from a range: the same draws, without _bind per draw
+        candidates = list(candidates)
+    if single and any(isinstance(c, (range, Choices)) for c in candidates):
+        return None  # a drawn range or Choices is drawn from again by _bind
     try:
         prepared = []
         for candidate in candidates:
