@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import pytest
 import torch
@@ -147,3 +148,74 @@ def test_a_run_records_the_placement_it_ran_with(tmp_path):
         "device_map": None,
         "gradient_checkpointing": False,
     }
+
+
+def _saved_tiny_model(folder):
+    from tiny_models import tiny_model
+    from tiny_tokenizer import tiny_tokenizer
+
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_a_bf16_base_through_dcm_gives_fp32_logit_differences_and_records_its_placement(tmp_path):
+    from tiny_models import VOCAB
+    from tiny_tokenizer import tiny_tokenizer
+
+    from peft_cca.cli import main
+    from peft_cca.dcm.data import tokenizer_fingerprint
+
+    model_dir = _saved_tiny_model(tmp_path / "model")
+    data = tmp_path / "data"
+    data.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    rows = [
+        {
+            "prefix_ids": torch.randint(4, VOCAB, (6 + i,), generator=generator).tolist(),
+            "desired_token_id": 3,
+            "undesired_token_id": 5,
+            "split": "validation" if i >= 6 else "train",
+        }
+        for i in range(8)
+    ]
+    (data / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (data / "meta.json").write_text(json.dumps({"tokenizer": tokenizer_fingerprint(tiny_tokenizer())}))
+    out = tmp_path / "circuit"
+    argv = ["circuit", "--data", str(data), "--model", str(model_dir), "--lambda", "0", "--epochs", "2"]
+    assert main([*argv, "--lr", "0.2", "--batch-size", "3", "--out", str(out), "--dtype", "bf16"]) == 0
+    assert json.loads((out / "runtime.json").read_text())["dtype"] == "bfloat16"
+    assert (out / "circuit.json").is_file()
+    row = json.loads((out / "sweep.json").read_text())["rows"][0]
+    assert math.isfinite(row["train_logit_diff"])  # the fp32 logit difference of a bf16 forward
+
+
+def test_a_bf16_base_through_amplify_and_lora_trains_fp32_deltas_and_records_its_placement(tmp_path):
+    from safetensors.torch import load_file
+    from tiny_models import tiny_model
+    from tiny_tokenizer import tiny_tokenizer
+
+    import peft_cca
+    from peft_cca.cli import main
+    from peft_cca.dcm.data import tokenizer_fingerprint
+
+    model_dir = _saved_tiny_model(tmp_path / "model")
+    run = tmp_path / "run"
+    run.mkdir()
+    meta = {"model": str(model_dir), "task": "rg:chain_sum?size=30&seed=0", "seed": 0, "prompt_style": "chat"}
+    (run / "meta.json").write_text(json.dumps({**meta, "tokenizer": tokenizer_fingerprint(tiny_tokenizer())}))
+    rows = [
+        {"prefix_ids": [5 + i, 6 + i, 7 + i], "desired_token_id": 10 + i, "undesired_token_id": 20 + i}
+        for i in range(4)
+    ]
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shape = peft_cca.describe(tiny_model("llama")).shape
+    peft_cca.Circuit(shape, {0: {"q": [1], "mlp": [3]}, 1: {"v": [0]}}).save(run / "circuit.json")
+    placement = ["--device", "cpu", "--dtype", "bf16", "--val-limit", "1", "--max-new-tokens", "2", "--lr", "0.01"]
+    assert main(["amplify", "--run", str(run), "--steps", "1", "--out", str(tmp_path / "cca"), *placement]) == 0
+    assert main(["lora", "--run", str(run), "--max-steps", "1", "--out", str(tmp_path / "lora"), *placement]) == 0
+    for name in ("cca", "lora"):
+        assert json.loads((tmp_path / name / "runtime.json").read_text())["dtype"] == "bfloat16", name
+    deltas = load_file(next((tmp_path / "cca").rglob("adapter_model.safetensors")))
+    assert deltas and all(t.dtype == torch.float32 for k, t in deltas.items() if "delta" in k)
+    assert any("delta" in k for k in deltas)
