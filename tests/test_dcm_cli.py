@@ -13,6 +13,7 @@ import peft_cca.models
 from peft_cca.circuit import Circuit
 from peft_cca.cli import main
 from peft_cca.dcm.data import DatasetError, tokenizer_fingerprint
+from peft_cca.dcm.train import DCMConfig
 from peft_cca.errors import UsageError
 
 
@@ -132,9 +133,13 @@ def test_lambda_that_is_not_a_finite_non_negative_number_is_refused(value, capsy
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--lr", "0"), ("--lr", "-1"), ("--epochs", "0"), ("--batch-size", "0")])
-def test_settings_that_cannot_train_are_refused(tiny_data, tmp_path, flag, value):
-    with pytest.raises(UsageError, match="DCM setting"):
+def test_settings_that_cannot_train_are_refused(tiny_data, tmp_path, flag, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # at parse time (commands/options.py), before any model loads
         _circuit(tiny_data(), tmp_path / "out", flag, value)
+    assert exit_info.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+    field = flag.removeprefix("--").replace("-", "_")
+    with pytest.raises(UsageError, match="DCM setting"):  # the library refuses it too
+        DCMConfig(**{field: float(value) if field == "lr" else int(value)})
 
 
 def test_records_without_signal_are_refused(tiny_data, tmp_path):

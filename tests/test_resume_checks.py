@@ -56,6 +56,17 @@ def test_localize_resume_with_other_settings_is_refused_and_loses_nothing(lm, fi
     assert _files(out) == before
 
 
+def test_a_folder_from_before_settings_json_is_checked_against_its_meta_json(lm, finished, tmp_path):
+    out = _copy(finished, tmp_path)
+    (out / "settings.json").unlink()
+    before = _files(out)
+    with pytest.raises(UsageError, match="seed 0 \\(recorded\\) vs 1 \\(now\\)"):
+        localize(*lm, _problems()[:4], replace(QUICK, seed=1), out, model_name="tiny")
+    assert {k: v for k, v in _files(out).items() if k != "settings.json"} == before
+    localize(*lm, _problems()[:4], QUICK, out, model_name="tiny")
+    assert _files(out) == _files(finished)
+
+
 def test_localize_other_problems_or_model_are_refused(lm, finished, tmp_path):
     out = _copy(finished, tmp_path)
     with pytest.raises(UsageError, match="problems_sha256"):

@@ -16,6 +16,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
+from peft_cca.errors import UsageError
 from peft_cca.generation import TokenCounter, plan_batches, prefill_caches
 from peft_cca.localize.dataset import PROGRESS, RECORDS, DatasetWriter, _read_jsonl
 from peft_cca.localize.pivots import Pivot, branching_pivot_naive, branching_pivots_fast, prefix_pivot
@@ -98,14 +99,34 @@ def run_settings(config: LocalizeConfig, model, model_name: str, problems: Seque
 def prepare_folder(out_dir: Path, settings: dict[str, Any], overwrite: bool, state: PartialState) -> None:
     """Start afresh (``overwrite``: the main process removes :data:`RUN_FILES`) or check that the folder was made
     with ``settings`` and holds no damaged line. Every process checks, so all of them stop together."""
-    if overwrite and state.is_main_process:
-        for name in RUN_FILES:
-            (out_dir / name).unlink(missing_ok=True)
+    if state.is_main_process:
+        if overwrite:
+            for name in RUN_FILES:
+                (out_dir / name).unlink(missing_ok=True)
+        elif (legacy := _legacy_settings(out_dir, settings)) is not None:
+            atomic_write_json(out_dir / SETTINGS_FILE, dict(sorted(legacy.items())))
     state.wait_for_everyone()
     check_settings(out_dir, settings, record=state.is_main_process)
     for name in (GREEDY, RECORDS, PROGRESS):
         _read_jsonl(out_dir / name)
     state.wait_for_everyone()
+
+
+def _legacy_settings(out_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The settings of a folder written before settings.json existed, read from its meta.json; those meta.json
+    does not hold (the problems' hash) are taken as ``settings`` has them, as they cannot be checked."""
+    meta_path = out_dir / "meta.json"
+    if (out_dir / SETTINGS_FILE).exists() or not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{meta_path} is not JSON ({err}): delete {out_dir} or rerun with --overwrite") from None
+    config = meta.get("config") or {}
+    recorded = {key: config[key] for key in settings if key in config}
+    known = {"model": meta.get("model"), "prompt_style": meta.get("prompt_style")}
+    known["dtype"] = (meta.get("runtime") or {}).get("dtype", settings["dtype"])
+    return {**settings, **recorded, **known, "splits": list(recorded.get("splits", settings["splits"]))}
 
 
 def tokenizer_info(tokenizer) -> dict[str, Any]:
