@@ -16,7 +16,7 @@ from peft_cca import registration
 from peft_cca.arch import COMPONENT_KINDS, ArchSpec, Side, describe
 from peft_cca.circuit import Circuit
 from peft_cca.config import CCAConfig
-from peft_cca.errors import CCAError, UsageError
+from peft_cca.errors import UsageError
 from peft_cca.layer import BASE_ADAPTER, CCALayer
 
 TargetPlan = dict[str, tuple[Side, torch.Tensor]]
@@ -171,7 +171,7 @@ class CCAModel(BaseTuner):
         source = config.weights_file_hint()
         for key, value in state_dict.items():
             if value.is_floating_point() and value.device.type != "meta" and not torch.isfinite(value).all():
-                raise CCAError(
+                raise UsageError(
                     f"{source}: tensor {key} holds NaN or inf values; the adapter is broken, re-train or re-save it"
                 )
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)

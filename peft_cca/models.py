@@ -237,7 +237,7 @@ def check_adapter_folder(folder: str | Path) -> Path:
             for key in tensors.keys():  # noqa: SIM118 - safe_open is not a mapping
                 value = tensors.get_tensor(key)
                 if value.is_floating_point() and not torch.isfinite(value).all():
-                    raise CCAError(f"{weights}: tensor {key} holds NaN or inf values; the adapter is broken, {hint}")
+                    raise UsageError(f"{weights}: tensor {key} holds NaN or inf values; the adapter is broken, {hint}")
     except SafetensorError as err:
         raise UsageError(f"{weights}: not a readable safetensors file ({err}); {hint}") from None
     return folder

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_cca.arch import COMPONENT_KINDS
+from peft_cca.errors import UsageError
 from peft_cca.runfolder import atomic_write_json, atomic_write_text
 
 BASE = "Base"
@@ -42,7 +43,18 @@ def load_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
             if not found:
                 raise FileNotFoundError(f"{path} holds neither eval.json nor any run JSON")
             files += found
-    return [json.loads(file.read_text()) for file in files]
+    return [_read_run(file) for file in files]
+
+
+def _read_run(file: Path) -> dict[str, Any]:
+    """One run JSON; a damaged or foreign file is one line naming it, not a JSON traceback."""
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{file} is not valid JSON ({err}): run `peft-cca evaluate` again to rewrite it") from err
+    if not isinstance(data, dict):
+        raise UsageError(f"{file} holds a {type(data).__name__}, not a run written by `peft-cca evaluate`: drop it")
+    return data
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

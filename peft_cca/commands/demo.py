@@ -105,6 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from peft_cca.cli import main as peft_cca
+    from peft_cca.models import resolve
+
+    resolve(args.model)  # a mistyped model is one line now, not a failed first stage after the plan
 
     overrides = {
         name: getattr(args, name)

@@ -88,4 +88,6 @@ def load_gsm_symbolic_file(path: str | Path) -> list[Problem]:
         if not isinstance(row, dict):
             raise UsageError(f"{path}:{number}: not a JSON object; one JSON object per line")
         rows.append((f"{path}:{number}", row))
+    if not rows:
+        raise UsageError(f"gsm-symbolic-file:{path}: the file holds no problems; one JSON object per line")
     return to_problems(rows, path.stem)
