@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -162,6 +163,25 @@ def _probe_records(model: nn.Module, longest: Mapping[str, Any], pad_token_id: i
     return probe
 
 
+def cpu_token_budget(model: nn.Module) -> int:
+    """Tokens per micro-batch off CUDA: a quarter of the available host memory over a rough upper estimate of what
+    one token keeps for the backward pass (6 hidden-size and 4 intermediate-size values per layer in the weights'
+    dtype), capped at ``CPU_TOKEN_BUDGET``: CPU kernels gain little from bigger batches."""
+    config = getattr(model, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    if not hidden or not layers:
+        return CPU_TOKEN_BUDGET
+    inner = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+    per_token = layers * (6 * hidden + 4 * inner) * next(model.parameters()).element_size()
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): the cap alone
+        return CPU_TOKEN_BUDGET
+    return max(1, min(CPU_TOKEN_BUDGET, available // 4 // per_token))
+
+
 def auto_micro_batch(
     model: nn.Module,
     lengths: Sequence[int],
@@ -171,10 +191,9 @@ def auto_micro_batch(
     """The micro-batch ``--micro-batch auto`` trains with: never more than ``cap`` (default: every row).
 
     On CUDA, one row's memory is measured with a probe at the longest row, the size that should fit in 90% of
-    ``torch.cuda.mem_get_info``'s free memory is tried, halving on out-of-memory. Elsewhere a token budget
-    (``CPU_TOKEN_BUDGET`` tokens of the longest row) bounds it: host memory is large and CPU kernels gain little
-    from bigger batches. Under several processes the smallest choice wins, so every process accumulates alike.
-    The choice changes memory and speed only: the full-batch gradient is the same for every size.
+    ``torch.cuda.mem_get_info``'s free memory is tried, halving on out-of-memory. Elsewhere the token budget of
+    :func:`cpu_token_budget` bounds it. Under several processes the smallest choice wins, so every process
+    accumulates alike. The choice changes memory and speed only: the full-batch gradient is the same for every size.
     """
     cap = max(1, cap or len(lengths))
     longest = max(lengths)
@@ -187,7 +206,7 @@ def auto_micro_batch(
         free, _ = torch.cuda.mem_get_info(device)
         size = fit_micro_batch(min(cap, max(1, int(0.9 * free / per_row))), probe)
     else:
-        size = min(cap, max(1, CPU_TOKEN_BUDGET // max(1, longest)))
+        size = min(cap, max(1, cpu_token_budget(model) // max(1, longest)))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         chosen = torch.tensor([size], device=device if device.type == "cuda" else "cpu")
         torch.distributed.all_reduce(chosen, op=torch.distributed.ReduceOp.MIN)

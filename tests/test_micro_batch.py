@@ -22,6 +22,7 @@ from peft_cca.trainer import (
     PivotCollator,
     amplify,
     auto_micro_batch,
+    cpu_token_budget,
     fit_micro_batch,
     logit_difference,
     resolve_micro_batch,
@@ -92,13 +93,24 @@ def test_fit_gives_up_at_one():
 
 def test_auto_on_cpu_follows_the_token_budget_and_the_cap():
     model = tiny_model("llama")
+    budget = cpu_token_budget(model)
+    assert budget == CPU_TOKEN_BUDGET  # a tiny model: the cap, not the memory, decides
 
     def never(size: int) -> None:
         raise AssertionError("the CPU choice needs no probe")
 
-    assert auto_micro_batch(model, [CPU_TOKEN_BUDGET // 4, 10], never) == 2
+    assert auto_micro_batch(model, [budget // 4, 10], never) == 2
     assert auto_micro_batch(model, [3, 5], never, cap=2) == 2
-    assert auto_micro_batch(model, [CPU_TOKEN_BUDGET * 2], never) == 1
+    assert auto_micro_batch(model, [budget * 2], never) == 1
+
+
+def test_cpu_budget_follows_available_memory_and_model_size(monkeypatch):
+    model = tiny_model("llama")  # 2 layers, hidden 48, intermediate 80, fp32: 2 * (288 + 320) * 4 bytes a token
+    per_token = 2 * (6 * 48 + 4 * 80) * 4
+    pages = {"SC_AVPHYS_PAGES": 4 * per_token * 1000, "SC_PAGE_SIZE": 1}
+    monkeypatch.setattr("os.sysconf", pages.__getitem__)
+    assert cpu_token_budget(model) == 1000
+    assert cpu_token_budget(model.to(torch.bfloat16)) == 2000
 
 
 def test_auto_is_resolved_and_recorded(tmp_path):
