@@ -163,6 +163,14 @@ def _probe_records(model: nn.Module, longest: Mapping[str, Any], pad_token_id: i
     return probe
 
 
+def _cuda_peak(device: torch.device, probe: Callable[[int], None], size: int) -> int:
+    """Bytes a probe of ``size`` rows adds at its peak to what is allocated before it."""
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    probe(size)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
 def cpu_token_budget(model: nn.Module) -> int:
     """Tokens per micro-batch off CUDA: a quarter of the available host memory over a rough upper estimate of what
     one token keeps for the backward pass (6 hidden-size and 4 intermediate-size values per layer in the weights'
@@ -190,21 +198,27 @@ def auto_micro_batch(
 ) -> int:
     """The micro-batch ``--micro-batch auto`` trains with: never more than ``cap`` (default: every row).
 
-    On CUDA, one row's memory is measured with a probe at the longest row, the size that should fit in 90% of
-    ``torch.cuda.mem_get_info``'s free memory is tried, halving on out-of-memory. Elsewhere the token budget of
-    :func:`cpu_token_budget` bounds it. Under several processes the smallest choice wins, so every process
-    accumulates alike. The choice changes memory and speed only: the full-batch gradient is the same for every size.
+    On CUDA, a row's memory is measured with probes of 1 and 2 copies of the longest row, the size that should
+    fit in 90% of ``torch.cuda.mem_get_info``'s free memory is tried, halving on out-of-memory. Elsewhere the
+    token budget of :func:`cpu_token_budget` bounds it. Under several processes the smallest choice wins, so
+    every process accumulates alike. The choice changes memory and speed only: the full-batch gradient is the
+    same for every size.
     """
     cap = max(1, cap or len(lengths))
     longest = max(lengths)
     device = next(model.parameters()).device
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        probe(1)
-        per_row = max(1, torch.cuda.max_memory_allocated(device) - before)
+        peaks = [_cuda_peak(device, probe, size) for size in (1, 2)] if cap > 1 else []
         free, _ = torch.cuda.mem_get_info(device)
-        size = fit_micro_batch(min(cap, max(1, int(0.9 * free / per_row))), probe)
+        if peaks:
+            # the gradients are a fixed cost (peak at 1 row minus that row): the rows share what is left, less
+            # room for an optimizer state of two copies of the trainable weights (AdamW's; SGD keeps none)
+            per_row = max(1, peaks[1] - peaks[0])
+            fixed = max(0, peaks[0] - per_row) + 2 * sum(
+                p.numel() * p.element_size() for p in model.parameters() if p.requires_grad
+            )
+            cap = min(cap, max(1, int((0.9 * free - fixed) / per_row)))
+        size = fit_micro_batch(cap, probe)
     else:
         size = min(cap, max(1, cpu_token_budget(model) // max(1, longest)))
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -137,3 +137,27 @@ def test_lora_auto_divides_the_effective_batch():
     settings = LoraSettings(per_device_batch="auto", effective_batch=12)
     assert lora_micro_batch(model, tokenizer, dataset, [CPU_TOKEN_BUDGET // 5] * 4, settings) == 4  # 5 fit, 4 divides
     assert lora_micro_batch(model, tokenizer, dataset, lengths, LoraSettings(per_device_batch=3)) == 3
+
+
+def test_auto_on_cuda_sizes_from_free_memory_then_halves(monkeypatch):
+    """The CUDA arithmetic with the memory figures faked: probes say a row costs 300 bytes beyond 1,000 fixed."""
+    from types import SimpleNamespace
+
+    import peft_cca.trainer as trainer
+
+    weight = SimpleNamespace(device=torch.device("cuda"), requires_grad=True, numel=lambda: 100, element_size=lambda: 4)
+    model = SimpleNamespace(parameters=lambda: iter([weight]))
+    monkeypatch.setattr(trainer, "_cuda_peak", lambda _device, _probe, size: 1000 + 300 * size)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _device: (10_000, 80_000))
+    tried = []
+
+    def probe(size: int) -> None:
+        tried.append(size)
+        if size > 10:
+            raise torch.OutOfMemoryError("fake")
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    # (0.9 * 10,000 - (1,300 - 300) - 2 * 400) / 300 = 24 rows fit by the figures; 24 fails, 12 fails, 6 runs
+    assert auto_micro_batch(model, [50] * 100, probe) == 6
+    assert tried == [24, 12, 6]
+    assert auto_micro_batch(model, [50] * 5, probe) == 5  # never more than the rows
