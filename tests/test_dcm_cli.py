@@ -12,7 +12,7 @@ from test_dcm_paths import random_records, tiny_model
 import peft_cca.models
 from peft_cca.circuit import Circuit
 from peft_cca.cli import main
-from peft_cca.dcm.data import DatasetError, tokenizer_fingerprint
+from peft_cca.dcm.data import tokenizer_fingerprint
 from peft_cca.dcm.train import DCMConfig
 from peft_cca.errors import UsageError
 
@@ -142,12 +142,12 @@ def test_settings_that_cannot_train_are_refused(tiny_data, tmp_path, flag, value
         DCMConfig(**{field: float(value) if field == "lr" else int(value)})
 
 
-def test_records_without_signal_are_refused(tiny_data, tmp_path):
-    with pytest.raises(DatasetError, match="desired_token_id == undesired_token_id"):
-        _circuit(tiny_data(4, 4), tmp_path / "out")
+def test_records_without_signal_are_refused(tiny_data, tmp_path, capsys):
+    assert _circuit(tiny_data(4, 4), tmp_path / "out") == 2  # cli.main prints a DatasetError as one line
+    assert "desired_token_id == undesired_token_id" in capsys.readouterr().err
 
 
-def test_resume_with_other_settings_is_refused_and_json_is_strict(tiny_data, tmp_path):
+def test_resume_with_other_settings_is_refused_and_json_is_strict(tiny_data, tmp_path, capsys):
     data, out = tiny_data(), tmp_path / "out"
     assert _circuit(data, out, "--lr-schedule", "authors", "--checkpoint-every", "1") == 0
     history = _strict(out / "history.json")
@@ -156,7 +156,17 @@ def test_resume_with_other_settings_is_refused_and_json_is_strict(tiny_data, tmp
     assert sweep["rows"][0]["base_validation_logit_diff"] is None
     assert (out / "lambda_0.01" / "settings.json").exists()
     assert _circuit(data, out, "--lr-schedule", "authors", "--resume") == 0  # same settings: resumes
-    for drift in (["--lr", "0.3"], ["--seed", "1"], ["--form", "authors"], ["--lr-schedule", "constant"]):
-        with pytest.raises(UsageError, match="was made with other settings"):
-            _circuit(data, out, "--lr-schedule", "authors", "--resume", *drift)
+    capsys.readouterr()
+    for drift, named in (
+        (["--lr", "0.3"], "lr 0.2 (recorded) vs 0.3 (now)"),
+        (["--seed", "1"], "seed 0 (recorded) vs 1 (now)"),
+        (["--form", "authors"], 'form "paper" (recorded) vs "authors" (now)'),
+        (["--lr-schedule", "constant"], "lr_schedule"),
+    ):
+        before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+        assert _circuit(data, out, "--lr-schedule", "authors", "--resume", *drift) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "was made with other settings" in err and named in err, err
+        assert "without --resume" in err
+        assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before  # nothing lost
     assert not any(math.isnan(e["loss"]) for e in history["epochs"])
