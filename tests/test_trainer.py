@@ -203,8 +203,11 @@ def test_rerun_with_other_settings_is_refused_naming_them_and_overwrite_starts_a
     assert main([*base, "--lr", "0.02"]) == 2
     err = capsys.readouterr().err
     assert "lr [0.01] (recorded) vs [0.02] (now)" in err and "--overwrite" in err
+    stale = run_folder / "out" / "adapter"
+    stale.mkdir()
     with pytest.raises(ModelLoadedError):
         main([*base, "--lr", "0.02", "--overwrite"])
+    assert not stale.exists()  # the old run's adapter cannot pass for the new one's
 
 
 @pytest.mark.parametrize(

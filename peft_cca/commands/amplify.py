@@ -59,6 +59,18 @@ def default_out(args: argparse.Namespace) -> Path:
     return args.run / f"amplify{suffix}"
 
 
+def clear_outputs(out: Path, names: tuple[str, ...]) -> None:
+    """Remove what an earlier run with other settings wrote into ``out`` (only these names), for ``--overwrite``."""
+    import shutil
+
+    for name in names:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def output_settings(args: argparse.Namespace, model: str, circuit: Path | None, runtime: dict) -> dict:
     """What the adapter depends on (not the micro-batch or evaluation batch: they change speed only)."""
     keys = ("no_mask", "lr", "steps", "optimizer", "mlp_targets", "task", "split_seed", "val_limit")
@@ -89,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     out = ensure_output_dir(args.out or default_out(args))  # before the model loads: no work lost at save
     model_name = args.model or meta["model"]
     check_settings(out, output_settings(args, model_name, circuit_path, runtime.record()), overwrite=args.overwrite)
+    if args.overwrite:
+        clear_outputs(out, ("adapter", "model", "amplify.json"))
 
     from peft_cca.circuit import Circuit
     from peft_cca.dcm.data import load_records

@@ -83,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
     out = ensure_output_dir(args.out or args.run / "lora")  # before the model loads: no work lost at save
     model_name = args.model or meta["model"]
     check_settings(out, output_settings(args, model_name, runtime.record()), overwrite=args.overwrite)
+    if args.overwrite:
+        from peft_cca.commands.amplify import clear_outputs
+
+        clear_outputs(out, ("adapter", "lora.json"))
 
     from peft_cca.defaults import LoraSettings
     from peft_cca.evaluate import stage_problems
