@@ -93,13 +93,15 @@ def check_settings(
     overwrite: bool = False,
     restart_hint: str = "pass --overwrite to start afresh, or choose another --out",
     record: bool = True,
+    partial: bool = False,
 ) -> bool:
     """Compare ``settings`` with those recorded in ``folder``; record them when there are none.
 
     Returns ``True`` when the folder already held the same settings (a resume), ``False`` when they were
     recorded now. Raises :class:`UsageError` naming every differing setting unless ``overwrite``, in which
     case the new settings replace the old (the caller clears the stale files). ``record=False`` only compares:
-    the other processes of a launch check while the main one writes.
+    the other processes of a launch check while the main one writes. ``partial=True`` compares only the keys of
+    ``settings`` and records nothing: a check before the model loads, of the settings known without it.
     """
     folder = Path(folder)
     wanted = json.loads(json.dumps(json_safe(dict(settings)), sort_keys=True))
@@ -113,12 +115,12 @@ def check_settings(
             raise UsageError(f"{recorded_path} does not hold an object of settings: {restart_hint}")
         differing = [
             f"{key} {_describe(recorded.get(key))} (recorded) vs {_describe(wanted.get(key))} (now)"
-            for key in sorted(set(recorded) | set(wanted))
+            for key in sorted(set(wanted) if partial else set(recorded) | set(wanted))
             if recorded.get(key) != wanted.get(key)
         ]
         if differing:
             raise UsageError(f"{folder} was made with other settings: {'; '.join(differing)}; {restart_hint}")
         return True
-    if record:
+    if record and not partial:
         atomic_write_json(recorded_path, wanted)
     return False

@@ -87,7 +87,7 @@ def test_localize_same_settings_resume_and_overwrite_starts_afresh(lm, finished,
 
 
 def _localize_main(monkeypatch, lm, out: Path, *flags: str) -> int:
-    monkeypatch.setattr(peft_cca.models, "load_model", lambda name, *a, **kw: lm)
+    monkeypatch.setattr(peft_cca.models, "load_model", lambda name, *a, **kw: lm if name == "tiny" else 1 / 0)
     monkeypatch.setattr(peft_cca.tasks, "load_problems", lambda spec, limit=None: _problems()[:4])
     argv = ["localize", "--model", "tiny", "--task", "test", "--out", str(out), "--n-samples", "2"]
     return main(
@@ -102,7 +102,11 @@ def test_localize_command_refuses_drift_with_exit_2(monkeypatch, lm, finished, t
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "was made with other settings" in err and "--overwrite" in err
     assert "seed 0 (recorded) vs 7 (now)" in err
+    assert _localize_main(monkeypatch, lm, out, "--model", "unloadable", "--seed", "7") == 2  # before it loads
+    assert 'model "tiny" (recorded) vs "unloadable" (now)' in capsys.readouterr().err
     assert json.loads((out / "settings.json").read_text()) == settings
+    assert _localize_main(monkeypatch, lm, out, "--max-group-accuracy", "1.01") == 0  # the same settings resume
+    assert _files(out) == _files(finished)
 
 
 @pytest.mark.parametrize("name", ["records.jsonl", "progress.jsonl", "greedy.jsonl"])

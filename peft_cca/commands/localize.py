@@ -127,9 +127,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_cca.localize.run import LocalizeConfig, localize
+    from peft_cca.localize.run import LocalizeConfig, config_settings, localize
     from peft_cca.models import load_model
-    from peft_cca.runfolder import ensure_output_dir
+    from peft_cca.runfolder import check_settings, ensure_output_dir
     from peft_cca.runtime import runtime_from_args
     from peft_cca.tasks import load_problems
     from peft_cca.tasks.protocol import setting
@@ -154,8 +154,10 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
     )
     ensure_output_dir(args.out)  # a file or a read-only folder is refused before the model loads
-    model, tokenizer = load_model(args.model, runtime_from_args(args))
     problems = load_problems(args.task, limit=args.limit)
+    if not args.overwrite:  # a resume with other settings is refused before the model loads (localize checks all)
+        check_settings(args.out, config_settings(config, args.model, problems), partial=True)
+    model, tokenizer = load_model(args.model, runtime_from_args(args))
     summary = localize(model, tokenizer, problems, config, args.out, model_name=args.model, overwrite=args.overwrite)
     print(json.dumps({k: v for k, v in summary.items() if k != "accuracy_by_group"}, indent=2))
     print(f"wrote {summary['records']} records to {args.out / 'records.jsonl'}")

@@ -68,18 +68,18 @@ class LocalizeConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def run_settings(config: LocalizeConfig, model, model_name: str, problems: Sequence[Problem], style: str) -> dict:
-    """What the files of a run folder depend on. A resume with anything else would mix two datasets (and, as
-    later stages split by the recorded seed, leak training records into validation and test). The batch sizes
-    are here because a resume batches (and pads) as the first run did: that is what keeps it byte-identical."""
+def config_settings(config: LocalizeConfig, model_name: str, problems: Sequence[Problem]) -> dict[str, Any]:
+    """What the files of a run folder depend on, but for what only the loaded model tells (see run_settings). A
+    resume with anything else would mix two datasets (and, as later stages split by the recorded seed, leak
+    training records into validation and test). The batch sizes are here because a resume batches (and pads) as
+    the first run did: that is what keeps it byte-identical."""
+    problems = list(problems)[: config.limit] if config.limit is not None else list(problems)
     problem_rows = [[p.id, p.group_id, p.question, p.answer] for p in problems]
     return {
         "model": model_name,
-        "dtype": placement(model)["dtype"],
         "task": config.task,
         "limit": config.limit,
         "problems_sha256": hashlib.sha256(json.dumps(problem_rows, default=str).encode()).hexdigest(),
-        "prompt_style": style,
         "method": config.method,
         "seed": config.seed,
         "max_new_tokens": config.max_new_tokens,
@@ -94,6 +94,11 @@ def run_settings(config: LocalizeConfig, model, model_name: str, problems: Seque
         "batch_tokens": config.batch_tokens,
         "branch_batch": config.branch_batch,
     }
+
+
+def run_settings(config: LocalizeConfig, model, model_name: str, problems: Sequence[Problem], style: str) -> dict:
+    """:func:`config_settings` with the base weights' dtype and the resolved prompt style."""
+    return {**config_settings(config, model_name, problems), "dtype": placement(model)["dtype"], "prompt_style": style}
 
 
 def prepare_folder(out_dir: Path, settings: dict[str, Any], overwrite: bool, state: PartialState) -> None:
