@@ -108,3 +108,32 @@ def test_no_mask_all_restarts_every_lr_from_the_base_and_keeps_only_the_best_sta
     far = sum((seen[1][n] - base[n]).abs().sum() for n in base)
     near = sum((seen[2][n] - base[n]).abs().sum() for n in base)
     assert near < far
+
+
+def test_cli_no_mask_all_writes_a_loadable_model_and_its_label(tmp_path, capsys):
+    from peft_cca.cli import main
+    from peft_cca.dcm.data import tokenizer_fingerprint
+
+    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    run = tmp_path / "run"
+    run.mkdir()
+    meta = {
+        "model": str(tmp_path / "base"),
+        "task": "rg:chain_sum?size=30&seed=0",
+        "seed": 0,
+        "prompt_style": "chat",
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
+    (run / "meta.json").write_text(json.dumps(meta))
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records(4)))
+    argv = ["amplify", "--run", str(run), "--no-mask", "all", "--lr", "0.5", "--steps", "2", "--val-limit", "2"]
+    assert main([*argv, "--max-new-tokens", "2", "--micro-batch", "auto"]) == 0
+    out = run / "amplify-nomask-all"
+    saved = json.loads((out / "amplify.json").read_text())
+    assert (saved["label"], saved["micro_batch"]) == (report.NOMASK_ALL, 4)
+    assert not (out / "adapter").exists()
+    trained = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert any(not torch.equal(a, b) for a, b in zip(trained.parameters(), model.parameters(), strict=True))
+    assert "micro-batch: 4" in capsys.readouterr().out
