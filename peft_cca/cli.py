@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.exception("details")
         print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
         return error.exit_code
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
+    except (FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
         # a path the user gave that is missing or unusable: the OS message names it
         if args.verbose:
             logging.exception("details")
