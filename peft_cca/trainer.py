@@ -354,7 +354,7 @@ class BestStepCallback(TrainerCallback):
     Evaluates at the steps of ``schedule``, and with ``every`` also at each multiple of it and at the last
     step (the LoRA baseline's "every N steps"). Ties keep the earlier step. Step 0 (the untouched model) is
     evaluated for the curve when ``evaluate_at_start``, but the chosen step is always a trained one. With no
-    scheduled step reached, the final weights are kept.
+    scheduled step reached, the final weights are evaluated and kept (never a score of -inf).
     """
 
     def __init__(
@@ -401,8 +401,8 @@ class BestStepCallback(TrainerCallback):
             self._best_state = trainable_state(model)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if self._best_state is None:
-            self.best_step = state.global_step
+        if self._best_state is None:  # no scheduled step reached (fewer steps than the first): score the last
+            self.best_score, self.best_step = self._evaluate(model, state.global_step), state.global_step
             self._best_state = trainable_state(model)
         else:
             load_trainable_state(model, self._best_state)

@@ -242,3 +242,10 @@ def test_sweep_json_is_strict(tmp_path):
     amplify(model, tiny_tokenizer(), records(2), None, lrs=(0.1,), steps=2, evaluate_fn=diverged, output_dir=tmp_path)
     text = (tmp_path / "amplify.json").read_text()
     assert "NaN" not in text and json.loads(text)["runs"][0]["history"][0]["score"] is None
+
+
+def test_a_run_shorter_than_the_schedule_scores_its_last_step():
+    model, _ = cca_model()
+    run = train_one(model, records(3), lambda _m: 0.25, lr=0.1, pad_token_id=PAD, steps=1, evaluate_at_start=False)
+    assert (run.best_step, run.best_score) == (1, 0.25)
+    assert run.history == [{"step": 1, "score": 0.25}]
