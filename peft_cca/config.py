@@ -47,12 +47,12 @@ class CCAConfig(PeftConfig):
         if isinstance(self.circuit, Circuit):
             self.circuit = self.circuit.to_dict()
         if self.circuit is None:
-            raise ValueError("CCAConfig needs a circuit: CCAConfig(circuit=Circuit.load('circuit.json'))")
+            raise UsageError("CCAConfig needs a circuit: CCAConfig(circuit=Circuit.load('circuit.json'))")
         Circuit.from_dict(self.circuit)  # validate early: format, kinds, indices within the recorded shape
         self.mlp_targets = list(self.mlp_targets)
         unknown = set(self.mlp_targets) - set(MLP_TARGETS)
         if unknown or not self.mlp_targets:
-            raise ValueError(f"mlp_targets must be a non-empty subset of {MLP_TARGETS}, got {self.mlp_targets}")
+            raise UsageError(f"mlp_targets must be a non-empty subset of {MLP_TARGETS}, got {self.mlp_targets}")
         if self.modules_to_save is not None:
             self.modules_to_save = list(self.modules_to_save)
 

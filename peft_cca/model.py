@@ -14,7 +14,7 @@ from torch import nn
 
 from peft_cca import registration
 from peft_cca.arch import COMPONENT_KINDS, ArchSpec, Side, describe
-from peft_cca.circuit import Circuit
+from peft_cca.circuit import Circuit, CircuitShapeError
 from peft_cca.config import CCAConfig
 from peft_cca.errors import UsageError
 from peft_cca.layer import BASE_ADAPTER, CCALayer
@@ -61,7 +61,13 @@ class CCAModel(BaseTuner):
     def _plan(self, config: CCAConfig) -> TargetPlan:
         circuit = config.get_circuit()
         spec = describe(self.model)
-        circuit.validate(spec.shape)
+        try:
+            circuit.validate(spec.shape)
+        except CircuitShapeError as error:
+            if getattr(config, "_loaded_from", None) is None:
+                raise
+            # a saved adapter loaded onto another model: name the file whose circuit does not fit
+            raise CircuitShapeError(f"{config.config_file_hint()}: {error}") from error
         return plan_targets(spec, circuit, config.mlp_targets)
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs: Any) -> None:

@@ -25,7 +25,10 @@ from transformers.utils import logging as hf_logging
 
 import peft_cca
 from peft_cca.cli import main
-from peft_cca.dcm.data import tokenizer_fingerprint
+from peft_cca.dcm.data import load_records, tokenizer_fingerprint
+from peft_cca.errors import UsageError
+from peft_cca.models import load_adapter, resolve
+from peft_cca.tasks import load_problems
 
 TRUNCATED_GSM_ROW = '{"id": 0, "question": "How many'
 EVAL_RUN = json.dumps({"name": "base", "config": "Base", "seed": 0, "test": {"macro": 0.5}, "general": {}})
@@ -126,6 +129,18 @@ def _assert_one_clear_line(code: int, err: str, keywords: str | tuple[str, ...])
     assert all(line.startswith(("usage:", " ")) for line in lines if line not in errors), err
     for keyword in (keywords,) if isinstance(keywords, str) else keywords:
         assert keyword.lower() in errors[0].lower(), f"{keyword!r} not named in: {errors[0]}"
+
+
+# Template answers a hostile or careless author might write: each must be refused in well under a second.
+HOSTILE_EXPRESSIONS = {
+    "import": "__import__('os').system('echo pwned')",
+    "attribute": "x.__class__.__mro__",
+    "lambda": "(lambda: x)()",
+    "huge-power": "10 ** 10 ** 10",
+    "deep-nesting": "(" * 300 + "x" + ")" * 300,
+    "round-digits": "round(x, -10 ** 9)",
+    "format-width": "'%01000000000d' % x",
+}
 
 
 # Small counts put before each case's own flags (argparse keeps the last value): a command that fails to refuse its
@@ -257,6 +272,40 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
         lambda w: ["localize", *_model(w), "--limit", "2", "--out", str(w.read_only("locked") / "o")],
         "locked",
     ),
+    **{
+        f"localize-hostile-template-{name}": (
+            lambda w, expression=expression: [
+                "localize",
+                *_model(w),
+                "--task",
+                f"template:{_template(w, expression)}?size=1",
+                "--out",
+                str(w.tmp / "o"),
+            ],
+            "hostile.json",
+        )
+        for name, expression in HOSTILE_EXPRESSIONS.items()
+    },
+    **{
+        f"{command}-out-under-a-file": (
+            lambda w, command=command, extra=extra: [
+                command,
+                *extra(w),
+                *_model(w),
+                "--out",
+                str(w.file("taken.txt", "keep me") / "sub"),
+            ],
+            "taken.txt",
+        )
+        for command, extra in {
+            "localize": lambda w: [],
+            "circuit": lambda w: ["--data", str(w.run)],
+            "amplify": lambda w: ["--run", str(w.run)],
+            "lora": lambda w: ["--run", str(w.run)],
+            "evaluate": lambda w: ["--run", str(w.run)],
+            "demo": lambda w: [],
+        }.items()
+    },
     # -- circuit --------------------------------------------------------------------------------------------------
     "circuit-missing-data": (
         lambda w: ["circuit", "--data", str(w.tmp / "nothing"), *_model(w), "--out", str(w.tmp / "c")],
@@ -637,6 +686,11 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
 }
 
 
+def _template(w: World, answer: str) -> Path:
+    annotated = "{name,Mira} has {x,12} beads.\n#init:\n- name = sample(['Mira', 'Ada'])\n- $x = range(2, 9)\n"
+    return w.file("hostile.json", json.dumps({"id": "hostile", "question_annotated": annotated + f"#answer: {answer}"}))
+
+
 def _other_tokenizer(w: World) -> Path:
     (w.run / "meta.json").write_text(json.dumps({"tokenizer": {"name": "other", "vocab_size": 5}}))
     return w.run
@@ -684,3 +738,73 @@ def test_command_refuses_bad_input_with_one_line(case, world, capsys):
         assert after.get(path) == data, f"{path} was changed or removed by a refused run"
     assert not [p for p in after if p.name.endswith(".tmp")], "a half-written temporary file was left behind"
     assert elapsed < 30, f"refusing took {elapsed:.1f} s"
+
+
+# -- the Python API -----------------------------------------------------------------------------------------------
+
+
+API_CASES: dict[str, tuple[Callable[[World], object], tuple[str, ...]]] = {
+    "circuit-load-empty": (lambda w: peft_cca.Circuit.load(w.file("empty.json", "")), ("empty.json",)),
+    "circuit-load-truncated": (
+        lambda w: peft_cca.Circuit.load(w.file("cut.json", (w.run / "circuit.json").read_text()[:60])),
+        ("cut.json",),
+    ),
+    "circuit-load-wrong-version": (
+        lambda w: peft_cca.Circuit.load(w.circuit(lambda d: d.update(format="peft-cca/circuit@0"))),
+        ("edited-circuit.json", "format"),
+    ),
+    "circuit-load-another-model": (
+        lambda w: peft_cca.Circuit.load(w.run / "circuit.json", tiny_model("gemma2")),
+        ("circuit.json", "head_dim"),
+    ),
+    "circuit-bool-index": (
+        lambda w: peft_cca.Circuit.load(w.circuit(lambda d: d["layers"]["0"].update(q=[True]))),
+        ("edited-circuit.json", "True"),
+    ),
+    "config-of-another-model": (
+        lambda w: get_peft_model(
+            tiny_model("gemma2"), peft_cca.CCAConfig(circuit=peft_cca.Circuit.load(w.run / "circuit.json"))
+        ),
+        ("head_dim",),
+    ),
+    "config-unknown-mlp-target": (
+        lambda w: peft_cca.CCAConfig(circuit=peft_cca.Circuit.load(w.run / "circuit.json"), mlp_targets=["sideways"]),
+        ("mlp_targets", "sideways"),
+    ),
+    "records-desired-equals-undesired": (
+        lambda w: load_records(w.records(_record(undesired_token_id=10))),
+        ("records.jsonl", "desired_token_id == undesired_token_id"),
+    ),
+    "records-out-of-vocabulary": (
+        lambda w: load_records(w.records(_record(prefix_ids=[5, 500])), vocab_size=VOCAB),
+        ("500", "vocabulary"),
+    ),
+    "adapter-without-weights": (lambda w: load_adapter(tiny_model("llama"), _without_weights(w)), ("safetensors",)),
+    "adapter-truncated-weights": (
+        lambda w: load_adapter(tiny_model("llama"), _corrupted_weights(w)),
+        ("adapter_model.safetensors",),
+    ),
+    "adapter-nan-weights": (lambda w: load_adapter(tiny_model("llama"), _nan_weights(w)), ("NaN",)),
+    "adapter-for-another-model": (lambda w: load_adapter(tiny_model("gemma2"), w.adapter), ("adapter_config.json",)),
+    "task-unknown-kind": (lambda w: load_problems("nope:thing"), ("nope",)),
+    "task-unknown-rg-task": (lambda w: load_problems("rg:not_a_task_xyz?size=2"), ("not_a_task_xyz",)),
+    "task-size-zero": (lambda w: load_problems("rg:chain_sum?size=0"), ("size",)),
+    "task-hostile-template": (
+        lambda w: load_problems(f"template:{_template(w, HOSTILE_EXPRESSIONS['huge-power'])}?size=1"),
+        ("hostile.json",),
+    ),
+    "model-unknown-name": (lambda w: resolve("no-such-model-anywhere"), ("no-such-model-anywhere", "offline")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(API_CASES))
+def test_python_api_refuses_bad_input_with_one_line(case, world):
+    call, keywords = API_CASES[case]
+    start = time.monotonic()
+    with pytest.raises(UsageError) as caught:
+        call(world)
+    assert time.monotonic() - start < 10
+    message = str(caught.value)
+    assert "\n" not in message.strip(), message
+    for keyword in keywords:
+        assert keyword.lower() in message.lower(), f"{keyword!r} not named in: {message}"

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -529,3 +532,48 @@ def test_broken_circuit_in_adapter_config_names_the_file(tmp_path):
     config_path.write_text(json.dumps(config))
     with pytest.raises(UsageError, match=r"adapter_config.json: layers.0.mlp: index 3.5 is not a whole number"):
         PeftModel.from_pretrained(tiny_model("llama"), tmp_path)
+
+
+LOAD_IN_A_FRESH_PROCESS = """
+import sys
+sys.path.insert(0, {tests!r})
+{first}
+{second}
+import torch
+from tiny_models import tiny_model, tokens
+model = PeftModel.from_pretrained(tiny_model("llama"), {adapter!r})
+with torch.no_grad():
+    torch.save(model(tokens()).logits, {out!r})
+"""
+
+
+@pytest.mark.parametrize("peft_first", [False, True], ids=["peft_cca-then-peft", "peft-then-peft_cca"])
+def test_defect_loading_a_saved_adapter_in_a_fresh_process_gave_key_error_cca(tmp_path, peft_first):
+    """Reported: ``PeftModel.from_pretrained(base, saved_cca)`` raised a bare ``KeyError: 'CCA'``. Now ``import
+    peft_cca`` (torch-free) registers the method as peft loads, whichever of the two is imported first."""
+    model = cca(tiny_model("llama"))
+    model.save_pretrained(tmp_path / "adapter")
+    imports = ["import peft_cca", "from peft import PeftModel"]
+    first, second = reversed(imports) if peft_first else imports
+    code = LOAD_IN_A_FRESH_PROCESS.format(
+        tests=str(Path(__file__).parent),
+        first=first,
+        second=second,
+        adapter=str(tmp_path / "adapter"),
+        out=str(tmp_path / "logits.pt"),
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert torch.equal(torch.load(tmp_path / "logits.pt"), logits(model))
+
+
+def test_import_peft_cca_alone_imports_no_torch():
+    code = "import sys, peft_cca; print('torch' in sys.modules, 'peft' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["False", "False"]
+
+
+def test_adapter_loaded_onto_another_model_names_its_config(tmp_path):
+    cca(tiny_model("llama")).save_pretrained(tmp_path)
+    with pytest.raises(UsageError, match=r"adapter_config.json: this circuit was made for another model shape"):
+        PeftModel.from_pretrained(tiny_model("gemma2"), tmp_path)
