@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     from peft_cca.defaults import LoraSettings
     from peft_cca.evaluate import stage_problems
-    from peft_cca.lora_baseline import lora_sft
+    from peft_cca.lora_baseline import lora_sft, target_kind
     from peft_cca.models import load_model
     from peft_cca.runtime import record_runtime
     from peft_cca.tasks.protocol import setting
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
     )
     record_runtime(out, model)
-    print(f"LoRA: {len(train)} training problems, {len(val)} validation problems")
+    print(f"LoRA: {len(train)} training problems, {len(val)} validation problems; target: {target_kind(train)}")
     result = lora_sft(
         model,
         tokenizer,
