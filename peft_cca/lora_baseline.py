@@ -74,6 +74,8 @@ def sft_dataset(problems: Sequence[Problem], tokenizer, prompt_style: str = DEFA
 def target_kind(problems: Sequence[Problem]) -> str:
     """Which SFT target the run used, for its summary: worked solutions, answer sentences, or a mix."""
     with_solution = sum(1 for p in problems if (p.solution or "").strip())
+    if not problems:
+        return "none (no training problems)"
     if with_solution == len(problems):
         return "worked solution + answer sentence"
     if with_solution == 0:
