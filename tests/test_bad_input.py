@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from peft_cca.tasks import load_problems
 TRUNCATED_GSM_ROW = '{"id": 0, "question": "How many'
 EVAL_RUN = json.dumps({"name": "base", "config": "Base", "seed": 0, "test": {"macro": 0.5}, "general": {}})
 ROOT_CHMOD_IS_IGNORED = hasattr(os, "geteuid") and os.geteuid() == 0
+LOCKED = "/sys" if ROOT_CHMOD_IS_IGNORED else "locked"  # the unwritable folder, as the error line names it
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +92,18 @@ class World:
         edit(data)
         return self.file("edited-circuit.json", json.dumps(data))
 
-    def read_only(self, name: str) -> Path:
-        if ROOT_CHMOD_IS_IGNORED:
-            pytest.skip("running as root: chmod does not stop writes")
-        folder = self.tmp / name
-        folder.mkdir()
-        folder.chmod(0o500)
-        return folder
+    def read_only(self) -> Path:
+        """A folder this process cannot write to: a chmod-ed one, or for root (whom chmod does not stop) /sys."""
+        if not ROOT_CHMOD_IS_IGNORED:
+            folder = self.tmp / LOCKED
+            folder.mkdir()
+            folder.chmod(0o500)
+            return folder
+        try:
+            with tempfile.TemporaryFile(dir=LOCKED):
+                pytest.skip(f"running as root and {LOCKED} is writable: no unwritable folder to try")
+        except OSError:
+            return Path(LOCKED)
 
 
 @pytest.fixture
@@ -250,6 +257,21 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
         ],
         "keys.jsonl",
     ),
+    "localize-template-not-json": (
+        lambda w: [
+            "localize",
+            *_model(w),
+            "--task",
+            f"template:{w.file('broken.json', TRUNCATED_GSM_ROW)}",
+            "--out",
+            str(w.tmp / "o"),
+        ],
+        "broken.json",
+    ),
+    "localize-template-empty-folder": (
+        lambda w: ["localize", *_model(w), "--task", f"template:{_empty_folder(w)}", "--out", str(w.tmp / "o")],
+        "no-templates",
+    ),
     "localize-limit-not-a-number": (lambda w: ["localize", "--limit", "abc", "--out", str(w.tmp / "o")], "--limit"),
     "localize-limit-negative": (lambda w: ["localize", "--limit", "-1", "--out", str(w.tmp / "o")], "--limit"),
     "localize-zero-samples": (lambda w: ["localize", "--n-samples", "0", "--out", str(w.tmp / "o")], "--n-samples"),
@@ -269,8 +291,8 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
         "taken.txt",
     ),
     "localize-out-not-writable": (
-        lambda w: ["localize", *_model(w), "--limit", "2", "--out", str(w.read_only("locked") / "o")],
-        "locked",
+        lambda w: ["localize", *_model(w), "--limit", "2", "--out", str(w.read_only() / "o")],
+        LOCKED,
     ),
     **{
         f"localize-hostile-template-{name}": (
@@ -436,13 +458,24 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
         lambda w: ["circuit", "--data", str(w.run), "--max-fraction", "3", "--out", str(w.tmp / "o")],
         "--max-fraction",
     ),
+    "circuit-refusal-keeps-a-finished-out": (
+        lambda w: [
+            "circuit",
+            "--data",
+            str(w.records(_record(undesired_token_id=10))),
+            *_model(w),
+            "--out",
+            str(_finished(w, "c", "circuit.json", "sweep.json", "lambda_0.01/circuit.json")),
+        ],
+        "desired_token_id == undesired_token_id",
+    ),
     "circuit-out-is-a-file": (
         lambda w: ["circuit", "--data", str(w.run), *_model(w), "--out", str(w.file("taken.txt", "keep me"))],
         "taken.txt",
     ),
     "circuit-out-not-writable": (
-        lambda w: ["circuit", "--data", str(w.run), *_model(w), "--out", str(w.read_only("locked"))],
-        "locked",
+        lambda w: ["circuit", "--data", str(w.run), *_model(w), "--out", str(w.read_only())],
+        LOCKED,
     ),
     # -- amplify --------------------------------------------------------------------------------------------------
     "amplify-missing-run": (
@@ -551,8 +584,29 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
         "taken.txt",
     ),
     "amplify-out-not-writable": (
-        lambda w: ["amplify", "--run", str(w.run), *_model(w), "--out", str(w.read_only("locked"))],
-        "locked",
+        lambda w: ["amplify", "--run", str(w.run), *_model(w), "--out", str(w.read_only())],
+        LOCKED,
+    ),
+    "amplify-desired-equals-undesired": (
+        lambda w: ["amplify", "--run", str(w.records(_record(undesired_token_id=10))), *_model(w), "--out", str(w.tmp)],
+        "desired_token_id == undesired_token_id",
+    ),
+    "amplify-empty-records": (
+        lambda w: ["amplify", "--run", str(w.records()), *_model(w), "--out", str(w.tmp / "a")],
+        "records.jsonl",
+    ),
+    "amplify-refusal-keeps-a-finished-out": (
+        lambda w: [
+            "amplify",
+            "--run",
+            str(w.run),
+            *_model(w),
+            "--circuit",
+            str(w.file("empty.json", "")),
+            "--out",
+            str(_finished(w, "amplify", "amplify.json", "adapter/adapter_model.safetensors")),
+        ],
+        "empty.json",
     ),
     # -- lora -----------------------------------------------------------------------------------------------------
     "lora-missing-run": (lambda w: ["lora", "--run", str(w.tmp / "no-run")], "no-run"),
@@ -611,13 +665,39 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
         ],
         "adapter_config.json",
     ),
+    "evaluate-adapter-is-a-file": (
+        lambda w: [
+            "evaluate",
+            "--run",
+            str(w.run),
+            *_model(w),
+            "--adapter",
+            str(w.run / "circuit.json"),
+            "--out",
+            str(w.tmp / "e.json"),
+        ],
+        "circuit.json",
+    ),
+    "evaluate-refusal-keeps-a-finished-out": (
+        lambda w: [
+            "evaluate",
+            "--run",
+            str(w.run),
+            *_model(w),
+            "--adapter",
+            str(_nan_weights(w)),
+            "--out",
+            str(w.file("eval.json", EVAL_RUN)),
+        ],
+        "adapter_model.safetensors",
+    ),
     "evaluate-out-is-a-folder": (
         lambda w: ["evaluate", "--run", str(w.run), *_model(w), "--out", str(w.run)],
         "folder",
     ),
     "evaluate-out-not-writable": (
-        lambda w: ["evaluate", "--run", str(w.run), *_model(w), "--out", str(w.read_only("locked") / "e.json")],
-        "locked",
+        lambda w: ["evaluate", "--run", str(w.run), *_model(w), "--out", str(w.read_only() / "e.json")],
+        LOCKED,
     ),
     "evaluate-zero-batch": (lambda w: ["evaluate", "--run", str(w.run), "--batch-size", "0"], "--batch-size"),
     "evaluate-negative-retention-size": (
@@ -689,6 +769,18 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
 def _template(w: World, answer: str) -> Path:
     annotated = "{name,Mira} has {x,12} beads.\n#init:\n- name = sample(['Mira', 'Ada'])\n- $x = range(2, 9)\n"
     return w.file("hostile.json", json.dumps({"id": "hostile", "question_annotated": annotated + f"#answer: {answer}"}))
+
+
+def _finished(w: World, folder: str, *files: str) -> Path:
+    """An output folder holding the files of an earlier finished run, which a refused run must leave as they are."""
+    for name in files:
+        w.file(f"{folder}/{name}", f"finished earlier: {name}")
+    return w.tmp / folder
+
+
+def _empty_folder(w: World) -> Path:
+    (w.tmp / "no-templates").mkdir()
+    return w.tmp / "no-templates"
 
 
 def _other_tokenizer(w: World) -> Path:
