@@ -80,7 +80,9 @@ class IncrementalText:
     Written by hand because tokenizers only decode whole lists: this is the offset scheme of vLLM's and
     TGI's streaming detokenizers. Each step decodes a few tokens of context plus the new one and appends
     the difference, holding text back while it ends in an incomplete UTF-8 sequence; the context keeps
-    tokenizers that strip a leading space at the start of a decode (SentencePiece) exact.
+    tokenizers that strip a leading space at the start of a decode (SentencePiece) exact. Special tokens
+    (skipped by the decode) and ids outside the vocabulary write no text and never join that context, so a run
+    of them cannot grow it into an O(length) decode per step.
     """
 
     def __init__(self, tokenizer, ids: Sequence[int] = ()):
@@ -88,10 +90,13 @@ class IncrementalText:
         self.ids: list[int] = []
         self.text = ""
         self._prefix = self._read = 0
+        self._silent, self._vocab = set(tokenizer.all_special_ids), len(tokenizer)
         for token in ids:
             self.append(token)
 
     def append(self, token: int) -> str:
+        if token in self._silent or token >= self._vocab:
+            return self.text  # removed by the decode before anything else, so no text and no context
         self.ids.append(token)
         decode = self.tokenizer.decode
         before = decode(self.ids[self._prefix : self._read], skip_special_tokens=True)

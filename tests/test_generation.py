@@ -143,3 +143,50 @@ def test_counterfactuals_across_problems_equal_one_by_one(lm):
         for p, q, g in zip(problems, prompts, greedy, strict=True)
     ]
     assert together == alone and sum(t is not None for t in together) >= 2
+
+
+class _CountingTokenizer:
+    """A tokenizer whose ``decode`` counts the token ids it is handed."""
+
+    def __init__(self, tokenizer):
+        self.inner, self.decoded, self.calls = tokenizer, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __len__(self):
+        return len(self.inner)
+
+    def decode(self, ids, **kwargs):
+        self.decoded, self.calls = self.decoded + len(ids), self.calls + 1
+        return self.inner.decode(ids, **kwargs)
+
+
+def test_stop_checks_cost_linear_in_new_tokens(lm):
+    """Full detokenization at every step decodes rows x n^2 / 2 ids; the incremental stop check a few per step."""
+    model, tokenizer = lm
+    counting = _CountingTokenizer(tokenizer)
+    prompts, new = _prompts(tokenizer, 3), 60
+    out = generate(model, counting, prompts, max_new_tokens=new, batch_size=3, stop_strings=("never written",))
+    plain = generate(model, tokenizer, prompts, max_new_tokens=new, batch_size=3)
+    assert [g[0].token_ids for g in out] == [g[0].token_ids for g in plain]
+    produced = sum(len(g[0].token_ids) for g in out)
+    assert produced >= 2 * new  # long rows, where the quadratic scan would show
+    # per token: two small incremental decodes; per row: the final decode of the completion
+    assert counting.decoded <= 8 * produced + produced
+    assert counting.decoded < sum(len(g[0].token_ids) ** 2 for g in out) / 2 / 2
+
+
+def test_generate_computes_one_logit_row_per_step(lm):
+    """The vocabulary projection runs on the last position only, in the prefill too."""
+    model, tokenizer = lm
+    rows: list[int] = []
+    handle = model.lm_head.register_forward_hook(lambda module, args, output: rows.append(output.shape[1]))
+    try:
+        prompts = _prompts(tokenizer, 4)
+        generate(model, tokenizer, prompts, max_new_tokens=5, batch_size=4)
+        generate(model, tokenizer, prompts, max_new_tokens=5, num_samples=2, temperature=1.0, batch_size=4)
+        prefill_caches(model, prompts)
+    finally:
+        handle.remove()
+    assert rows and set(rows) == {1}
