@@ -33,6 +33,7 @@ from peft_cca.tasks import load_problems
 
 TRUNCATED_GSM_ROW = '{"id": 0, "question": "How many'
 EVAL_RUN = json.dumps({"name": "base", "config": "Base", "seed": 0, "test": {"macro": 0.5}, "general": {}})
+GSM_ROW_WITHOUT_GOLD = json.dumps({"id": 0, "instance": 0, "question": "How many?", "answer": "She has seven."}) + "\n"
 ROOT_CHMOD_IS_IGNORED = hasattr(os, "geteuid") and os.geteuid() == 0
 LOCKED = "/sys" if ROOT_CHMOD_IS_IGNORED else "locked"  # the unwritable folder, as the error line names it
 
@@ -147,8 +148,20 @@ HOSTILE_EXPRESSIONS = {
     "deep-nesting": "(" * 300 + "x" + ")" * 300,
     "round-digits": "round(x, -10 ** 9)",
     "format-width": "'%01000000000d' % x",
+    "division-by-zero": "x / 0",
+    "complex-gold": "(-x) ** 0.5",
+    "nan-gold": "float('nan')",
 }
 
+
+# The folder arguments each stage command needs besides --model and --out.
+RUN_ARGUMENTS: dict[str, Callable[[World], list[str]]] = {
+    "localize": lambda w: [],
+    "circuit": lambda w: ["--data", str(w.run)],
+    "amplify": lambda w: ["--run", str(w.run)],
+    "lora": lambda w: ["--run", str(w.run)],
+    "evaluate": lambda w: ["--run", str(w.run)],
+}
 
 # Small counts put before each case's own flags (argparse keeps the last value): a command that fails to refuse its
 # bad input still ends in seconds, and the case fails on its exit code rather than on time.
@@ -246,6 +259,17 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
         ],
         "cut.jsonl",
     ),
+    "localize-gsm-row-without-gold-line": (
+        lambda w: [
+            "localize",
+            *_model(w),
+            "--task",
+            f"gsm-symbolic-file:{w.file('gold.jsonl', GSM_ROW_WITHOUT_GOLD)}",
+            "--out",
+            str(w.tmp / "o"),
+        ],
+        "gold.jsonl",
+    ),
     "localize-gsm-row-missing-keys": (
         lambda w: [
             "localize",
@@ -319,14 +343,47 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
             ],
             "taken.txt",
         )
-        for command, extra in {
-            "localize": lambda w: [],
-            "circuit": lambda w: ["--data", str(w.run)],
-            "amplify": lambda w: ["--run", str(w.run)],
-            "lora": lambda w: ["--run", str(w.run)],
-            "evaluate": lambda w: ["--run", str(w.run)],
-            "demo": lambda w: [],
-        }.items()
+        for command, extra in {**RUN_ARGUMENTS, "demo": lambda w: []}.items()
+    },
+    **{
+        f"{command}-missing-model": (
+            lambda w, command=command, extra=extra: [
+                command,
+                *extra(w),
+                "--model",
+                str(w.tmp / "no-such-model"),
+                "--out",
+                str(w.tmp / "o"),
+            ],
+            "no-such-model",
+        )
+        for command, extra in RUN_ARGUMENTS.items()
+    },
+    **{
+        f"{command}-mistyped-model-name": (
+            lambda w, command=command, extra=extra: [
+                command,
+                *extra(w),
+                "--model",
+                "smolm2-135m",
+                "--out",
+                str(w.tmp / "o"),
+            ],
+            "smolm2-135m",
+        )
+        for command, extra in RUN_ARGUMENTS.items()
+    },
+    **{
+        f"{command}-corrupted-meta": (
+            lambda w, command=command, extra=extra: (
+                [command, *extra(w), *_model(w), "--out", str(w.tmp / "o")]
+                if (w.run / "meta.json").write_text('{"model": "x", "task": ')
+                else []
+            ),
+            "meta.json",
+        )
+        for command, extra in RUN_ARGUMENTS.items()
+        if command != "localize"
     },
     # -- circuit --------------------------------------------------------------------------------------------------
     "circuit-missing-data": (
@@ -417,6 +474,10 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
             str(w.tmp / "c"),
         ],
         "desired_token_id == undesired_token_id",
+    ),
+    "circuit-records-not-utf8": (
+        lambda w: ["circuit", "--data", str(_not_utf8(w)), *_model(w), "--out", str(w.tmp / "c")],
+        "records.jsonl",
     ),
     "circuit-another-tokenizer": (
         lambda w: ["circuit", "--data", str(_other_tokenizer(w)), *_model(w), "--out", str(w.tmp / "c")],
@@ -691,6 +752,17 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
         ],
         "adapter_model.safetensors",
     ),
+    "evaluate-corrupted-records": (
+        lambda w: [
+            "evaluate",
+            "--run",
+            str(w.records(_record(), '{"prefix_ids": [5,')),
+            *_model(w),
+            "--out",
+            str(w.tmp / "e.json"),
+        ],
+        "records.jsonl",
+    ),
     "evaluate-out-is-a-folder": (
         lambda w: ["evaluate", "--run", str(w.run), *_model(w), "--out", str(w.run)],
         "folder",
@@ -769,6 +841,11 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
 def _template(w: World, answer: str) -> Path:
     annotated = "{name,Mira} has {x,12} beads.\n#init:\n- name = sample(['Mira', 'Ada'])\n- $x = range(2, 9)\n"
     return w.file("hostile.json", json.dumps({"id": "hostile", "question_annotated": annotated + f"#answer: {answer}"}))
+
+
+def _not_utf8(w: World) -> Path:
+    (w.run / "records.jsonl").write_bytes(json.dumps(_record()).encode() + b"\n\xff\xfe\x00oops\n")
+    return w.run
 
 
 def _finished(w: World, folder: str, *files: str) -> Path:

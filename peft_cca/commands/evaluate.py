@@ -51,12 +51,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_runtime_arguments(parser)
 
 
+def _split_of(records: Path, number: int, line: str) -> Any:
+    """The split of one record line; a damaged line is one error naming the file and line."""
+    from peft_cca.errors import UsageError
+
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{records}: line {number}: not valid JSON ({err.msg}); rerun stage 1 (localize)") from None
+    if not isinstance(record, dict):
+        raise UsageError(f"{records}: line {number}: not a JSON object; rerun stage 1 (localize)")
+    return record.get("split", "train")
+
+
 def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
     """Localization method, seed, dataset size and validation curves, read from the files the stages wrote."""
-    meta = json.loads((run_dir / "meta.json").read_text())
+    from peft_cca.evaluate import _read_json_object  # a damaged meta.json is one line naming it
+
+    meta = _read_json_object(run_dir / "meta.json")
     records = run_dir / "records.jsonl"
     lines = records.read_text().splitlines() if records.exists() else []
-    size = sum(1 for line in lines if line.strip() and json.loads(line).get("split", "train") == "train")
+    size = sum(1 for n, line in enumerate(lines, 1) if line.strip() and _split_of(records, n, line) == "train")
     curves = []
     method = None  # the localization method matters only to a CCA adapter, trained on the pivots
     trained: dict[str, Any] = {}  # what the reports show of the training: ablation label, kept step, LoRA's data
