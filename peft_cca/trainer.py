@@ -330,14 +330,28 @@ def cca_training_arguments(
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """CPU copies of the trainable parameters (the CCA deltas, or every weight for ``--no-mask all``): the
     accelerator's memory stays for training."""
-    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+    return {name: _whole(p).to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _whole(param: torch.Tensor) -> torch.Tensor:
+    """The full value of a parameter: under FSDP2 a parameter is a DTensor holding one shard per process, and a
+    saved adapter must hold every row, so shards are gathered (a collective: every process calls this)."""
+    from torch.distributed.tensor import DTensor
+
+    return param.detach().full_tensor() if isinstance(param, DTensor) else param.detach()
 
 
 @torch.no_grad()
 def load_trainable_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Write full values (from :func:`trainable_state`) back; a sharded parameter takes its own shard of them."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
     params = dict(model.named_parameters())
     for name, value in state.items():
-        params[name].copy_(value)
+        param = params[name]
+        if isinstance(param, DTensor):
+            value = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+        param.copy_(value)
 
 
 @torch.no_grad()
