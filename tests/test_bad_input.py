@@ -375,11 +375,13 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
     },
     **{
         f"{command}-corrupted-meta": (
-            lambda w, command=command, extra=extra: (
-                [command, *extra(w), *_model(w), "--out", str(w.tmp / "o")]
-                if (w.run / "meta.json").write_text('{"model": "x", "task": ')
-                else []
-            ),
+            lambda w, command=command, extra=extra: [
+                command,
+                *extra(_broken_meta(w)),
+                *_model(w),
+                "--out",
+                str(w.tmp / "o"),
+            ],
             "meta.json",
         )
         for command, extra in RUN_ARGUMENTS.items()
@@ -543,7 +545,7 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
         lambda w: ["amplify", "--run", str(w.tmp / "no-run"), "--out", str(w.tmp / "a")],
         "no-run",
     ),
-    "amplify-corrupted-meta": (
+    "amplify-run-with-only-a-broken-meta": (
         lambda w: ["amplify", "--run", str(w.file("bad-run/meta.json", "{not json").parent), "--out", str(w.tmp / "o")],
         "meta.json",
     ),
@@ -714,6 +716,19 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
         lambda w: ["evaluate", "--run", str(w.run), "--adapter", str(_nan_weights(w)), "--out", str(w.tmp / "e.json")],
         "adapter_model.safetensors",
     ),
+    "evaluate-adapter-config-retargeted": (
+        lambda w: [
+            "evaluate",
+            "--run",
+            str(w.run),
+            *_model(w),
+            "--adapter",
+            str(_retargeted(w)),
+            "--out",
+            str(w.tmp / "e.json"),
+        ],
+        ("adapter_config.json", "rows [4]"),
+    ),
     "evaluate-adapter-config-corrupted": (
         lambda w: [
             "evaluate",
@@ -841,6 +856,20 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
 def _template(w: World, answer: str) -> Path:
     annotated = "{name,Mira} has {x,12} beads.\n#init:\n- name = sample(['Mira', 'Ada'])\n- $x = range(2, 9)\n"
     return w.file("hostile.json", json.dumps({"id": "hostile", "question_annotated": annotated + f"#answer: {answer}"}))
+
+
+def _broken_meta(w: World) -> World:
+    (w.run / "meta.json").write_text('{"model": "x", "task": ')
+    return w
+
+
+def _retargeted(w: World) -> Path:
+    """The adapter with its config's circuit edited to other rows than the weights were trained for."""
+    path = w.adapter / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["circuit"]["layers"]["0"]["mlp"] = [4]
+    path.write_text(json.dumps(config))
+    return w.adapter
 
 
 def _not_utf8(w: World) -> Path:
