@@ -1006,3 +1006,40 @@ def test_python_api_refuses_bad_input_with_one_line(case, world):
     assert "\n" not in message.strip(), message
     for keyword in keywords:
         assert keyword.lower() in message.lower(), f"{keyword!r} not named in: {message}"
+
+
+# -- a refused run leaves nothing that blocks the corrected one ---------------------------------------------------
+
+# (command, the folder flags, the output, a mistake, its correction): the corrected run into the same --out must not
+# be refused as "made with other settings" because the refused run recorded its mistake there.
+CORRECTED_RUNS = {
+    "amplify-model": ("amplify", "--run", "a", ["--model", "smolm2-135m"], lambda w: _model(w)),
+    "amplify-circuit": (
+        "amplify",
+        "--run",
+        "a",
+        ["--model", "{model}", "--circuit", "{tmp}/typo.json"],
+        lambda w: [*_model(w), "--circuit", str(w.run / "circuit.json")],
+    ),
+    "lora-model": ("lora", "--run", "l", ["--model", "smolm2-135m"], lambda w: _model(w)),
+    "evaluate-model": ("evaluate", "--run", "e.json", ["--model", "smolm2-135m"], lambda w: _model(w)),
+    "evaluate-adapter": (
+        "evaluate",
+        "--run",
+        "e.json",
+        ["--model", "{model}", "--adapter", "{tmp}/typo-adapter"],
+        lambda w: [*_model(w), "--adapter", str(w.adapter)],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRECTED_RUNS))
+def test_a_refused_run_does_not_block_its_corrected_rerun(case, world, capsys):
+    command, flag, out, mistake, correction = CORRECTED_RUNS[case]
+    common = [command, *CHEAP[command], flag, str(world.run), "--out", str(world.tmp / out)]
+    wrong = [part.format(model=world.model, tmp=world.tmp) for part in mistake]
+    code, err = _run([*common, *wrong], capsys)
+    assert code == 2, err
+    code, err = _run([*common, *correction(world)], capsys)
+    assert "other settings" not in err, err
+    assert code == 0, err

@@ -174,6 +174,7 @@ def run_folder(tmp_path, monkeypatch):
         raise ModelLoadedError
 
     monkeypatch.setattr(peft_cca.models, "load_model", refuse)
+    monkeypatch.setattr(peft_cca.models, "resolve", lambda name: name)  # "tiny" stands for a model found
     run = tmp_path / "run"
     run.mkdir()
     (run / "meta.json").write_text(json.dumps({"model": "tiny"}))

@@ -101,15 +101,19 @@ def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from peft_cca.evaluate import LM_EVAL_TASKS, NEUTRAL_TEXTS, evaluate_model, on_main, prepare_cache, stage_problems
-    from peft_cca.models import load_adapter, load_model
+    from peft_cca.models import check_adapter_folder, load_adapter, load_model, resolve
     from peft_cca.runfolder import atomic_write_json, ensure_output_file
     from peft_cca.runtime import runtime_from_args
     from peft_cca.tasks.protocol import setting
 
     out = args.out or (args.adapter.parent / "eval.json" if args.adapter else args.run / "eval-base.json")
+    info = _provenance(args.run, args.adapter)  # first: a mistyped --run must not be created by the next line
     ensure_output_file(out)  # a folder or an unwritable place is refused before any model loads, not after
-    info = _provenance(args.run, args.adapter)
     runtime = runtime_from_args(args)
+    # mistakes in --model or --adapter are refused before the cache records the settings and blocks the fixed rerun
+    resolve(args.model or info["model"])
+    if args.adapter is not None:
+        check_adapter_folder(args.adapter)
     # finished batches live beside the output until it is written, so an interrupted run (any process count) resumes
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if not k.startswith("_")}
     cache = prepare_cache(out.with_name(out.name + ".parts"), {**settings, "runtime": runtime.record()})

@@ -82,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
     runtime = runtime_from_args(args, training=True)
     out = ensure_output_dir(args.out or args.run / "lora")  # before the model loads: no work lost at save
     model_name = args.model or meta["model"]
+    from peft_cca.models import resolve
+
+    resolve(model_name)  # a mistyped --model is refused before settings.json records it and blocks the fixed rerun
     check_settings(out, output_settings(args, model_name, runtime.record()), overwrite=args.overwrite)
     if args.overwrite:
         from peft_cca.commands.amplify import clear_outputs
