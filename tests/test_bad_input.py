@@ -682,6 +682,10 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
         lambda w: ["lora", "--run", str(w.run), *_model(w), "--out", str(w.file("taken.txt", "keep me"))],
         "taken.txt",
     ),
+    "lora-out-not-writable": (
+        lambda w: ["lora", "--run", str(w.run), *_model(w), "--out", str(w.read_only())],
+        LOCKED,
+    ),
     # -- evaluate -------------------------------------------------------------------------------------------------
     "evaluate-missing-run": (lambda w: ["evaluate", "--run", str(w.tmp / "no-run")], "no-run"),
     "evaluate-missing-adapter": (
@@ -836,7 +840,12 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
         lambda w: ["compare", "--runs", str(w.file("base.json", EVAL_RUN)), "--out", str(w.file("taken.txt", "x"))],
         "taken.txt",
     ),
+    "compare-out-not-writable": (
+        lambda w: ["compare", "--runs", str(w.file("base.json", EVAL_RUN)), "--out", str(w.read_only())],
+        LOCKED,
+    ),
     # -- demo -----------------------------------------------------------------------------------------------------
+    "demo-out-not-writable": (lambda w: ["demo", *_model(w), "--out", str(w.read_only() / "d")], LOCKED),
     "demo-zero-steps": (lambda w: ["demo", "--out", str(w.tmp / "d"), "--steps", "0"], "--steps"),
     "demo-text-lrs": (lambda w: ["demo", "--out", str(w.tmp / "d"), "--lrs", "1e-3,fast"], "--lrs"),
     "demo-nan-lambdas": (lambda w: ["demo", "--out", str(w.tmp / "d"), "--lambdas", "nan"], "--lambdas"),
@@ -935,6 +944,8 @@ def test_command_refuses_bad_input_with_one_line(case, world, capsys):
     for path, data in before.items():
         assert after.get(path) == data, f"{path} was changed or removed by a refused run"
     assert not [p for p in after if p.name.endswith(".tmp")], "a half-written temporary file was left behind"
+    for typo in ("no-run", "no-such-model", "no-adapter", "nothing", "gone.json"):
+        assert not (world.tmp / typo).exists(), f"the refused run created the mistyped path {typo}"
     assert elapsed < 30, f"refusing took {elapsed:.1f} s"
 
 
