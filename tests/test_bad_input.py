@@ -2,8 +2,11 @@
 
 Each case must end in exit code 2 with ONE line on stderr that names what is wrong (the file, the flag or the
 key), no traceback, and nothing already written lost or half-written. argparse refusals print the command's
-usage before their one ``error:`` line; that is argparse's convention and is accepted here.
-Everything runs on a tiny random Llama saved into a temporary folder, so a case costs well under a second.
+usage before their one ``error:`` line; that is argparse's convention and is accepted here. The Python API
+raises one-line :class:`UsageError`s for the same inputs, and a refused run leaves nothing behind that would refuse
+the corrected rerun into the same ``--out``. Unwritable outputs are a chmod-ed folder, or ``/sys`` when running as
+root (chmod does not stop root). Everything runs on a tiny random Llama saved into a temporary folder, with small
+counts, so each case takes about a tenth of a second and one that fails to refuse still ends in seconds.
 """
 
 from __future__ import annotations
