@@ -120,3 +120,48 @@ def test_cached_generation_equals_plain_generation(lm):
     )
     plain = [generate(model, tokenizer, [i], max_new_tokens=6)[0] for i in inputs]
     assert [c[0].token_ids for c in cached] == [p[0].token_ids for p in plain]
+
+
+def test_pairs_batched_together_equal_one_by_one_and_speculate_less(lm):
+    """Several pairs in one call give each pair's naive pivot, and with the batch shared among them no pair
+    completes more positions (or processes more tokens) than it does alone."""
+    from peft_cca.localize.pivots import branching_pivots_fast
+
+    model, tokenizer = lm
+    pairs = []
+    for q in range(8):
+        problem = _problem(f"p{q}")
+        prompt = tokenizer(f"question {q}: ", add_special_tokens=False)["input_ids"]
+        greedy = greedy_traces(model, tokenizer, [problem], [prompt], SETTINGS)[0]
+        sample = counterfactual(model, tokenizer, problem, prompt, greedy, SETTINGS, n_samples=8, seed=q)
+        if sample is not None:
+            pairs.append((problem, prompt, greedy, sample))
+    assert len(pairs) >= 3
+    together = [TokenCounter() for _ in pairs]
+    pivots = branching_pivots_fast(model, tokenizer, pairs, SETTINGS, together, branch_batch=4)
+    for (problem, prompt, greedy, sample), pivot, counter in zip(pairs, pivots, together, strict=True):
+        alone = TokenCounter()
+        assert pivot == branching_pivot_fast(model, tokenizer, problem, prompt, greedy, sample, SETTINGS, alone)
+        assert pivot == branching_pivot_naive(model, tokenizer, problem, prompt, greedy, sample, SETTINGS)
+        assert counter.total <= alone.total
+
+
+def test_argmax_pass_keeps_only_the_logits_it_needs(lm):
+    """The lazy prefix projects one logit row per sample position (none for the prompt), and its argmax
+    equals that of a plain full forward over prompt + sample."""
+    from peft_cca.localize.pivots import _LazyPrefix
+
+    model, tokenizer = lm
+    prompt = tokenizer("question 3: ", add_special_tokens=False)["input_ids"]
+    sample = greedy_traces(model, tokenizer, [_problem("k")], [prompt], SETTINGS)[0].token_ids
+    rows: list[int] = []
+    handle = model.lm_head.register_forward_hook(lambda module, args, output: rows.append(output.shape[1]))
+    try:
+        prefix = _LazyPrefix(model, prompt, sample, None, chunk=4)
+        assert prefix.known(len(sample) - 1) and not prefix.known(len(sample))
+    finally:
+        handle.remove()
+    assert sum(rows) == len(sample) and len(rows) > 1
+    with torch.no_grad():
+        plain = model(torch.tensor([list(prompt) + list(sample)])).logits[0, len(prompt) - 1 : -1].argmax(-1)
+    assert prefix.argmax == plain.tolist()

@@ -18,7 +18,7 @@ the scan reaches, so fast branching never processes more tokens than the naive s
 from __future__ import annotations
 
 import inspect
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -182,9 +182,11 @@ def _fast_scan(
     branch_batch: int,
     chunk: int,
     prompt_cache,
+    share: Callable[[], int],
 ) -> Generator[list[_Branch], list[bool], Pivot | None]:
     """Fast branching of one pair as a coroutine: yields the completions it needs, receives their
-    correctness, returns the pivot. Lets a driver batch the completions of several problems."""
+    correctness, returns the pivot. Lets a driver batch the completions of several problems; ``share()`` is
+    how many completions this pair may ask for in the next round (its part of a batch)."""
     tokens = list(sample.token_ids)
     prefix = _LazyPrefix(model, prompt, tokens, counter, chunk, prompt_cache)
 
@@ -197,11 +199,14 @@ def _fast_scan(
         return None
 
     current = next_divergent(0)
-    size = 1  # rounds of 1, 2, 4, ... branch_batch positions: an early pivot wastes few completions
+    # Rounds of 1, 2, 4, ... branch_batch positions, never more than the pair's share of a batch: positions
+    # past the pivot are wasted work, so a pair speculates only on rows the other pairs leave free.
+    size = 1
     while current is not None:
         # The branch of divergent position D[r] leaves s at D[r+1]; past the last one it *is* the sample.
         batch: list[tuple[int, int | None]] = []
-        while current is not None and len(batch) < size:
+        limit = min(size, share())
+        while current is not None and len(batch) < limit:
             following = next_divergent(current + 1)
             batch.append((current, following))
             current = following
@@ -264,14 +269,21 @@ def branching_pivots_fast(
 ) -> list[Pivot | None]:
     """Exact fast branching of several (problem, prompt, greedy, sample) pairs at once: complete only at
     divergent positions, from cached prefixes grown lazily ``chunk`` tokens at a time, 1, 2, 4 ... up to
-    ``branch_batch`` positions per pair per round, the completions of all pairs batched together
-    (``settings.batch_size`` rows at most), each stopped once its answer is final. Same pivots as the naive
-    scan. ``prompt_caches`` (from :func:`~peft_cca.generation.prefill_caches`, as sampling used them) spare
-    prefilling each prompt."""
+    ``branch_batch`` positions per pair per round (at most an equal share of ``settings.batch_size`` rows
+    among the pairs still scanning), the completions of all pairs batched together (``settings.batch_size``
+    rows at most), each stopped once its answer is final. Same pivots as the naive scan. ``prompt_caches``
+    (from :func:`~peft_cca.generation.prefill_caches`, as sampling used them) spare prefilling each prompt."""
     counters = list(counters) if counters is not None else [None] * len(pairs)
     caches = list(prompt_caches) if prompt_caches is not None else [None] * len(pairs)
+    running = [len(pairs)]
+
+    def share() -> int:
+        return max(settings.batch_size // max(running[0], 1), 1)
+
     scans = [
-        _fast_scan(model, tokenizer, problem, prompt, greedy, sample, settings, counter, branch_batch, chunk, cache)
+        _fast_scan(
+            model, tokenizer, problem, prompt, greedy, sample, settings, counter, branch_batch, chunk, cache, share
+        )
         for (problem, prompt, greedy, sample), counter, cache in zip(pairs, counters, caches, strict=True)
     ]
     pivots: list[Pivot | None] = [None] * len(pairs)
@@ -282,6 +294,7 @@ def branching_pivots_fast(
             requests[k] = scans[k].send(answers)
         except StopIteration as stop:
             pivots[k] = stop.value
+            running[0] -= 1
 
     for k in range(len(scans)):
         advance(k, None)
