@@ -1035,6 +1035,7 @@ CORRECTED_RUNS = {
         ["--model", "{model}", "--circuit", "{tmp}/typo.json"],
         lambda w: [*_model(w), "--circuit", str(w.run / "circuit.json")],
     ),
+    "circuit-model": ("circuit", "--data", "c", ["--model", "smolm2-135m"], lambda w: _model(w)),
     "lora-model": ("lora", "--run", "l", ["--model", "smolm2-135m"], lambda w: _model(w)),
     "evaluate-model": ("evaluate", "--run", "e.json", ["--model", "smolm2-135m"], lambda w: _model(w)),
     "evaluate-adapter": (
