@@ -61,19 +61,31 @@ def core_module_loaded(name: str) -> None:
 
 
 class _RegisterAfterPeft(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: it wraps the loader of the ``peft`` package so that registering follows its import."""
+    """Finds nothing itself: it wraps the loader of the ``peft`` package so that registering follows its import.
+
+    It stays in ``sys.meta_path`` until peft is actually executed: a mere ``importlib.util.find_spec("peft")``
+    (transformers asks it to see whether peft is installed) must not use it up.
+    """
+
+    def __init__(self) -> None:
+        self._searching = False
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != "peft":
+        if fullname != "peft" or self._searching:
             return None
-        sys.meta_path.remove(self)  # one shot; the other finders locate peft
-        spec = importlib.util.find_spec("peft")
+        self._searching = True  # the other finders locate peft; this one must not answer itself
+        try:
+            spec = importlib.util.find_spec("peft")
+        finally:
+            self._searching = False
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         load = spec.loader.exec_module
 
         def exec_module(module) -> None:
             load(module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
             _register_when_ready()
 
         spec.loader.exec_module = exec_module

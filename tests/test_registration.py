@@ -1,0 +1,37 @@
+"""`import peft_cca` registers "cca" with peft whenever peft loads, without importing torch itself.
+
+Each case runs in a fresh interpreter, since registration depends on what was imported before.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+CHECK = "from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING as m; assert 'CCA' in m, 'cca is not registered'"
+
+
+@pytest.mark.parametrize(
+    "imports",
+    [
+        "import peft_cca; import peft",  # peft after the package
+        "import peft; import peft_cca",  # peft before it
+        # transformers asks whether peft is installed before importing it: the hook must survive the question
+        "import importlib.util, peft_cca; importlib.util.find_spec('peft'); import peft",
+        "from peft_cca.config import CCAConfig",  # a core module that imports peft while it is half imported
+        "from peft_cca.model import CCAModel",
+        "import peft_cca.arch",
+        "import peft_cca.trainer",
+    ],
+)
+def test_cca_is_registered_whatever_the_import_order(imports):
+    done = subprocess.run([sys.executable, "-c", f"{imports}\n{CHECK}"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_importing_the_package_imports_no_torch():
+    code = "import sys, peft_cca; assert 'torch' not in sys.modules and 'peft' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
