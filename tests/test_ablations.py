@@ -137,3 +137,10 @@ def test_cli_no_mask_all_writes_a_loadable_model_and_its_label(tmp_path, capsys)
     trained = AutoModelForCausalLM.from_pretrained(out / "model")
     assert any(not torch.equal(a, b) for a, b in zip(trained.parameters(), model.parameters(), strict=True))
     assert "micro-batch: 4" in capsys.readouterr().out
+    # evaluate takes the saved whole model as the "w/o mask (all parameters)" row
+    evaluated = tmp_path / "eval.json"
+    argv = ["evaluate", "--run", str(run), "--adapter", str(out / "model"), "--retention-tasks", "--no-kl"]
+    assert main([*argv, "--max-new-tokens", "2", "--test-limit", "2", "--val-limit", "0", "--out", str(evaluated)]) == 0
+    row = json.loads(evaluated.read_text())
+    assert (row["config"], row["label"], row["mask_percent"]) == ("CCA w/o mask", report.NOMASK_ALL, 100.0)
+    assert report.config_label(row) == report.NOMASK_ALL

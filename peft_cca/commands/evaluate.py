@@ -18,7 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from peft_cca.tasks import DEFAULT_RETENTION_TASKS as RETENTION_TASKS
 
     parser.add_argument("--run", required=True, type=Path, help="stage 1 run folder (meta.json, records.jsonl)")
-    parser.add_argument("--adapter", type=Path, help="a saved adapter (CCA or LoRA); without it, the base model")
+    parser.add_argument(
+        "--adapter",
+        type=Path,
+        help="a saved adapter (CCA or LoRA), or the model/ of `amplify --no-mask all`; without it, the base model",
+    )
     parser.add_argument("--name", help="label of this run in reports (default: derived from the adapter)")
     parser.add_argument("--model", help="model name or path (default: the one in meta.json)")
     parser.add_argument("--out", type=Path, help="output JSON (default: <adapter>/../eval.json, <run>/eval-base.json)")
@@ -111,14 +115,18 @@ def run(args: argparse.Namespace) -> int:
     ensure_output_file(out)  # a folder or an unwritable place is refused before any model loads, not after
     runtime = runtime_from_args(args)
     # mistakes in --model or --adapter are refused before the cache records the settings and blocks the fixed rerun
-    resolve(args.model or info["model"])
-    if args.adapter is not None:
+    # `amplify --no-mask all` (the authors' ablation) saves a whole model, not an adapter: evaluate it as the model
+    whole_model = args.adapter is not None and (args.adapter / "config.json").is_file()
+    whole_model = whole_model and not (args.adapter / "adapter_config.json").exists()
+    model_name = str(args.adapter) if whole_model else args.model or info["model"]
+    resolve(model_name)
+    if args.adapter is not None and not whole_model:
         check_adapter_folder(args.adapter)
     # finished batches live beside the output until it is written, so an interrupted run (any process count) resumes
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if not k.startswith("_")}
     cache = prepare_cache(out.with_name(out.name + ".parts"), {**settings, "runtime": runtime.record()})
-    model, tokenizer = load_model(args.model or info["model"], runtime)
-    if args.adapter is not None:
+    model, tokenizer = load_model(model_name, runtime)
+    if args.adapter is not None and not whole_model:
         model = load_adapter(model, args.adapter)
     meta = json.loads((args.run / "meta.json").read_text())
 
@@ -143,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
         cache=cache,
     )
     result = {"name": args.name or (args.adapter.parent.name if args.adapter else "base"), **info, **result}
+    if whole_model:  # every parameter was trainable: the "w/o mask" row, whose label amplify.json gave
+        result.update(config="CCA w/o mask", mask_percent=100.0)
     result["runtime"] = runtime.record()
     on_main(lambda: (atomic_write_json(out, result), shutil.rmtree(cache, ignore_errors=True)))
     general = result["general"]
