@@ -3,7 +3,8 @@
 Real traces of SmolLM2-135M-Instruct on an offline reasoning-gym task it gets partly right, with the CLI's
 default chat prompt. For each (greedy, counterfactual) pair both implementations locate the pivot; we
 count the tokens the model processed (prefill + decode) and the wall time of each. As in ``localize``, fast
-branching starts from the prompt cache that sampling prefilled (the prompt is processed once per problem
+branching locates the pivots of all pairs in one call (their completions batched together) and starts from
+the prompt cache that sampling prefilled (the prompt is processed once per problem
 whatever the method); ``with_prompt`` charges that prefill to fast branching anyway.
 
     python benchmarks/branching.py [--pairs 8] [--task SPEC] [--max-new-tokens 64]
@@ -20,7 +21,7 @@ import time
 import torch
 
 from peft_cca.generation import TokenCounter, prefill_caches
-from peft_cca.localize.pivots import branching_pivot_fast, branching_pivot_naive
+from peft_cca.localize.pivots import branching_pivot_naive, branching_pivots_fast
 from peft_cca.localize.traces import DecodeSettings, counterfactuals, greedy_traces
 from peft_cca.models import load_model
 from peft_cca.tasks import build_prompt, encode_prompt, load_problems, stop_strings
@@ -44,52 +45,59 @@ def main() -> None:
     model, tokenizer = load_model(args.model)
     settings = DecodeSettings(args.max_new_tokens, stop_strings("chat"), batch_size=8)
     problems = load_problems(args.task)
-    naive_tokens = fast_tokens = prompt_tokens = 0
-    naive_wall = fast_wall = 0.0
-    identical = pairs = seen = right = 0
+    pairs: list = []  # (problem, prompt, greedy, sample, prompt cache)
+    seen = right = 0
     for begin in range(0, len(problems), settings.batch_size):
         chunk = problems[begin : begin + settings.batch_size]
         prompts = [encode_prompt(tokenizer, build_prompt(tokenizer, p, "chat")) for p in chunk]
         traces = greedy_traces(model, tokenizer, chunk, prompts, settings)
         caches = prefill_caches(model, prompts, batch_size=settings.batch_size)
         for problem, prompt, greedy, cache in zip(chunk, prompts, traces, caches, strict=True):
-            if pairs >= args.pairs:
+            if len(pairs) >= args.pairs:
                 break
             seen += 1
             right += greedy.correct
             sample = counterfactuals(
                 model, tokenizer, [problem], [prompt], [greedy], settings, args.n_samples, args.seed, None, [cache]
             )[0]
-            if sample is None:
-                continue
-            naive_count, fast_count = TokenCounter(), TokenCounter()
-            start = time.perf_counter()
-            naive = branching_pivot_naive(model, tokenizer, problem, prompt, greedy, sample, settings, naive_count)
-            middle = time.perf_counter()
-            fast = branching_pivot_fast(
-                model, tokenizer, problem, prompt, greedy, sample, settings, fast_count, prompt_cache=cache
-            )
-            end = time.perf_counter()
-            pairs += 1
-            identical += naive == fast
-            naive_tokens += naive_count.total
-            fast_tokens += fast_count.total
-            prompt_tokens += len(prompt) - 1
-            naive_wall += middle - start
-            fast_wall += end - middle
-            print(
-                f"pair {pairs}: {problem.id} greedy_correct={greedy.correct} sample_len={len(sample.token_ids)} "
-                f"pivot naive={naive and naive.position} fast={fast and fast.position} tokens "
-                f"{naive_count.total}/{fast_count.total} wall {middle - start:.2f}s/{end - middle:.2f}s",
-                flush=True,
-            )
-        if pairs >= args.pairs:
+            if sample is not None:
+                pairs.append((problem, prompt, greedy, sample, cache))
+        if len(pairs) >= args.pairs:
             break
+    # Naive: the paper's scan, one pair after another. Fast: all pairs in one call, as ``localize`` runs it.
+    naive_counts = [TokenCounter() for _ in pairs]
+    start = time.perf_counter()
+    naive = [
+        branching_pivot_naive(model, tokenizer, problem, prompt, greedy, sample, settings, count)
+        for (problem, prompt, greedy, sample, _), count in zip(pairs, naive_counts, strict=True)
+    ]
+    middle = time.perf_counter()
+    fast_counts = [TokenCounter() for _ in pairs]
+    fast = branching_pivots_fast(
+        model,
+        tokenizer,
+        [pair[:4] for pair in pairs],
+        settings,
+        fast_counts,
+        prompt_caches=[pair[4] for pair in pairs],
+    )
+    end = time.perf_counter()
+    for k, ((problem, _, greedy, sample, _), n, f) in enumerate(zip(pairs, naive, fast, strict=True)):
+        print(
+            f"pair {k + 1}: {problem.id} greedy_correct={greedy.correct} sample_len={len(sample.token_ids)} "
+            f"pivot naive={n and n.position} fast={f and f.position} "
+            f"tokens {naive_counts[k].total}/{fast_counts[k].total}"
+        )
+    naive_tokens = sum(c.total for c in naive_counts)
+    fast_tokens = sum(c.total for c in fast_counts)
+    prompt_tokens = sum(len(pair[1]) - 1 for pair in pairs)
+    naive_wall, fast_wall = middle - start, end - middle
+    identical = sum(n == f for n, f in zip(naive, fast, strict=True))
     print(f"greedy accuracy on the {seen} problems seen: {right / max(seen, 1):.2f}")
     print(
         f"branching_token_ratio={naive_tokens / max(fast_tokens, 1):.1f} "
         f"with_prompt={naive_tokens / max(fast_tokens + prompt_tokens, 1):.1f} "
-        f"wall_ratio={naive_wall / max(fast_wall, 1e-9):.1f} identical_pivots={identical}/{pairs}"
+        f"wall_ratio={naive_wall / max(fast_wall, 1e-9):.1f} identical_pivots={identical}/{len(pairs)}"
     )
 
 
