@@ -256,7 +256,10 @@ def plan(settings: DemoSettings) -> list[tuple[str, list[str]]]:
             ),
             evaluate("base", None),
         ]
-        # the comparison arms: each trains into <run>/<arm> and is evaluated from <run>/<arm>/adapter
+        # the comparison arms: each trains into <run>/<arm> and is evaluated from <run>/<arm>/adapter (model/ for
+        # the authors' "w/o mask", which trains every parameter: the paper preset runs it, the CPU presets the
+        # circuit-sites ablation, whose adapter is small)
+        nomask = "all" if settings.preset == "paper" else "sites"
         arms = {
             "cca": [
                 "amplify",
@@ -268,14 +271,14 @@ def plan(settings: DemoSettings) -> list[tuple[str, list[str]]]:
                 "--circuit",
                 str(run / "circuit" / "circuit.json"),
             ],
-            "cca-nomask": ["amplify", *train, "--lr", *lrs, "--steps", str(c.steps), "--no-mask"],
+            "cca-nomask": ["amplify", *train, "--lr", *lrs, "--steps", str(c.steps), "--no-mask", nomask],
             "lora": ["lora", *train, "--lr", *(f"{lr:g}" for lr in c.lora_lrs), "--epochs", str(c.lora_epochs)],
         }
         for arm, argv in arms.items():
             if arm not in settings.skip:
                 stages += [
                     (f"{arm}-seed{seed}", [*argv, "--out", str(run / arm)]),
-                    evaluate(arm, run / arm / "adapter"),
+                    evaluate(arm, run / arm / ("model" if arm == "cca-nomask" and nomask == "all" else "adapter")),
                 ]
     # placement flags reach every stage that loads the model; checkpointing only the two that train with backward
     trains = ("amplify", "lora")

@@ -197,3 +197,12 @@ def test_tiny_end_to_end_run_on_smollm2(tmp_path):
         assert row in table
     assert json.loads((report / "report.json").read_text())
     assert list(report.glob("*.png"))
+
+
+@pytest.mark.parametrize(("preset", "kind", "folder"), [("paper", "all", "model"), ("quick", "sites", "adapter")])
+def test_the_paper_preset_runs_the_authors_ablation_and_evaluates_its_model(tmp_path, preset, kind, folder):
+    stages = dict(plan(DemoSettings(out=tmp_path, preset=preset)))
+    trained = stages["cca-nomask-seed0"]
+    assert trained[trained.index("--no-mask") + 1] == kind
+    evaluated = stages["evaluate-cca-nomask-seed0"]
+    assert evaluated[evaluated.index("--adapter") + 1].endswith(f"cca-nomask/{folder}")
