@@ -30,7 +30,7 @@ from torch import nn
 from peft_cca.defaults import LM_EVAL_TASKS
 from peft_cca.errors import UsageError
 from peft_cca.generation import generate, left_pad, pad_token_id
-from peft_cca.runfolder import atomic_write_json, check_settings
+from peft_cca.runfolder import atomic_write_json, check_settings, read_json_object
 from peft_cca.tasks import DEFAULT_RETENTION_TASKS
 from peft_cca.tasks.problem import Problem
 from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, encode_prompt, resolve_prompt_style, stop_strings
@@ -333,21 +333,6 @@ def split_problems(
     return chosen[:limit] if limit is not None else chosen
 
 
-def _read_json_object(path: Path) -> dict[str, Any]:
-    """A stage 1 JSON file, or a one-line UsageError naming the file and where it is damaged."""
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UsageError(
-            f"{path}: line {err.lineno}: not valid JSON ({err.msg}); rerun stage 1 (localize) to rewrite it"
-        ) from None
-    except RecursionError:
-        raise UsageError(f"{path}: JSON nested too deeply; rerun stage 1 (localize) to rewrite it") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: holds {type(data).__name__}, not a JSON object; rerun stage 1 (localize)")
-    return data
-
-
 def _first(data: Mapping[str, Any], *keys: str) -> Any:
     return next((data[k] for k in keys if data.get(k) is not None), None)
 
@@ -361,9 +346,9 @@ def run_problems(run_dir: str | Path, split: str, *, limit: int | None = None) -
     templates the base model already solves, and the best step is picked on the whole population.
     """
     run_dir = Path(run_dir)
-    meta = _read_json_object(run_dir / "meta.json")
+    meta = read_json_object(run_dir / "meta.json")
     summary_file = run_dir / "summary.json"
-    summary = _read_json_object(summary_file) if summary_file.exists() else {}
+    summary = read_json_object(summary_file) if summary_file.exists() else {}
     task = _first(meta, "task", "task_spec")
     if task is None:
         raise UsageError(f"{run_dir / 'meta.json'}: records no task spec; pass --task")

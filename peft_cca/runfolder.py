@@ -124,3 +124,30 @@ def check_settings(
     if record and not partial:
         atomic_write_json(recorded_path, wanted)
     return False
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A stage 1 JSON file, or a one-line UsageError naming the file and where it is damaged."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UsageError(
+            f"{path}: line {err.lineno}: not valid JSON ({err.msg}); rerun stage 1 (localize) to rewrite it"
+        ) from None
+    except RecursionError:
+        raise UsageError(f"{path}: JSON nested too deeply; rerun stage 1 (localize) to rewrite it") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: holds {type(data).__name__}, not a JSON object; rerun stage 1 (localize)")
+    return data
+
+
+def clear_outputs(out: Path, names: tuple[str, ...]) -> None:
+    """Remove what an earlier run with other settings wrote into ``out`` (only these names), for ``--overwrite``."""
+    import shutil
+
+    for name in names:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)

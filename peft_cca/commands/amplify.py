@@ -59,18 +59,6 @@ def default_out(args: argparse.Namespace) -> Path:
     return args.run / f"amplify{suffix}"
 
 
-def clear_outputs(out: Path, names: tuple[str, ...]) -> None:
-    """Remove what an earlier run with other settings wrote into ``out`` (only these names), for ``--overwrite``."""
-    import shutil
-
-    for name in names:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-
-
 def output_settings(args: argparse.Namespace, model: str, circuit: Path | None, runtime: dict) -> dict:
     """What the adapter depends on (not the micro-batch or evaluation batch: they change speed only)."""
     keys = ("no_mask", "lr", "steps", "optimizer", "mlp_targets", "task", "split_seed", "val_limit")
@@ -91,9 +79,9 @@ def run(args: argparse.Namespace) -> int:
     meta_path = args.run / "meta.json"
     if not meta_path.is_file():
         raise UsageError(f"--run {args.run} has no meta.json: give the folder stage 1 (localize) wrote")
-    from peft_cca.evaluate import _read_json_object  # one line naming the file and line of a damaged meta.json
+    from peft_cca.runfolder import clear_outputs, read_json_object  # a damaged meta.json is one line naming it
 
-    meta = _read_json_object(meta_path)
+    meta = read_json_object(meta_path)
     circuit_path = None if args.no_mask else (args.circuit or args.run / "circuit.json")
     if circuit_path is not None and not circuit_path.is_file():
         raise UsageError(f"circuit {circuit_path} does not exist: run stage 2 (circuit) or pass --circuit")

@@ -70,9 +70,9 @@ def _split_of(records: Path, number: int, line: str) -> Any:
 
 def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
     """Localization method, seed, dataset size and validation curves, read from the files the stages wrote."""
-    from peft_cca.evaluate import _read_json_object  # a damaged meta.json is one line naming it
+    from peft_cca.runfolder import read_json_object  # a damaged meta.json is one line naming it
 
-    meta = _read_json_object(run_dir / "meta.json")
+    meta = read_json_object(run_dir / "meta.json")
     records = run_dir / "records.jsonl"
     lines = records.read_text().splitlines() if records.exists() else []
     size = sum(1 for n, line in enumerate(lines, 1) if line.strip() and _split_of(records, n, line) == "train")

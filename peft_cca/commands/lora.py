@@ -76,9 +76,9 @@ def run(args: argparse.Namespace) -> int:
     meta_path = args.run / "meta.json"
     if not meta_path.is_file():
         raise UsageError(f"--run {args.run} has no meta.json: give the folder stage 1 (localize) wrote")
-    from peft_cca.evaluate import _read_json_object  # one line naming the file and line of a damaged meta.json
+    from peft_cca.runfolder import clear_outputs, read_json_object  # a damaged meta.json is one line naming it
 
-    meta = _read_json_object(meta_path)
+    meta = read_json_object(meta_path)
     runtime = runtime_from_args(args, training=True)
     out = ensure_output_dir(args.out or args.run / "lora")  # before the model loads: no work lost at save
     model_name = args.model or meta["model"]
@@ -87,8 +87,6 @@ def run(args: argparse.Namespace) -> int:
     resolve(model_name)  # a mistyped --model is refused before settings.json records it and blocks the fixed rerun
     check_settings(out, output_settings(args, model_name, runtime.record()), overwrite=args.overwrite)
     if args.overwrite:
-        from peft_cca.commands.amplify import clear_outputs
-
         clear_outputs(out, ("adapter", "lora.json"))
 
     from peft_cca.defaults import LoraSettings
