@@ -85,10 +85,27 @@ def process_state():
     without ``cpu=True`` on a machine without a GPU then sees one process, not a gloo group: every process would
     do all the work and write the same files. The first call fixes the state for the whole process.
     """
+    import atexit
+
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.accelerator.is_available())
+    state = PartialState(cpu=not torch.accelerator.is_available())
+    if state.num_processes > 1:
+        # a gloo group left to interpreter shutdown can abort a process that has written all its work
+        # ("terminate called without an active exception", SIGABRT): the finished run would exit as failed.
+        # unregister first, so that many calls register the teardown once
+        atexit.unregister(_end_process_group)
+        atexit.register(_end_process_group)
+    return state
+
+
+def _end_process_group() -> None:
+    """Tear the process group down before interpreter shutdown (see :func:`process_state`)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _accelerate_device():
