@@ -427,13 +427,14 @@ def evaluate_model(
     def section(name: str) -> dict[str, Any]:
         return {**em, "cache": None if cache is None else Path(cache) / name}
 
+    held_out = retention_problems(retention_tasks, retention_size) if retention_tasks else []  # a bad name fails now
     result: dict[str, Any] = {**adapter_summary(model)}
     result["test"] = evaluate_exact_match(model, tokenizer, test_problems, **section("test"))
     if val_problems:
         result["validation"] = evaluate_exact_match(model, tokenizer, val_problems, **section("validation"))
     general: dict[str, Any] = {}
     if retention_tasks:
-        general["retention"] = retention(model, tokenizer, retention_tasks, size=retention_size, **section("retention"))
+        general["retention"] = retention(model, tokenizer, problems=held_out, **section("retention"))
     if kl_texts:
         adapted = hasattr(model, "disable_adapter")
         general["kl"] = kl_drift(model, tokenizer, kl_texts, batch_size=batch_size) if adapted else 0.0

@@ -1058,3 +1058,30 @@ def test_a_refused_run_does_not_block_its_corrected_rerun(case, world, capsys):
     code, err = _run([*common, *correction(world)], capsys)
     assert "other settings" not in err, err
     assert code == 0, err
+
+
+# Mistakes that need no model to find are refused before one loads (on a 9B model that is minutes saved).
+BEFORE_MODEL_LOAD: dict[str, tuple[Callable[[World], list[str]], str]] = {
+    "evaluate-unknown-retention-task": (
+        lambda w: ["evaluate", "--run", str(w.run), *_model(w), "--retention-tasks", "nope_retention"],
+        "nope_retention",
+    ),
+    "amplify-damaged-circuit": (
+        lambda w: ["amplify", "--run", str(w.run), *_model(w), "--circuit", str(w.file("cut.json", "{"))],
+        "cut.json",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BEFORE_MODEL_LOAD))
+def test_mistakes_found_without_a_model_are_refused_before_it_loads(case, world, capsys, monkeypatch):
+    import peft_cca.models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the mistake was found")
+
+    monkeypatch.setattr(peft_cca.models, "load_model", no_load)
+    build, keyword = BEFORE_MODEL_LOAD[case]
+    command, *rest = build(world)
+    code, err = _run([command, *CHEAP[command], *rest, "--out", str(world.tmp / "early")], capsys)
+    _assert_one_clear_line(code, err, keyword)

@@ -104,7 +104,15 @@ def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_cca.evaluate import LM_EVAL_TASKS, NEUTRAL_TEXTS, evaluate_model, on_main, prepare_cache, stage_problems
+    from peft_cca.evaluate import (
+        LM_EVAL_TASKS,
+        NEUTRAL_TEXTS,
+        evaluate_model,
+        on_main,
+        prepare_cache,
+        retention_problems,
+        stage_problems,
+    )
     from peft_cca.models import check_adapter_folder, load_adapter, load_model, resolve
     from peft_cca.runfolder import atomic_write_json, ensure_output_file
     from peft_cca.runtime import runtime_from_args
@@ -122,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     resolve(model_name)
     if args.adapter is not None and not whole_model:
         check_adapter_folder(args.adapter)
+    retention_problems(args.retention_tasks, args.retention_size)  # a mistyped task is refused before the model loads
     # finished batches live beside the output until it is written, so an interrupted run (any process count) resumes
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if not k.startswith("_")}
     cache = prepare_cache(out.with_name(out.name + ".parts"), {**settings, "runtime": runtime.record()})
