@@ -18,6 +18,7 @@ from torch import nn
 from peft_cca import registration
 from peft_cca.arch import COMPONENT_KINDS, ModelShape, describe
 from peft_cca.errors import UsageError
+from peft_cca.jsonfiles import parse_object
 
 FORMAT = "peft-cca/circuit@1"
 
@@ -137,14 +138,7 @@ class Circuit:
             raise UsageError(f"{path}: not a text file; pass the circuit.json written by `peft-cca circuit`") from None
         if not text.strip():
             raise UsageError(f"{path}: the file is empty; rerun `peft-cca circuit` to write it again")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UsageError(
-                f"{path}: line {err.lineno}: not valid JSON ({err.msg}; truncated?); rerun `peft-cca circuit`"
-            ) from None
-        except RecursionError:
-            raise UsageError(f"{path}: JSON nested too deeply to be a circuit; rerun `peft-cca circuit`") from None
+        data = parse_object(text, path, "truncated? rerun `peft-cca circuit`", kind="a circuit object")
         try:
             circuit = cls.from_dict(data)
             if model is not None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_cca.errors import UsageError
+from peft_cca.jsonfiles import read_object
 
 SETTINGS_FILE = "settings.json"
 
@@ -107,12 +108,7 @@ def check_settings(
     wanted = json.loads(json.dumps(json_safe(dict(settings)), sort_keys=True))
     recorded_path = folder / SETTINGS_FILE
     if recorded_path.exists() and not overwrite:
-        try:
-            recorded = json.loads(recorded_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UsageError(f"{recorded_path} is corrupted ({err}): {restart_hint}") from err
-        if not isinstance(recorded, dict):
-            raise UsageError(f"{recorded_path} does not hold an object of settings: {restart_hint}")
+        recorded = read_object(recorded_path, restart_hint, kind="an object of settings")
         differing = [
             f"{key} {_describe(recorded.get(key))} (recorded) vs {_describe(wanted.get(key))} (now)"
             for key in sorted(set(wanted) if partial else set(recorded) | set(wanted))
@@ -128,17 +124,7 @@ def check_settings(
 
 def read_json_object(path: Path) -> dict[str, Any]:
     """A stage 1 JSON file, or a one-line UsageError naming the file and where it is damaged."""
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UsageError(
-            f"{path}: line {err.lineno}: not valid JSON ({err.msg}); rerun stage 1 (localize) to rewrite it"
-        ) from None
-    except RecursionError:
-        raise UsageError(f"{path}: JSON nested too deeply; rerun stage 1 (localize) to rewrite it") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: holds {type(data).__name__}, not a JSON object; rerun stage 1 (localize)")
-    return data
+    return read_object(path, "rerun stage 1 (localize) to rewrite it")
 
 
 def clear_outputs(out: Path, names: tuple[str, ...]) -> None:

@@ -115,7 +115,7 @@ def test_a_damaged_middle_line_is_reported_with_its_number(lm, finished, tmp_pat
     # a line cut short is followed by complete ones (and ends in a newline): no kill leaves that
     (out / name).write_text('{"problem_id": "p1", "spl\n' + (out / name).read_text())
     before = _files(out)
-    with pytest.raises(UsageError, match=rf"{name} line 1 is not JSON .*delete .* or rerun with --overwrite"):
+    with pytest.raises(UsageError, match=rf"{name}: line 1: not valid JSON .*delete .* or rerun with --overwrite"):
         localize(*lm, _problems()[:4], QUICK, out, model_name="tiny")
     assert _files(out) == before  # nothing dropped
 
@@ -123,7 +123,7 @@ def test_a_damaged_middle_line_is_reported_with_its_number(lm, finished, tmp_pat
 def test_a_line_that_is_not_a_record_is_reported(lm, finished, tmp_path):
     out = _copy(finished, tmp_path)
     (out / "progress.jsonl").write_text("[1, 2]\n" + (out / "progress.jsonl").read_text())
-    with pytest.raises(UsageError, match=r"progress.jsonl line 1 is not an object with a problem_id"):
+    with pytest.raises(UsageError, match=r"progress.jsonl: line 1: holds a JSON list, not a JSON object"):
         localize(*lm, _problems()[:4], QUICK, out, model_name="tiny")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -57,19 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _split_of(records: Path, number: int, line: str) -> Any:
     """The split of one record line; a damaged line is one error naming the file and line."""
-    from peft_cca.errors import UsageError
+    from peft_cca.jsonfiles import parse_object
 
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{records}: line {number}: not valid JSON ({err.msg}); rerun stage 1 (localize)") from None
-    if not isinstance(record, dict):
-        raise UsageError(f"{records}: line {number}: not a JSON object; rerun stage 1 (localize)")
-    return record.get("split", "train")
+    return parse_object(line, records, "rerun stage 1 (localize)", line=number).get("split", "train")
 
 
 def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
     """Localization method, seed, dataset size and validation curves, read from the files the stages wrote."""
+    from peft_cca.jsonfiles import read_object
     from peft_cca.runfolder import read_json_object  # a damaged meta.json is one line naming it
 
     meta = read_json_object(run_dir / "meta.json")
@@ -83,7 +77,7 @@ def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
         for name in ("amplify.json", "lora.json"):
             summary = adapter.parent / name
             if summary.exists():
-                data = json.loads(summary.read_text())
+                data = read_object(summary, f"rerun the stage that wrote {name} (amplify or lora)")
                 curves = [{"lr": r["lr"], "history": r["history"]} for r in data["runs"]]
                 best = data.get("best") or {}
                 trained = {
@@ -114,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         stage_problems,
     )
     from peft_cca.models import check_adapter_folder, load_adapter, load_model, resolve
-    from peft_cca.runfolder import atomic_write_json, ensure_output_file
+    from peft_cca.runfolder import atomic_write_json, ensure_output_file, read_json_object
     from peft_cca.runtime import runtime_from_args
     from peft_cca.tasks.protocol import setting
 
@@ -137,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(model_name, runtime)
     if args.adapter is not None and not whole_model:
         model = load_adapter(model, args.adapter)
-    meta = json.loads((args.run / "meta.json").read_text())
+    meta = read_json_object(args.run / "meta.json")
 
     def problems(split: str, limit: int | None) -> list:
         return stage_problems(args.run, split, task=args.task, split_seed=args.split_seed, limit=limit)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_cca.errors import UsageError
+from peft_cca.jsonfiles import parse_object, read_object
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +62,9 @@ def _token_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _parse(line: str, number: int, path: Path) -> tuple[Record, str | None]:
+def _parse(line: bytes, number: int, path: Path) -> tuple[Record, str | None]:
     where = f"{path}: line {number}"
-    try:
-        raw = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"{where}: not valid JSON ({err.msg}, column {err.colno}); {_FIX}") from None
-    except RecursionError:
-        raise DatasetError(f"{where}: JSON nested too deeply to be a record; {_FIX}") from None
-    if not isinstance(raw, dict):
-        raise DatasetError(f"{where}: holds a JSON {type(raw).__name__}, not a record object; {_FIX}")
+    raw = parse_object(line, path, _FIX, line=number, error=DatasetError, kind="a record object")
     missing = [key for key in REQUIRED if key not in raw]
     if missing:
         raise DatasetError(f"{where}: record lacks {missing}; is this an Error-Localization dataset? {_FIX}")
@@ -97,14 +91,7 @@ def _parse(line: str, number: int, path: Path) -> tuple[Record, str | None]:
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        line = f"line {err.lineno}: " if isinstance(err, json.JSONDecodeError) else ""
-        raise DatasetError(f"{path}: {line}not valid JSON; rebuild the dataset with `peft-cca localize`") from None
-    if not isinstance(meta, dict):
-        raise DatasetError(f"{path}: not a JSON object; rebuild the dataset with `peft-cca localize`")
-    return meta
+    return read_object(path, "rebuild the dataset with `peft-cca localize`", error=DatasetError)
 
 
 def _meta_tokenizer(meta: dict[str, Any]) -> dict[str, Any]:
@@ -184,11 +171,7 @@ def load_records(
     records: list[Record] = []
     texts: list[str | None] = []
     lines: list[int] = []
-    for number, raw_line in enumerate(file.read_bytes().splitlines(), start=1):
-        try:
-            line = raw_line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise DatasetError(f"{file}: line {number}: not UTF-8 text ({err.reason}); {_FIX}") from None
+    for number, line in enumerate(file.read_bytes().splitlines(), start=1):
         if line.strip():
             record, text = _parse(line, number, file)
             records.append(record)

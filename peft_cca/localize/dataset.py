@@ -18,6 +18,7 @@ from typing import Any
 import datasets
 
 from peft_cca.errors import UsageError
+from peft_cca.jsonfiles import parse_object
 from peft_cca.runfolder import atomic_write_text
 
 RECORDS = "records.jsonl"
@@ -53,19 +54,10 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _row(path: Path, number: int, line: bytes) -> dict[str, Any]:
-    try:
-        row = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        what = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
-        raise UsageError(
-            f"{path} line {number} is not JSON ({what}): the run folder is damaged; delete {path.parent} or rerun "
-            "with --overwrite to start afresh"
-        ) from None
-    if not isinstance(row, dict) or not isinstance(row.get("problem_id"), str):
-        raise UsageError(
-            f"{path} line {number} is not an object with a problem_id: the run folder is damaged; delete "
-            f"{path.parent} or rerun with --overwrite to start afresh"
-        )
+    remedy = f"the run folder is damaged: delete {path.parent} or rerun with --overwrite to start afresh"
+    row = parse_object(line, path, remedy, line=number)
+    if not isinstance(row.get("problem_id"), str):
+        raise UsageError(f"{path}: line {number}: the object has no problem_id; {remedy}")
     return row
 
 

@@ -7,12 +7,12 @@ the worked answer before ``####`` is the problem's solution, which LoRA's SFT le
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from peft_cca.errors import UsageError
+from peft_cca.jsonfiles import parse_object
 from peft_cca.tasks.answers import parse_number
 from peft_cca.tasks.problem import Problem
 
@@ -79,14 +79,7 @@ def load_gsm_symbolic_file(path: str | Path) -> list[Problem]:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UsageError(f"{path}:{number}: not JSON ({error.msg}); one JSON object per line") from error
-        except RecursionError:
-            raise UsageError(f"{path}:{number}: JSON nested too deeply; one flat JSON object per line") from None
-        if not isinstance(row, dict):
-            raise UsageError(f"{path}:{number}: not a JSON object; one JSON object per line")
+        row = parse_object(line, path, "the file needs one JSON object per line", line=number)
         rows.append((f"{path}:{number}", row))
     if not rows:
         raise UsageError(f"gsm-symbolic-file:{path}: the file holds no problems; one JSON object per line")

@@ -44,6 +44,7 @@ from typing import Any
 import tomllib
 
 from peft_cca.errors import UsageError
+from peft_cca.jsonfiles import parse_object
 from peft_cca.tasks.problem import Problem
 from peft_cca.tasks.safe_eval import (
     MAX_SEQUENCE,
@@ -700,11 +701,7 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
         records = []
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except (json.JSONDecodeError, RecursionError) as error:
-                    why = error.msg if isinstance(error, json.JSONDecodeError) else "nested too deeply"
-                    raise TemplateError(f"{path}:{number}: not JSON ({why}); fix the line") from None
+                records.append(parse_object(line, path, "fix the line", line=number, error=TemplateError))
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             raise TemplateError(f"{path}: template #{index} is not a JSON object; each template is an object")
