@@ -35,6 +35,13 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def _not_about_optional_cpu_kernels(record: logging.LogRecord) -> bool:
+    """Drops bitsandbytes' import-time warning that it could not fetch its optional 4-bit CPU kernel from the hub
+    (on CPUs with AVX512-BF16, without the ``kernels`` package): it printed "Failed to load" before every command,
+    yet CCA runs no 4-bit matmul on a CPU and bitsandbytes falls back to its own code. ``-v`` shows it."""
+    return "kernels-community" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a stage. A failure the user can act on is one line on stderr (``-v`` adds the traceback): exit code 2
     for bad options, files and run folders, 1 for other expected failures, 130 for Ctrl-C (rerun to resume)."""
@@ -45,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:
+        logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_not_about_optional_cpu_kernels)
     prog = f"{parser.prog} {args.command}"
     from peft_cca.errors import CCAError
 

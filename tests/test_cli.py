@@ -91,3 +91,22 @@ def test_sensible_numbers_parse():
     args = build_parser().parse_args(["localize", "--out", "x", "--top-k", "0", "--max-group-accuracy", "1.01"])
     assert (args.top_k, args.max_group_accuracy) == (0, 1.01)
     assert build_parser().parse_args(["evaluate", "--run", "r", "--val-limit", "0"]).val_limit == 0
+
+
+def test_the_optional_cpu_kernel_warning_of_bitsandbytes_is_dropped_unless_verbose(tmp_path, capsys):
+    import logging
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    saved = list(logger.filters)
+    try:
+        main(["compare", "--runs", str(tmp_path / "gone.json"), "--out", str(tmp_path / "r")])
+        capsys.readouterr()
+
+        def record(message: str) -> logging.LogRecord:
+            return logging.LogRecord(logger.name, logging.WARNING, __file__, 1, message, (), None)
+
+        kernel = record("Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'")
+        assert not logger.filter(kernel)
+        assert logger.filter(record("another warning from the same module"))
+    finally:
+        logger.filters[:] = saved
