@@ -576,6 +576,15 @@ def train_every_parameter(model: nn.Module) -> nn.Module:
         raise ValueError("--no-mask all trains the base model itself: pass the model, not a PeftModel")
     for param in model.parameters():
         param.requires_grad_(True)
+    dtype = next(model.parameters()).dtype
+    if dtype in (torch.bfloat16, torch.float16):
+        # unlike CCA's fp32 deltas, these weights take each step in their own dtype: a step below half their
+        # rounding interval (about 0.4% of a weight in bf16) changes nothing
+        logger.warning(
+            "--no-mask all trains every parameter in %s: steps smaller than the weights' rounding are lost; "
+            "--dtype float32 keeps them (twice the memory for weights and gradients)",
+            str(dtype).removeprefix("torch."),
+        )
     return model
 
 

@@ -144,3 +144,14 @@ def test_cli_no_mask_all_writes_a_loadable_model_and_its_label(tmp_path, capsys)
     row = json.loads(evaluated.read_text())
     assert (row["config"], row["label"], row["mask_percent"]) == ("CCA w/o mask", report.NOMASK_ALL, 100.0)
     assert report.config_label(row) == report.NOMASK_ALL
+
+
+def test_no_mask_all_warns_when_the_weights_cannot_hold_small_steps(caplog):
+    from peft_cca.trainer import train_every_parameter
+
+    with caplog.at_level("WARNING", logger="peft_cca.trainer"):
+        train_every_parameter(tiny_model("llama"))
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="peft_cca.trainer"):
+        train_every_parameter(tiny_model("llama").to(torch.bfloat16))
+    assert "in bfloat16" in caplog.text and "--dtype float32" in caplog.text
