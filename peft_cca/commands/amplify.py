@@ -9,9 +9,14 @@ HELP = "stage 3: train only the circuit (CCATrainer) and save the adapter"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from peft_cca.commands.options import non_negative_int, positive_float, positive_int, positive_int_or_auto
+    from peft_cca.commands.options import (
+        add_training_run_arguments,
+        non_negative_int,
+        positive_float,
+        positive_int,
+        positive_int_or_auto,
+    )
     from peft_cca.defaults import DEFAULT_LRS, DEFAULT_STEPS, NO_MASK_LABELS, OPTIMIZERS
-    from peft_cca.runtime import add_runtime_arguments
 
     parser.add_argument("--run", required=True, type=Path, help="run folder of stages 1-2 (records.jsonl, meta.json)")
     parser.add_argument("--model", help="model name or path (default: the one in meta.json)")
@@ -39,18 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mlp-targets", nargs="+", default=["up"], choices=["up", "gate", "down"])
     parser.add_argument("--task", help="task spec for validation problems (default: the one in meta.json)")
     parser.add_argument("--split-seed", type=non_negative_int, help="split seed (default: the one in meta.json)")
-    parser.add_argument("--val-limit", type=positive_int, help="use at most this many validation problems")
-    parser.add_argument("--prompt-style", help="prompt style (default: the one in meta.json, else auto)")
-    parser.add_argument(
-        "--max-new-tokens",
-        type=positive_int,
-        help="generation budget (default: 1500 for GSM-Symbolic tasks, else 256)",
-    )
-    parser.add_argument("--eval-batch-size", type=positive_int, default=16)
-    parser.add_argument("--out", type=Path, help="output folder (default: <run>/amplify, <run>/amplify-nomask[-all])")
-    parser.add_argument("--overwrite", action="store_true", help="train afresh into an --out made with other settings")
-    parser.add_argument("--seed", type=non_negative_int, default=0)
-    add_runtime_arguments(parser, training=True)
+    add_training_run_arguments(parser, "output folder (default: <run>/amplify, <run>/amplify-nomask[-all])")
 
 
 def default_out(args: argparse.Namespace) -> Path:

@@ -11,7 +11,7 @@ HELP = "exact match on the target task, retention suite and KL drift"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from peft_cca.commands.options import non_negative_int, positive_float, positive_int
+    from peft_cca.commands.options import add_generation_arguments, non_negative_int, positive_float, positive_int
     from peft_cca.defaults import LM_EVAL_TASKS
     from peft_cca.runtime import add_runtime_arguments
     from peft_cca.tasks import DEFAULT_RETENTION_TASKS as RETENTION_TASKS
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--val-limit", type=non_negative_int, help="use at most this many validation problems (0: skip)"
     )
-    parser.add_argument("--prompt-style", help="prompt style (default: the one in meta.json, else auto)")
+    add_generation_arguments(parser)
     parser.add_argument(
         "--retention-tasks",
         nargs="*",
@@ -47,9 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"run lm-eval tasks (needs the hub; no names: {' '.join(LM_EVAL_TASKS)})",
     )
     parser.add_argument("--lm-eval-limit", type=positive_float, help="lm-eval examples per task")
-    parser.add_argument(
-        "--max-new-tokens", type=positive_int, help="generation budget (default: 1500 for GSM-Symbolic tasks, else 256)"
-    )
     parser.add_argument("--batch-size", type=positive_int, default=16)
     add_runtime_arguments(parser)
 

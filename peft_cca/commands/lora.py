@@ -10,6 +10,7 @@ HELP = "the LoRA SFT baseline on the same training problems"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from peft_cca.commands.options import (
+        add_training_run_arguments,
         fraction_of_one,
         non_negative_int,
         positive_float,
@@ -17,7 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         positive_int_or_auto,
     )
     from peft_cca.defaults import DEFAULT_LORA_LRS, LoraSettings
-    from peft_cca.runtime import add_runtime_arguments
 
     defaults = LoraSettings()
     parser.add_argument("--run", required=True, type=Path, help="stage 1 run folder (meta.json)")
@@ -47,18 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=positive_int, default=defaults.alpha)
     parser.add_argument("--dropout", type=fraction_of_one, default=defaults.dropout)
     parser.add_argument("--train-limit", type=positive_int, help="use at most this many training problems")
-    parser.add_argument("--val-limit", type=positive_int, help="use at most this many validation problems")
-    parser.add_argument("--prompt-style", help="prompt style (default: the one in meta.json, else auto)")
-    parser.add_argument(
-        "--max-new-tokens",
-        type=positive_int,
-        help="generation budget (default: 1500 for GSM-Symbolic tasks, else 256)",
-    )
-    parser.add_argument("--eval-batch-size", type=positive_int, default=16)
-    parser.add_argument("--out", type=Path, help="output folder (default: <run>/lora)")
-    parser.add_argument("--overwrite", action="store_true", help="train afresh into an --out made with other settings")
-    parser.add_argument("--seed", type=non_negative_int, default=0)
-    add_runtime_arguments(parser, training=True)
+    add_training_run_arguments(parser, "output folder (default: <run>/lora)")
 
 
 def output_settings(args: argparse.Namespace, model: str, runtime: dict) -> dict:

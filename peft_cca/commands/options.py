@@ -1,4 +1,5 @@
-"""Option types for the stage commands: argparse refuses nonsense at parse time, before any model loads.
+"""Option types and shared flags of the stage commands: argparse refuses nonsense at parse time, before any
+model loads.
 
 argparse turns a ``ValueError``/``ArgumentTypeError`` from a ``type=`` callable into one line, the command's usage
 and exit code 2, so every numeric flag gets a type here that says what it expects. Nothing here imports torch:
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 
 def _number(text: str, kind: Callable[[str], float | int], what: str) -> float | int:
@@ -78,3 +80,24 @@ def fraction_of_one(text: str) -> float:
 def positive_int_or_auto(text: str) -> int | str:
     """``auto`` or an integer >= 1 (``--micro-batch``)."""
     return "auto" if text == "auto" else positive_int(text)
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--prompt-style`` and ``--max-new-tokens``: how every stage that scores completions prompts and stops."""
+    parser.add_argument("--prompt-style", help="prompt style (default: the one in meta.json, else auto)")
+    parser.add_argument(
+        "--max-new-tokens", type=positive_int, help="generation budget (default: 1500 for GSM-Symbolic tasks, else 256)"
+    )
+
+
+def add_training_run_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
+    """The flags ``amplify`` and ``lora`` share after their own: validation, output folder, seed, placement."""
+    from peft_cca.runtime import add_runtime_arguments
+
+    parser.add_argument("--val-limit", type=positive_int, help="use at most this many validation problems")
+    add_generation_arguments(parser)
+    parser.add_argument("--eval-batch-size", type=positive_int, default=16)
+    parser.add_argument("--out", type=Path, help=out_help)
+    parser.add_argument("--overwrite", action="store_true", help="train afresh into an --out made with other settings")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    add_runtime_arguments(parser, training=True)
