@@ -13,6 +13,7 @@ from tiny_tokenizer import tiny_tokenizer
 
 import peft_cca  # noqa: F401 - registers the "cca" method
 from peft_cca import CCAConfig, Circuit, describe
+from peft_cca.arch import ModelShape
 from peft_cca.tasks.problem import Problem
 from peft_cca.trainer import (
     BestStepCallback,
@@ -178,7 +179,7 @@ def run_folder(tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
     (run / "meta.json").write_text(json.dumps({"model": "tiny"}))
-    (run / "circuit.json").write_text("{}")
+    Circuit(ModelShape("llama", 2, 4, 2, 12, 80), {0: {"q": [1]}}).save(run / "circuit.json")  # read before the model
     return run
 
 

@@ -97,13 +97,12 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.tasks.protocol import setting
     from peft_cca.trainer import amplify
 
-    # what can be read without the model is read first: a damaged circuit or split is refused in seconds
-    circuit = Circuit.load(circuit_path) if circuit_path is not None else None
-    val = stage_problems(args.run, "validation", task=args.task, split_seed=args.split_seed, limit=args.val_limit)
+    circuit = Circuit.load(circuit_path) if circuit_path is not None else None  # a damaged one: refused in seconds
     model, tokenizer = load_model(model_name, runtime)
     records = load_records(
         args.run, vocab_size=model.get_input_embeddings().num_embeddings, tokenizer=tokenizer, splits=("train",)
     )
+    val = stage_problems(args.run, "validation", task=args.task, split_seed=args.split_seed, limit=args.val_limit)
     record_runtime(out, model)
     trains = {None: str(circuit), "sites": "every circuit site", "all": "every parameter"}[args.no_mask]
     print(f"amplify: {len(records)} records, {len(val)} validation problems, training {trains}")
