@@ -20,7 +20,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from peft_cca import CCAConfig, Circuit, describe
-from peft_cca.model import plan_targets
+from peft_cca.method.model import plan_targets
 from peft_cca.models import load_model
 
 

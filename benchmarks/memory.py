@@ -26,7 +26,7 @@ from adapter import realistic_circuit  # benchmarks/adapter.py: the same ~1% cir
 from peft import LoraConfig, get_peft_model
 
 from peft_cca import CCAConfig, describe
-from peft_cca.model import plan_targets
+from peft_cca.method.model import plan_targets
 from peft_cca.models import load_model
 from peft_cca.runfolder import atomic_write_json
 from peft_cca.trainer import PivotCollator, logit_difference

@@ -2,8 +2,10 @@
 
 Importing this package registers the ``"cca"`` method with peft, so ``get_peft_model(model,
 CCAConfig(circuit=...))`` and ``PeftModel.from_pretrained(base, "adapter")`` work as for LoRA. The import itself is
-cheap (no torch): names are loaded on first use and registration happens as peft loads (see ``registration.py``),
-so the ``peft-cca`` command answers ``--help`` at once.
+cheap (no torch): names are loaded on first use and the method package :mod:`peft_cca.method`, which registers
+``"cca"``, loads as soon as peft does (``_peft_hook.py``), so the ``peft-cca`` command answers ``--help`` at once.
+Module paths of the 0.1 layout (``peft_cca.method.config``, ``peft_cca.trainer``, ...) still import, with a
+DeprecationWarning naming the new path (``_moved.py``).
 """
 
 from __future__ import annotations
@@ -11,23 +13,23 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from peft_cca.registration import register_when_peft_loads
+from peft_cca import _moved, _peft_hook
 
 __version__ = "0.1.0"
 
 # public name -> the module that defines it, imported on first access (PEP 562)
 _EXPORTS = {
-    "ArchSpec": "peft_cca.arch",
-    "Layout": "peft_cca.arch",
-    "ModelShape": "peft_cca.arch",
-    "UnsupportedModelError": "peft_cca.arch",
-    "describe": "peft_cca.arch",
-    "Circuit": "peft_cca.circuit",
-    "CircuitShapeError": "peft_cca.circuit",
-    "CCAConfig": "peft_cca.config",
-    "CCALayer": "peft_cca.layer",
-    "QuantizedMergeError": "peft_cca.layer",
-    "CCAModel": "peft_cca.model",
+    "ArchSpec": "peft_cca.method.arch",
+    "Layout": "peft_cca.method.arch",
+    "ModelShape": "peft_cca.method.arch",
+    "UnsupportedModelError": "peft_cca.method.arch",
+    "describe": "peft_cca.method.arch",
+    "Circuit": "peft_cca.method.circuit",
+    "CircuitShapeError": "peft_cca.method.circuit",
+    "CCAConfig": "peft_cca.method.config",
+    "CCALayer": "peft_cca.method.layer",
+    "QuantizedMergeError": "peft_cca.method.layer",
+    "CCAModel": "peft_cca.method.model",
 }
 __all__ = [
     "ArchSpec",
@@ -44,11 +46,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from peft_cca.arch import ArchSpec, Layout, ModelShape, UnsupportedModelError, describe
-    from peft_cca.circuit import Circuit, CircuitShapeError
-    from peft_cca.config import CCAConfig
-    from peft_cca.layer import CCALayer, QuantizedMergeError
-    from peft_cca.model import CCAModel
+    from peft_cca.method.arch import ArchSpec, Layout, ModelShape, UnsupportedModelError, describe
+    from peft_cca.method.circuit import Circuit, CircuitShapeError
+    from peft_cca.method.config import CCAConfig
+    from peft_cca.method.layer import CCALayer, QuantizedMergeError
+    from peft_cca.method.model import CCAModel
 
 
 def __getattr__(name: str) -> Any:
@@ -59,4 +61,5 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-register_when_peft_loads()
+_moved.install()
+_peft_hook.load_method_when_peft_loads()

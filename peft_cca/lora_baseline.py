@@ -25,9 +25,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import PrinterCallback
 
-from peft_cca.arch import describe
 from peft_cca.defaults import DEFAULT_LORA_LRS, LoraSettings
 from peft_cca.errors import UsageError
+from peft_cca.method.arch import describe
 from peft_cca.runtime import trainer_use_cpu
 from peft_cca.tasks.problem import Problem
 from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, resolve_prompt_style

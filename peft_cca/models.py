@@ -247,6 +247,6 @@ def load_adapter(model: PreTrainedModel, folder: str | Path) -> PeftModel:
     """``model`` with the adapter saved in ``folder`` (see :func:`check_adapter_folder`), ready to evaluate."""
     from peft import PeftModel
 
-    import peft_cca  # noqa: F401 - registers the "cca" method so CCA adapters load
+    import peft_cca.method  # noqa: F401 - registers the "cca" method so CCA adapters load
 
     return PeftModel.from_pretrained(model, str(check_adapter_folder(folder)))

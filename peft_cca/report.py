@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from peft_cca.arch import COMPONENT_KINDS
 from peft_cca.errors import UsageError
+from peft_cca.method.arch import COMPONENT_KINDS
 from peft_cca.runfolder import atomic_write_json, atomic_write_text
 
 BASE = "Base"

@@ -36,11 +36,11 @@ from torch import nn
 from torch.utils.data import Dataset, SequentialSampler
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from peft_cca.circuit import Circuit
-from peft_cca.config import CCAConfig
 from peft_cca.defaults import CPU_TOKEN_BUDGET, DEFAULT_LRS, DEFAULT_STEPS, NO_MASK_LABELS, OPTIMIZERS
 from peft_cca.errors import UsageError
 from peft_cca.generation import left_pad
+from peft_cca.method.circuit import Circuit
+from peft_cca.method.config import CCAConfig
 from peft_cca.runfolder import atomic_write_json
 from peft_cca.runtime import process_state, trainer_use_cpu
 from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE

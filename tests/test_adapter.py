@@ -11,7 +11,7 @@ from tiny_models import ARCHITECTURES, VOCAB, tiny_model, tokens
 
 import peft_cca
 from peft_cca import CCAConfig, Circuit, CircuitShapeError, describe
-from peft_cca.layer import CCALayer
+from peft_cca.method.layer import CCALayer
 
 
 def small_circuit(model) -> Circuit:
@@ -238,7 +238,7 @@ def test_unsupported_model_error_names_the_module_and_the_way_out():
     with pytest.raises(peft_cca.UnsupportedModelError, match=r"no layout known for model_type 'mystery'.*Layout"):
         describe(model)
     model.config.model_type = "llama"
-    layout = peft_cca.arch.LAYOUTS["llama"]
+    layout = peft_cca.method.arch.LAYOUTS["llama"]
     broken = peft_cca.Layout(**{**layout.__dict__, "up": "mlp.up"})
     with pytest.raises(peft_cca.UnsupportedModelError, match=r"could not find the mlp.up .* module 'mlp.up'"):
         describe(model, layout=broken)

@@ -11,9 +11,9 @@ from safetensors.torch import save_file
 from tiny_models import tiny_model
 
 from peft_cca import Circuit, describe
-from peft_cca.arch import ModelShape
 from peft_cca.dcm.data import load_records
 from peft_cca.errors import CCAError, UsageError
+from peft_cca.method.arch import ModelShape
 from peft_cca.models import check_adapter_folder, load_adapter
 from peft_cca.tasks.sources import load_problems
 

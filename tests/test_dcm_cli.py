@@ -10,11 +10,11 @@ from test_dcm_data import MINE
 from test_dcm_paths import random_records, tiny_model
 
 import peft_cca.models
-from peft_cca.circuit import Circuit
 from peft_cca.cli import main
 from peft_cca.dcm.data import tokenizer_fingerprint
 from peft_cca.dcm.train import DCMConfig
 from peft_cca.errors import UsageError
+from peft_cca.method.circuit import Circuit
 
 
 def test_help_lists_every_option(capsys):

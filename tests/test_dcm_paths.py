@@ -16,11 +16,11 @@ from transformers import (
     Qwen3Config,
 )
 
-from peft_cca.arch import describe
 from peft_cca.dcm.data import Record
 from peft_cca.dcm.interventions import ComponentMask, MaskIntervention
 from peft_cca.dcm.paths import FullSequencePath, OneTokenPath
 from peft_cca.dcm.train import DCMConfig, batch_loss, train_mask
+from peft_cca.method.arch import describe
 
 VOCAB = 97
 COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)

@@ -8,14 +8,14 @@ import pytest
 import torch
 from test_dcm_paths import random_records, tiny_model
 
-from peft_cca.arch import COMPONENT_KINDS, describe
-from peft_cca.circuit import Circuit
 from peft_cca.dcm.checkpoint import CHECKPOINT
 from peft_cca.dcm.data import Record
 from peft_cca.dcm.paths import OneTokenPath
 from peft_cca.dcm.sweep import SweepResult, choose, sweep
 from peft_cca.dcm.train import DCMConfig, train_mask
 from peft_cca.errors import CCAError, UsageError
+from peft_cca.method.arch import COMPONENT_KINDS, describe
+from peft_cca.method.circuit import Circuit
 
 
 def _plant_neurons(model, helpful: int, harmful: int, desired: int = 3, undesired: int = 5) -> None:

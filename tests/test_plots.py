@@ -5,9 +5,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pytest
 
-from peft_cca.arch import ModelShape
-from peft_cca.circuit import Circuit
 from peft_cca.dcm.plot import layer_fractions, plot_circuit
+from peft_cca.method.arch import ModelShape
+from peft_cca.method.circuit import Circuit
 
 SHAPE = ModelShape("llama", num_layers=3, num_heads=4, num_kv_heads=2, head_dim=8, intermediate_size=200)
 

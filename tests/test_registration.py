@@ -20,10 +20,20 @@ CHECK = "from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING as m; assert 'CCA' 
         "import peft; import peft_cca",  # peft before it
         # transformers asks whether peft is installed before importing it: the hook must survive the question
         "import importlib.util, peft_cca; importlib.util.find_spec('peft'); import peft",
-        "from peft_cca.config import CCAConfig",  # a core module that imports peft while it is half imported
+        # a method module that imports peft while the method package is half imported
+        "from peft_cca.method.config import CCAConfig",
+        "from peft_cca.method.model import CCAModel",
+        "import peft_cca.method.arch",
+        "import peft_cca.method",
+        "from peft_cca import CCAConfig",
+        "import peft_cca.trainer",
+        # the 0.1 module paths, kept for one release
+        "from peft_cca.config import CCAConfig",
         "from peft_cca.model import CCAModel",
         "import peft_cca.arch",
-        "import peft_cca.trainer",
+        # peft's own submodules first, and transformers (which imports peft lazily) before the package
+        "import peft.tuners.lora; import peft_cca",
+        "import transformers, peft_cca; from peft import PeftModel",
     ],
 )
 def test_cca_is_registered_whatever_the_import_order(imports):

@@ -13,7 +13,7 @@ from tiny_tokenizer import tiny_tokenizer
 
 import peft_cca  # noqa: F401 - registers the "cca" method
 from peft_cca import CCAConfig, Circuit, describe
-from peft_cca.arch import ModelShape
+from peft_cca.method.arch import ModelShape
 from peft_cca.tasks.problem import Problem
 from peft_cca.trainer import (
     BestStepCallback,

@@ -89,9 +89,9 @@ def run(args: argparse.Namespace) -> int:
     if args.overwrite:
         clear_outputs(out, ("adapter", "model", "amplify.json"))
 
-    from peft_cca.circuit import Circuit
     from peft_cca.dcm.data import load_records
     from peft_cca.evaluate import stage_problems
+    from peft_cca.method.circuit import Circuit
     from peft_cca.models import load_model
     from peft_cca.runtime import record_runtime
     from peft_cca.tasks.protocol import setting

@@ -36,8 +36,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from peft_cca.arch import describe
 from peft_cca.errors import UsageError
+from peft_cca.method.arch import describe
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from peft_cca.arch import COMPONENT_KINDS, ArchSpec, ModelShape
-from peft_cca.circuit import Circuit
+from peft_cca.method.arch import COMPONENT_KINDS, ArchSpec, ModelShape
+from peft_cca.method.circuit import Circuit
 
 THRESHOLD = 0.5
 

@@ -10,8 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: works on servers without a display
 import matplotlib.pyplot as plt
 
-from peft_cca.arch import COMPONENT_KINDS
-from peft_cca.circuit import Circuit
+from peft_cca.method.arch import COMPONENT_KINDS
+from peft_cca.method.circuit import Circuit
 
 LABELS = {"q": "query heads", "k": "key heads", "v": "value heads", "mlp": "MLP neurons"}
 COLORS = {"q": "tab:blue", "k": "tab:orange", "v": "tab:green", "mlp": "tab:red"}

@@ -32,13 +32,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from peft_cca.arch import COMPONENT_KINDS, ArchSpec, describe
-from peft_cca.circuit import Circuit
 from peft_cca.dcm.checkpoint import CHECKPOINT, load_checkpoint, refuse_legacy, save_checkpoint
 from peft_cca.dcm.data import Record
 from peft_cca.dcm.interventions import FORMS, ComponentMask, FixedScales, MaskIntervention
 from peft_cca.dcm.paths import FullSequencePath, OneTokenPath, make_path
 from peft_cca.errors import UsageError
+from peft_cca.method.arch import COMPONENT_KINDS, ArchSpec, describe
+from peft_cca.method.circuit import Circuit
 from peft_cca.runfolder import check_settings
 
 logger = logging.getLogger(__name__)

@@ -9,11 +9,10 @@ from typing import Any
 from peft import PeftConfig
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 
-from peft_cca import registration
-from peft_cca.arch import MLP_TARGETS
-from peft_cca.circuit import Circuit
 from peft_cca.errors import UsageError
-from peft_cca.peft_type import CCA_PEFT_TYPE
+from peft_cca.method.arch import MLP_TARGETS
+from peft_cca.method.circuit import Circuit
+from peft_cca.method.peft_type import CCA_PEFT_TYPE
 
 
 @dataclass
@@ -84,6 +83,3 @@ class CCAConfig(PeftConfig):
             return "the adapter state dict"
         safetensors = os.path.join(folder, SAFETENSORS_WEIGHTS_NAME)
         return safetensors if os.path.isfile(safetensors) else os.path.join(folder, WEIGHTS_NAME)
-
-
-registration.core_module_loaded(__name__)  # see registration.py: completes a waiting registration

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from peft.utils.peft_types import PeftType
 
-from peft_cca import registration
-
 
 def extend_peft_type(name: str) -> PeftType:
     """The ``PeftType`` member called ``name``, created if peft does not have it."""
@@ -30,6 +28,3 @@ def extend_peft_type(name: str) -> PeftType:
 
 
 CCA_PEFT_TYPE = extend_peft_type("CCA")
-
-
-registration.core_module_loaded(__name__)  # see registration.py: completes a waiting registration

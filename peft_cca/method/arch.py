@@ -22,8 +22,6 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
-from peft_cca import registration
-
 COMPONENT_KINDS: tuple[str, ...] = ("q", "k", "v", "mlp")
 MLP_TARGETS: tuple[str, ...] = ("up", "gate", "down")
 
@@ -188,10 +186,10 @@ class UnsupportedModelError(ValueError):
 
 
 _HOW_TO_DESCRIBE = (
-    "Describe the model by hand with peft_cca.arch.describe(model, layout=Layout(layers='model.layers', "
+    "Describe the model by hand with peft_cca.method.arch.describe(model, layout=Layout(layers='model.layers', "
     "q='self_attn.q_proj', k='self_attn.k_proj', v='self_attn.v_proj', o='self_attn.o_proj', "
     "gate='mlp.gate_proj', up='mlp.up_proj', down='mlp.down_proj'), shape=ModelShape(...)) "
-    "or register it with peft_cca.arch.LAYOUTS[model_type] = Layout(...)."
+    "or register it with peft_cca.method.arch.LAYOUTS[model_type] = Layout(...)."
 )
 
 
@@ -356,6 +354,3 @@ def describe(
     spec = ArchSpec(shape, layout)
     spec.check(base)
     return spec
-
-
-registration.core_module_loaded(__name__)  # see registration.py: completes a waiting registration

@@ -12,12 +12,11 @@ import torch
 from peft.tuners.tuners_utils import AuxiliaryTrainingWrapper, BaseTuner
 from torch import nn
 
-from peft_cca import registration
-from peft_cca.arch import COMPONENT_KINDS, ArchSpec, Side, describe
-from peft_cca.circuit import Circuit, CircuitShapeError
-from peft_cca.config import CCAConfig
 from peft_cca.errors import UsageError
-from peft_cca.layer import BASE_ADAPTER, CCALayer
+from peft_cca.method.arch import COMPONENT_KINDS, ArchSpec, Side, describe
+from peft_cca.method.circuit import Circuit, CircuitShapeError
+from peft_cca.method.config import CCAConfig
+from peft_cca.method.layer import BASE_ADAPTER, CCALayer
 
 TargetPlan = dict[str, tuple[Side, torch.Tensor]]
 
@@ -202,6 +201,3 @@ class CCAModel(BaseTuner):
                     "these weights"
                 )
         return remapped
-
-
-registration.core_module_loaded(__name__)  # see registration.py: completes a waiting registration

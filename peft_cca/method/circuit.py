@@ -15,10 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from peft_cca import registration
-from peft_cca.arch import COMPONENT_KINDS, ModelShape, describe
 from peft_cca.errors import UsageError
 from peft_cca.jsonfiles import parse_object
+from peft_cca.method.arch import COMPONENT_KINDS, ModelShape, describe
 
 FORMAT = "peft-cca/circuit@1"
 
@@ -256,6 +255,3 @@ class Circuit:
             f"Circuit({self.shape.model_type}, {len(self)}/{self.shape.total_components} components "
             f"= {100 * self.fraction:.3f}%: q={c['q']} k={c['k']} v={c['v']} mlp={c['mlp']})"
         )
-
-
-registration.core_module_loaded(__name__)  # see registration.py: completes a waiting registration

@@ -18,9 +18,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from peft_cca import registration
-from peft_cca.arch import Side
 from peft_cca.errors import CCAError
+from peft_cca.method.arch import Side
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch (``adapter_names=[...]``)
 INIT_STD = 0.02  # scale of the random deltas that ``init_weights=False`` asks for
@@ -193,6 +192,3 @@ class CCALayer(nn.Module, BaseTunerLayer):
 
     def __repr__(self) -> str:
         return "cca." + super().__repr__()
-
-
-registration.core_module_loaded(__name__)  # see registration.py: completes a waiting registration
