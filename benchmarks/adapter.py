@@ -21,7 +21,7 @@ from peft import LoraConfig, get_peft_model
 
 from peft_cca import CCAConfig, Circuit, describe
 from peft_cca.method.model import plan_targets
-from peft_cca.models import load_model
+from peft_cca.runtime.loading import load_model
 
 
 def realistic_circuit(model, fraction: float, seed: int) -> Circuit:

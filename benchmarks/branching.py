@@ -32,11 +32,11 @@ from pathlib import Path
 
 import torch
 
-from peft_cca.generation import TokenCounter, prefill_caches
 from peft_cca.localize.pivots import branching_pivot_naive, branching_pivots_fast
 from peft_cca.localize.traces import DecodeSettings, counterfactuals, greedy_traces
-from peft_cca.models import load_model
-from peft_cca.runfolder import atomic_write_json
+from peft_cca.runtime.generation import TokenCounter, prefill_caches
+from peft_cca.runtime.loading import load_model
+from peft_cca.runtime.runfolder import atomic_write_json
 from peft_cca.tasks import build_prompt, encode_prompt, load_problems, stop_strings
 from peft_cca.tasks.protocol import PAPER
 

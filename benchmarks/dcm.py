@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-from peft_cca.runfolder import atomic_write_json
+from peft_cca.runtime.runfolder import atomic_write_json
 
 MODEL = "smollm2-135m-instruct"
 
 
 def build_records(n: int, shots: int, new_tokens: int, seed: int) -> list[dict]:
-    from peft_cca.models import load_model
+    from peft_cca.runtime.loading import load_model
     from peft_cca.tasks.prompts import build_prompt, encode_prompt
     from peft_cca.tasks.reasoning_gym_source import load_reasoning_gym
 
@@ -77,7 +77,7 @@ def worker(args: argparse.Namespace) -> None:
     """One path in a fresh process: time of 5 epochs (cache included) and peak RSS."""
     from peft_cca.dcm.data import load_records
     from peft_cca.dcm.train import DCMConfig, train_mask
-    from peft_cca.models import load_model
+    from peft_cca.runtime.loading import load_model
 
     torch.set_num_threads(args.threads)
     model, _ = load_model(MODEL)

@@ -27,8 +27,8 @@ from peft import LoraConfig, get_peft_model
 
 from peft_cca import CCAConfig, describe
 from peft_cca.method.model import plan_targets
-from peft_cca.models import load_model
-from peft_cca.runfolder import atomic_write_json
+from peft_cca.runtime.loading import load_model
+from peft_cca.runtime.runfolder import atomic_write_json
 from peft_cca.trainer import PivotCollator, logit_difference
 
 VARIANTS = ("cca", "dense", "lora")

@@ -111,7 +111,7 @@ def sync(device: str) -> None:
 
 
 def measure_decode(args, way: str, device: str, dtype: torch.dtype) -> dict:
-    from peft_cca.generation import generate
+    from peft_cca.runtime.generation import generate
 
     model = build_model(args.shape, args.layers, args.vocab, dtype, device)
     vocab, built = model.config.vocab_size, peak_mb(device)
@@ -205,7 +205,7 @@ def measure_amplify(args, way: str, device: str, dtype: torch.dtype) -> dict:
 
 
 def worker(args) -> None:
-    from peft_cca.runtime import resolve_runtime
+    from peft_cca.runtime.placement import resolve_runtime
 
     torch.set_num_threads(args.threads)
     runtime = resolve_runtime(args.device, args.dtype)
@@ -312,7 +312,7 @@ def main() -> None:
             )
     print(" | ".join(summary))
     if args.json:
-        from peft_cca.runfolder import atomic_write_json
+        from peft_cca.runtime.runfolder import atomic_write_json
 
         settings = {k: v for k, v in vars(args).items() if k not in ("json", "shape", "stage", "way", "result")}
         atomic_write_json(args.json, {"summary": summary, "models": report, "settings": settings})

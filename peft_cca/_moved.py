@@ -23,6 +23,9 @@ MOVED = {
     "peft_cca.model": "peft_cca.method.model",
     "peft_cca.peft_type": "peft_cca.method.peft_type",
     "peft_cca.registration": "peft_cca.method",
+    "peft_cca.models": "peft_cca.runtime.loading",
+    "peft_cca.generation": "peft_cca.runtime.generation",
+    "peft_cca.runfolder": "peft_cca.runtime.runfolder",
 }
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_cca.errors import CCAError
-from peft_cca.runfolder import atomic_write_json, check_settings, ensure_output_dir
+from peft_cca.runtime.runfolder import atomic_write_json, check_settings, ensure_output_dir
 from peft_cca.tasks import DEFAULT_RETENTION_TASKS
 from peft_cca.tasks.protocol import PAPER, protocol_for
 from peft_cca.tasks.splits import split_counts

@@ -29,9 +29,10 @@ from torch import nn
 
 from peft_cca.defaults import LM_EVAL_TASKS
 from peft_cca.errors import UsageError
-from peft_cca.generation import generate, left_pad, pad_token_id
-from peft_cca.runfolder import atomic_write_json, check_settings, read_json_object
+from peft_cca.runtime.generation import generate, left_pad, pad_token_id
+from peft_cca.runtime.runfolder import atomic_write_json, check_settings, read_json_object
 from peft_cca.tasks import DEFAULT_RETENTION_TASKS
+from peft_cca.tasks.answers import answer_is_final
 from peft_cca.tasks.problem import Problem
 from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, encode_prompt, resolve_prompt_style, stop_strings
 
@@ -57,7 +58,7 @@ NEUTRAL_TEXTS: tuple[str, ...] = (
 
 def _processes() -> tuple[int, int]:
     """``(rank, world size)`` of this process: ``(0, 1)`` unless launched with several accelerate processes."""
-    from peft_cca.runtime import process_state
+    from peft_cca.runtime.placement import process_state
 
     state = process_state()
     return state.process_index, state.num_processes
@@ -112,7 +113,7 @@ def _generate_units(
                 done[index] = json.loads(path.read_text())
     rank, world = _processes()
     if world > 1:  # every process has listed the cached units before any process writes a new one
-        from peft_cca.runtime import process_state
+        from peft_cca.runtime.placement import process_state
 
         process_state().wait_for_everyone()
     mine = [index for index in range(len(units)) if index not in done][rank::world]
@@ -162,7 +163,7 @@ def evaluate_exact_match(
         cache,
         max_new_tokens=max_new_tokens,
         stop_strings=stop_strings(prompt_style),
-        stop_when_final=True,
+        stop_when=answer_is_final,
     )
     model.train(was_training)
     correct: dict[str, list[bool]] = defaultdict(list)

@@ -28,7 +28,7 @@ from transformers import PrinterCallback
 from peft_cca.defaults import DEFAULT_LORA_LRS, LoraSettings
 from peft_cca.errors import UsageError
 from peft_cca.method.arch import describe
-from peft_cca.runtime import trainer_use_cpu
+from peft_cca.runtime.placement import trainer_use_cpu
 from peft_cca.tasks.problem import Problem
 from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, resolve_prompt_style
 from peft_cca.trainer import (
@@ -114,7 +114,7 @@ def lora_micro_batch(
     share of the effective batch, so that the effective batch (and so the gradient) is the one asked for."""
     if settings.per_device_batch != "auto":
         return int(settings.per_device_batch)
-    from peft_cca.runtime import process_state
+    from peft_cca.runtime.placement import process_state
 
     share = max(1, settings.effective_batch // process_state().num_processes)
     longest = dataset[max(range(len(lengths)), key=lengths.__getitem__)]

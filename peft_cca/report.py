@@ -20,7 +20,7 @@ from typing import Any
 
 from peft_cca.errors import UsageError
 from peft_cca.method.arch import COMPONENT_KINDS
-from peft_cca.runfolder import atomic_write_json, atomic_write_text
+from peft_cca.runtime.runfolder import atomic_write_json, atomic_write_text
 
 BASE = "Base"
 # The two "w/o mask" ablations: the authors update every parameter of the model; ours before the label

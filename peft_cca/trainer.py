@@ -38,11 +38,11 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from peft_cca.defaults import CPU_TOKEN_BUDGET, DEFAULT_LRS, DEFAULT_STEPS, NO_MASK_LABELS, OPTIMIZERS
 from peft_cca.errors import UsageError
-from peft_cca.generation import left_pad
 from peft_cca.method.circuit import Circuit
 from peft_cca.method.config import CCAConfig
-from peft_cca.runfolder import atomic_write_json
-from peft_cca.runtime import process_state, trainer_use_cpu
+from peft_cca.runtime.generation import left_pad
+from peft_cca.runtime.placement import process_state, trainer_use_cpu
+from peft_cca.runtime.runfolder import atomic_write_json
 from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE
 
 logger = logging.getLogger(__name__)

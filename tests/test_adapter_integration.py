@@ -7,7 +7,7 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from peft_cca import CCAConfig, Circuit, describe
-from peft_cca.models import load_model
+from peft_cca.runtime.loading import load_model
 
 pytestmark = pytest.mark.integration
 

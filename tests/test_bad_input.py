@@ -31,7 +31,7 @@ import peft_cca
 from peft_cca.cli import main
 from peft_cca.dcm.data import load_records, tokenizer_fingerprint
 from peft_cca.errors import UsageError
-from peft_cca.models import load_adapter, resolve
+from peft_cca.runtime.loading import load_adapter, resolve
 from peft_cca.tasks import load_problems
 
 TRUNCATED_GSM_ROW = '{"id": 0, "question": "How many'
@@ -1075,12 +1075,12 @@ BEFORE_MODEL_LOAD: dict[str, tuple[Callable[[World], list[str]], str]] = {
 
 @pytest.mark.parametrize("case", sorted(BEFORE_MODEL_LOAD))
 def test_mistakes_found_without_a_model_are_refused_before_it_loads(case, world, capsys, monkeypatch):
-    import peft_cca.models
+    import peft_cca.runtime.loading
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the mistake was found")
 
-    monkeypatch.setattr(peft_cca.models, "load_model", no_load)
+    monkeypatch.setattr(peft_cca.runtime.loading, "load_model", no_load)
     build, keyword = BEFORE_MODEL_LOAD[case]
     command, *rest = build(world)
     code, err = _run([command, *CHEAP[command], *rest, "--out", str(world.tmp / "early")], capsys)

@@ -14,7 +14,7 @@ from peft_cca import Circuit, describe
 from peft_cca.dcm.data import load_records
 from peft_cca.errors import CCAError, UsageError
 from peft_cca.method.arch import ModelShape
-from peft_cca.models import check_adapter_folder, load_adapter
+from peft_cca.runtime.loading import check_adapter_folder, load_adapter
 from peft_cca.tasks.sources import load_problems
 
 GOOD = {"prefix_ids": [1, 2, 3], "desired_token_id": 4, "undesired_token_id": 5, "split": "train"}

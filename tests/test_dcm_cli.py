@@ -9,7 +9,7 @@ import pytest
 from test_dcm_data import MINE
 from test_dcm_paths import random_records, tiny_model
 
-import peft_cca.models
+import peft_cca.runtime.loading
 from peft_cca.cli import main
 from peft_cca.dcm.data import tokenizer_fingerprint
 from peft_cca.dcm.train import DCMConfig
@@ -40,7 +40,7 @@ def test_help_lists_every_option(capsys):
 
 def test_circuit_command_writes_outputs(tmp_path, monkeypatch, capsys):
     model = tiny_model("llama")
-    monkeypatch.setattr(peft_cca.models, "load_model", lambda name, *a, **kw: (model, MINE))
+    monkeypatch.setattr(peft_cca.runtime.loading, "load_model", lambda name, *a, **kw: (model, MINE))
     data = tmp_path / "data"
     data.mkdir()
     rows = [
@@ -104,7 +104,7 @@ def _strict(path):
 @pytest.fixture
 def tiny_data(tmp_path, monkeypatch):
     model = tiny_model("llama")
-    monkeypatch.setattr(peft_cca.models, "load_model", lambda name, *a, **kw: (model, MINE))
+    monkeypatch.setattr(peft_cca.runtime.loading, "load_model", lambda name, *a, **kw: (model, MINE))
 
     def make(desired=3, undesired=5):
         data = tmp_path / f"data-{desired}-{undesired}"

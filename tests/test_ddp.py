@@ -95,7 +95,7 @@ def test_two_processes_match_one(tmp_path):
 
 
 if __name__ == "__main__":
-    from peft_cca.runtime import process_state
+    from peft_cca.runtime.placement import process_state
 
     state = process_state()
     result = update()

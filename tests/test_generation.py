@@ -8,7 +8,8 @@ from tiny_tokenizer import tiny_tokenizer
 from tokenizers import ByteLevelBPETokenizer, SentencePieceBPETokenizer
 from transformers import PreTrainedTokenizerFast
 
-from peft_cca.generation import (
+from peft_cca.localize.traces import DecodeSettings, Trace, counterfactuals
+from peft_cca.runtime.generation import (
     IncrementalText,
     TokenCounter,
     _SeededSampling,
@@ -17,7 +18,6 @@ from peft_cca.generation import (
     plan_batches,
     prefill_caches,
 )
-from peft_cca.localize.traces import DecodeSettings, Trace, counterfactuals
 from peft_cca.tasks.problem import Problem
 
 TEXT = "Héllo wörld, 12 + 30 = 42. The answer is 42.\nNaïve café: 日本語 🙂 über ñandú.\n\nNext: 7 × 6 → 42!"

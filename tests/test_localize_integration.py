@@ -9,7 +9,7 @@ from peft_cca.tasks import DEFAULT_TASK, build_prompt, encode_prompt, load_probl
 
 @pytest.mark.integration
 def test_naive_and_fast_branching_agree_on_smollm2():
-    from peft_cca.models import load_model
+    from peft_cca.runtime.loading import load_model
 
     model, tokenizer = load_model("smollm2-135m-instruct")
     settings = DecodeSettings(max_new_tokens=24, stop_strings=stop_strings("chat"), batch_size=8)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from peft_cca import models
 from peft_cca.errors import UsageError
-from peft_cca.runtime import Runtime
+from peft_cca.runtime import loading as models
+from peft_cca.runtime.placement import Runtime
 
 
 def test_missing_package_names_the_install_command(monkeypatch):
@@ -90,7 +90,7 @@ def test_importing_models_alone_does_not_import_torch():
     # peft_cca/__init__ registers the PEFT method (torch); models.py itself must not add torch or transformers
     code = (
         "import importlib.util, sys, types; sys.modules['peft_cca'] = types.ModuleType('peft_cca');"
-        "sys.modules['peft_cca'].__path__ = ['peft_cca']; import peft_cca.models as m;"
+        "sys.modules['peft_cca'].__path__ = ['peft_cca']; import peft_cca.runtime.loading as m;"
         "assert m.DEFAULT_MODEL in m.OFFLINE_MODELS;"
         "print('torch' in sys.modules, 'transformers' in sys.modules)"
     )

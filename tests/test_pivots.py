@@ -5,9 +5,9 @@ import torch
 from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
 
-from peft_cca.generation import TokenCounter, generate
 from peft_cca.localize.pivots import branching_pivot_fast, branching_pivot_naive, prefix_pivot
 from peft_cca.localize.traces import DecodeSettings, Trace, counterfactual, greedy_traces
+from peft_cca.runtime.generation import TokenCounter, generate
 from peft_cca.tasks.problem import Problem
 
 SETTINGS = DecodeSettings(max_new_tokens=14)
@@ -102,8 +102,8 @@ def test_branching_never_searches_past_the_first_flip(lm):
 
 def test_cached_generation_equals_plain_generation(lm):
     model, tokenizer = lm
-    from peft_cca.generation import stack_caches
     from peft_cca.localize.pivots import _LazyPrefix
+    from peft_cca.runtime.generation import stack_caches
 
     prompt = tokenizer("abc: ", add_special_tokens=False)["input_ids"]
     trace = greedy_traces(model, tokenizer, [_problem("c")], [prompt], SETTINGS)[0].token_ids

@@ -13,7 +13,7 @@ from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
 
 import peft_cca.demo
-import peft_cca.models
+import peft_cca.runtime.loading
 import peft_cca.tasks
 from peft_cca.cli import main
 from peft_cca.errors import UsageError
@@ -87,7 +87,7 @@ def test_localize_same_settings_resume_and_overwrite_starts_afresh(lm, finished,
 
 
 def _localize_main(monkeypatch, lm, out: Path, *flags: str) -> int:
-    monkeypatch.setattr(peft_cca.models, "load_model", lambda name, *a, **kw: lm if name == "tiny" else 1 / 0)
+    monkeypatch.setattr(peft_cca.runtime.loading, "load_model", lambda name, *a, **kw: lm if name == "tiny" else 1 / 0)
     monkeypatch.setattr(peft_cca.tasks, "load_problems", lambda spec, limit=None: _problems()[:4])
     argv = ["localize", "--model", "tiny", "--task", "test", "--out", str(out), "--n-samples", "2"]
     return main(
@@ -145,7 +145,7 @@ def test_evaluate_refuses_a_folder_as_out_before_the_model_loads(monkeypatch, fi
     def no_model(*args, **kwargs):
         raise AssertionError("the model loaded before the output was checked")
 
-    monkeypatch.setattr(peft_cca.models, "load_model", no_model)
+    monkeypatch.setattr(peft_cca.runtime.loading, "load_model", no_model)
     assert main(["evaluate", "--run", str(finished), "--out", str(tmp_path)]) == 2
     assert "is a folder, not a file" in capsys.readouterr().err
     blocker = tmp_path / "file"
@@ -158,7 +158,7 @@ def test_circuit_refuses_an_unwritable_out_before_the_model_loads(monkeypatch, f
     def no_model(*args, **kwargs):
         raise AssertionError("the model loaded before the output was checked")
 
-    monkeypatch.setattr(peft_cca.models, "load_model", no_model)
+    monkeypatch.setattr(peft_cca.runtime.loading, "load_model", no_model)
     blocker = tmp_path / "file"
     blocker.write_text("keep")
     for out, says in ((blocker, "is a file, not a folder"), (blocker / "sub", "not writable")):

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from peft_cca import runtime as rt
 from peft_cca.errors import UsageError
-from peft_cca.runtime import Runtime, resolve_runtime
+from peft_cca.runtime import placement as rt
+from peft_cca.runtime.placement import Runtime, resolve_runtime
 
 
 @pytest.fixture

@@ -169,13 +169,13 @@ class ModelLoadedError(Exception):
 
 @pytest.fixture
 def run_folder(tmp_path, monkeypatch):
-    import peft_cca.models
+    import peft_cca.runtime.loading
 
     def refuse(*_args, **_kwargs):
         raise ModelLoadedError
 
-    monkeypatch.setattr(peft_cca.models, "load_model", refuse)
-    monkeypatch.setattr(peft_cca.models, "resolve", lambda name: name)  # "tiny" stands for a model found
+    monkeypatch.setattr(peft_cca.runtime.loading, "load_model", refuse)
+    monkeypatch.setattr(peft_cca.runtime.loading, "resolve", lambda name: name)  # "tiny" stands for a model found
     run = tmp_path / "run"
     run.mkdir()
     (run / "meta.json").write_text(json.dumps({"model": "tiny"}))

@@ -67,13 +67,13 @@ def output_settings(args: argparse.Namespace, model: str, circuit: Path | None, 
 
 def run(args: argparse.Namespace) -> int:
     from peft_cca.errors import UsageError
-    from peft_cca.runfolder import check_settings, ensure_output_dir
-    from peft_cca.runtime import runtime_from_args
+    from peft_cca.runtime.placement import runtime_from_args
+    from peft_cca.runtime.runfolder import check_settings, ensure_output_dir
 
     meta_path = args.run / "meta.json"
     if not meta_path.is_file():
         raise UsageError(f"--run {args.run} has no meta.json: give the folder stage 1 (localize) wrote")
-    from peft_cca.runfolder import clear_outputs, read_json_object  # a damaged meta.json is one line naming it
+    from peft_cca.runtime.runfolder import clear_outputs, read_json_object  # a damaged meta.json is one line naming it
 
     meta = read_json_object(meta_path)
     circuit_path = None if args.no_mask else (args.circuit or args.run / "circuit.json")
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     runtime = runtime_from_args(args, training=True)
     out = ensure_output_dir(args.out or default_out(args))  # before the model loads: no work lost at save
     model_name = args.model or meta["model"]
-    from peft_cca.models import resolve
+    from peft_cca.runtime.loading import resolve
 
     resolve(model_name)  # a mistyped --model is refused before settings.json records it and blocks the fixed rerun
     check_settings(out, output_settings(args, model_name, circuit_path, runtime.record()), overwrite=args.overwrite)
@@ -92,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.dcm.data import load_records
     from peft_cca.evaluate import stage_problems
     from peft_cca.method.circuit import Circuit
-    from peft_cca.models import load_model
-    from peft_cca.runtime import record_runtime
+    from peft_cca.runtime.loading import load_model
+    from peft_cca.runtime.placement import record_runtime
     from peft_cca.tasks.protocol import setting
     from peft_cca.trainer import amplify
 

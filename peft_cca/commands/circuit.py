@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         positive_int,
         probability,
     )
-    from peft_cca.runtime import add_runtime_arguments
+    from peft_cca.runtime.placement import add_runtime_arguments
 
     parser.description = (
         "Learn a mask in [0,1] per query/key/value head and MLP neuron that, applied at the pivot token, raises "
@@ -147,9 +147,9 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.dcm.sweep import SELECTION_RULE, choose, sweep
     from peft_cca.dcm.train import AUTHORS_STEP_LR, DCMConfig
     from peft_cca.errors import UsageError
-    from peft_cca.models import load_model
-    from peft_cca.runfolder import atomic_write_json, ensure_output_dir
-    from peft_cca.runtime import record_runtime, runtime_from_args
+    from peft_cca.runtime.loading import load_model
+    from peft_cca.runtime.placement import record_runtime, runtime_from_args
+    from peft_cca.runtime.runfolder import atomic_write_json, ensure_output_dir
     from peft_cca.tasks.protocol import setting
 
     out = ensure_output_dir(Path(args.out))

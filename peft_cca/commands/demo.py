@@ -9,7 +9,7 @@ from typing import Any
 
 from peft_cca.commands.options import non_negative_float, non_negative_int, positive_float, positive_int, probability
 from peft_cca.demo import PRESETS, SKIPPABLE, DemoSettings, run_demo
-from peft_cca.runtime import add_runtime_arguments, runtime_argv
+from peft_cca.runtime.placement import add_runtime_arguments, runtime_argv
 from peft_cca.tasks import DEFAULT_RETENTION_TASKS, DEFAULT_TASK
 from peft_cca.tasks.protocol import PAPER
 
@@ -105,7 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from peft_cca.cli import main as peft_cca
-    from peft_cca.models import resolve
+    from peft_cca.runtime.loading import resolve
 
     resolve(args.model)  # a mistyped model is one line now, not a failed first stage after the plan
 

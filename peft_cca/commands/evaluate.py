@@ -13,7 +13,7 @@ HELP = "exact match on the target task, retention suite and KL drift"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from peft_cca.commands.options import add_generation_arguments, non_negative_int, positive_float, positive_int
     from peft_cca.defaults import LM_EVAL_TASKS
-    from peft_cca.runtime import add_runtime_arguments
+    from peft_cca.runtime.placement import add_runtime_arguments
     from peft_cca.tasks import DEFAULT_RETENTION_TASKS as RETENTION_TASKS
 
     parser.add_argument("--run", required=True, type=Path, help="stage 1 run folder (meta.json, records.jsonl)")
@@ -61,7 +61,7 @@ def _split_of(records: Path, number: int, line: str) -> Any:
 def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
     """Localization method, seed, dataset size and validation curves, read from the files the stages wrote."""
     from peft_cca.jsonfiles import read_object
-    from peft_cca.runfolder import read_json_object  # a damaged meta.json is one line naming it
+    from peft_cca.runtime.runfolder import read_json_object  # a damaged meta.json is one line naming it
 
     meta = read_json_object(run_dir / "meta.json")
     records = run_dir / "records.jsonl"
@@ -104,9 +104,9 @@ def run(args: argparse.Namespace) -> int:
         retention_problems,
         stage_problems,
     )
-    from peft_cca.models import check_adapter_folder, load_adapter, load_model, resolve
-    from peft_cca.runfolder import atomic_write_json, ensure_output_file, read_json_object
-    from peft_cca.runtime import runtime_from_args
+    from peft_cca.runtime.loading import check_adapter_folder, load_adapter, load_model, resolve
+    from peft_cca.runtime.placement import runtime_from_args
+    from peft_cca.runtime.runfolder import atomic_write_json, ensure_output_file, read_json_object
     from peft_cca.tasks.protocol import setting
 
     out = args.out or (args.adapter.parent / "eval.json" if args.adapter else args.run / "eval-base.json")

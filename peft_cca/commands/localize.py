@@ -11,8 +11,8 @@ HELP = "stage 1: find pivotal tokens and write the Error-Localization dataset"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from peft_cca.commands.options import non_negative_int, positive_float, positive_int, probability
-    from peft_cca.models import DEFAULT_MODEL
-    from peft_cca.runtime import add_runtime_arguments
+    from peft_cca.runtime.loading import DEFAULT_MODEL
+    from peft_cca.runtime.placement import add_runtime_arguments
     from peft_cca.tasks import DEFAULT_TASK, PROMPT_STYLES
     from peft_cca.tasks.sources import __doc__ as spec_doc
 
@@ -128,9 +128,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from peft_cca.localize.run import LocalizeConfig, config_settings, localize
-    from peft_cca.models import load_model
-    from peft_cca.runfolder import check_settings, ensure_output_dir
-    from peft_cca.runtime import runtime_from_args
+    from peft_cca.runtime.loading import load_model
+    from peft_cca.runtime.placement import runtime_from_args
+    from peft_cca.runtime.runfolder import check_settings, ensure_output_dir
     from peft_cca.tasks import load_problems
     from peft_cca.tasks.protocol import setting
 

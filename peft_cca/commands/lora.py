@@ -59,19 +59,19 @@ def output_settings(args: argparse.Namespace, model: str, runtime: dict) -> dict
 
 def run(args: argparse.Namespace) -> int:
     from peft_cca.errors import UsageError
-    from peft_cca.runfolder import check_settings, ensure_output_dir
-    from peft_cca.runtime import runtime_from_args
+    from peft_cca.runtime.placement import runtime_from_args
+    from peft_cca.runtime.runfolder import check_settings, ensure_output_dir
 
     meta_path = args.run / "meta.json"
     if not meta_path.is_file():
         raise UsageError(f"--run {args.run} has no meta.json: give the folder stage 1 (localize) wrote")
-    from peft_cca.runfolder import clear_outputs, read_json_object  # a damaged meta.json is one line naming it
+    from peft_cca.runtime.runfolder import clear_outputs, read_json_object  # a damaged meta.json is one line naming it
 
     meta = read_json_object(meta_path)
     runtime = runtime_from_args(args, training=True)
     out = ensure_output_dir(args.out or args.run / "lora")  # before the model loads: no work lost at save
     model_name = args.model or meta["model"]
-    from peft_cca.models import resolve
+    from peft_cca.runtime.loading import resolve
 
     resolve(model_name)  # a mistyped --model is refused before settings.json records it and blocks the fixed rerun
     check_settings(out, output_settings(args, model_name, runtime.record()), overwrite=args.overwrite)
@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.defaults import LoraSettings
     from peft_cca.evaluate import stage_problems
     from peft_cca.lora_baseline import lora_sft, target_kind
-    from peft_cca.models import load_model
-    from peft_cca.runtime import record_runtime
+    from peft_cca.runtime.loading import load_model
+    from peft_cca.runtime.placement import record_runtime
     from peft_cca.tasks.protocol import setting
 
     model, tokenizer = load_model(model_name, runtime)

@@ -20,7 +20,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from peft_cca.errors import CCAError
-from peft_cca.runfolder import atomic_write_bytes, json_safe
+from peft_cca.runtime.runfolder import atomic_write_bytes, json_safe
 
 CHECKPOINT = "dcm-checkpoint.safetensors"
 LEGACY_CHECKPOINT = "dcm-checkpoint.pt"

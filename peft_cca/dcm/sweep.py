@@ -21,7 +21,7 @@ from peft_cca.dcm.paths import make_path
 from peft_cca.dcm.train import RESTART_HINT, DCMConfig, DCMResult, mean_logit_diff, run_settings, train_mask
 from peft_cca.method.arch import describe
 from peft_cca.method.circuit import Circuit
-from peft_cca.runfolder import check_settings
+from peft_cca.runtime.runfolder import check_settings
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from peft_cca.dcm.paths import FullSequencePath, OneTokenPath, make_path
 from peft_cca.errors import UsageError
 from peft_cca.method.arch import COMPONENT_KINDS, ArchSpec, describe
 from peft_cca.method.circuit import Circuit
-from peft_cca.runfolder import check_settings
+from peft_cca.runtime.runfolder import check_settings
 
 logger = logging.getLogger(__name__)
 

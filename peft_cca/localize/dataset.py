@@ -19,7 +19,7 @@ import datasets
 
 from peft_cca.errors import UsageError
 from peft_cca.jsonfiles import parse_object
-from peft_cca.runfolder import atomic_write_text
+from peft_cca.runtime.runfolder import atomic_write_text
 
 RECORDS = "records.jsonl"
 PROGRESS = "progress.jsonl"

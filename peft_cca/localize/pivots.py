@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from peft_cca.generation import TokenCounter, cut_at_stop, generate, stack_caches
 from peft_cca.localize.traces import DecodeSettings, Trace
+from peft_cca.runtime.generation import TokenCounter, cut_at_stop, generate, stack_caches
 from peft_cca.tasks.answers import answer_is_final
 from peft_cca.tasks.problem import Problem
 
@@ -246,7 +246,7 @@ def _complete(model, tokenizer, branches: Sequence[_Branch], settings: DecodeSet
             inputs,
             max_new_tokens=[settings.max_new_tokens - len(b.generated) for b in batch],
             stop_strings=settings.stop_strings,
-            stop_when_final=True,
+            stop_when=answer_is_final,
             completion_starts=[len(b.prompt) for b in batch],
             batch_size=len(batch),
             past_key_values=stack_caches([(b.cache, len(ids) - 1) for b, ids in zip(batch, inputs, strict=True)]),
@@ -272,7 +272,7 @@ def branching_pivots_fast(
     ``branch_batch`` positions per pair per round (at most an equal share of ``settings.batch_size`` rows
     among the pairs still scanning), the completions of all pairs batched together (``settings.batch_size``
     rows at most), each stopped once its answer is final. Same pivots as the naive scan. ``prompt_caches``
-    (from :func:`~peft_cca.generation.prefill_caches`, as sampling used them) spare prefilling each prompt."""
+    (from :func:`~peft_cca.runtime.generation.prefill_caches`, as sampling used them) spare prefilling each prompt."""
     counters = list(counters) if counters is not None else [None] * len(pairs)
     caches = list(prompt_caches) if prompt_caches is not None else [None] * len(pairs)
     running = [len(pairs)]

@@ -17,7 +17,6 @@ from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
 from peft_cca.errors import UsageError
-from peft_cca.generation import TokenCounter, plan_batches, prefill_caches
 from peft_cca.localize.dataset import PROGRESS, RECORDS, DatasetWriter, _read_jsonl
 from peft_cca.localize.pivots import Pivot, branching_pivot_naive, branching_pivots_fast, prefix_pivot
 from peft_cca.localize.profile import pivot_profile
@@ -31,8 +30,9 @@ from peft_cca.localize.traces import (
     counterfactuals,
     greedy_traces,
 )
-from peft_cca.runfolder import SETTINGS_FILE, atomic_write_json, atomic_write_text, check_settings
-from peft_cca.runtime import placement, process_state
+from peft_cca.runtime.generation import TokenCounter, plan_batches, prefill_caches
+from peft_cca.runtime.placement import placement, process_state
+from peft_cca.runtime.runfolder import SETTINGS_FILE, atomic_write_json, atomic_write_text, check_settings
 from peft_cca.tasks import DEFAULT_TASK
 from peft_cca.tasks.problem import Problem
 from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, encode_prompt, resolve_prompt_style, stop_strings

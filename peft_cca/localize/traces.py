@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from peft_cca.generation import TokenCounter, generate
+from peft_cca.runtime.generation import TokenCounter, generate
 from peft_cca.tasks.problem import Problem
 
 # The authors sample at T=0.8 to find a right trace when greedy is wrong, at T=1.2 to find a wrong one;
@@ -90,7 +90,7 @@ def counterfactuals(
 ) -> list[Trace | None]:
     """For each problem, the first of ``n_samples`` sampled traces whose correctness differs from its greedy
     trace, or None. Problems are sampled together (one batch per temperature), each prompt prefilled once
-    (or taken from ``prompt_caches``, see :func:`~peft_cca.generation.prefill_caches`); a problem's draws
+    (or taken from ``prompt_caches``, see :func:`~peft_cca.runtime.generation.prefill_caches`); a problem's draws
     depend only on its id and ``seed``, never on its batch."""
     found: list[Trace | None] = [None] * len(problems)
     for right in (False, True):

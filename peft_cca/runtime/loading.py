@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peft_cca.errors import CCAError, UsageError
-from peft_cca.runtime import Runtime, check_model_supports
+from peft_cca.runtime.placement import Runtime, check_model_supports
 
 if TYPE_CHECKING:
     from peft import PeftModel

@@ -292,7 +292,7 @@ def record_runtime(folder, model) -> None:
     """Write ``runtime.json`` (the model's :func:`placement`) into a stage's output folder, from the main process."""
     from pathlib import Path
 
-    from peft_cca.runfolder import atomic_write_json
+    from peft_cca.runtime.runfolder import atomic_write_json
 
     if process_state().is_main_process:
         atomic_write_json(Path(folder) / "runtime.json", placement(model))

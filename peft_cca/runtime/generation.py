@@ -31,8 +31,6 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from peft_cca.tasks.answers import answer_is_final
-
 logger = logging.getLogger(__name__)
 
 
@@ -355,7 +353,7 @@ def generate(
     top_p: float | None = None,
     num_samples: int = 1,
     stop_strings: Sequence[str] = (),
-    stop_when_final: bool = False,
+    stop_when: Callable[[str], bool] | None = None,
     seed: int | Sequence[int] = 0,
     batch_size: int = 8,
     batch_tokens: int | None = None,
@@ -372,8 +370,9 @@ def generate(
     the seed ``s + i``; sample r of an input draws from ``row_seed(seed, r)`` in any batch. Inputs are
     batched longest first, ``batch_size`` inputs and (optionally) ``batch_tokens`` padded tokens at most.
     ``max_new_tokens`` may be given per input. ``completion_starts[i]`` marks where the completion begins
-    inside ``inputs[i]`` (default: at its end); stop strings and the final-answer check look at the text
-    from there. ``past_key_values`` is a cache already holding all but the last token of every (left-padded)
+    inside ``inputs[i]`` (default: at its end); stop strings and ``stop_when`` (a test of the completion text,
+    e.g. "its answer is final": the task's own rule, so this layer knows no task) look at the text from there.
+    ``past_key_values`` is a cache already holding all but the last token of every (left-padded)
     input; it requires the whole batch in one call, in the given order. ``prompt_caches`` (from
     :func:`prefill_caches`) hold all but the last token of each input, shared by its samples. ``counter``
     counts the tokens processed, in one counter or in one counter per input.
@@ -405,7 +404,7 @@ def generate(
             [list(inputs[i][starts[i] :]) for i in rows],
             row_budgets,
             stop_strings,
-            answer_is_final if stop_when_final else None,
+            stop_when,
         )
         config = GenerationConfig(
             max_new_tokens=max(max(row_budgets), 1),
