@@ -26,10 +26,10 @@ from adapter import realistic_circuit  # benchmarks/adapter.py: the same ~1% cir
 from peft import LoraConfig, get_peft_model
 
 from peft_cca import CCAConfig, describe
+from peft_cca.amplify.trainer import PivotCollator, logit_difference
 from peft_cca.method.model import plan_targets
 from peft_cca.runtime.loading import load_model
 from peft_cca.runtime.runfolder import atomic_write_json
-from peft_cca.trainer import PivotCollator, logit_difference
 
 VARIANTS = ("cca", "dense", "lora")
 ADAMW_STATES = 2  # exp_avg and exp_avg_sq per parameter

@@ -178,7 +178,7 @@ def measure_amplify(args, way: str, device: str, dtype: torch.dtype) -> dict:
     from peft import get_peft_model
 
     from peft_cca import CCAConfig, Circuit, describe
-    from peft_cca.trainer import PivotCollator, logit_difference
+    from peft_cca.amplify.trainer import PivotCollator, logit_difference
 
     model = build_model(args.shape, args.layers, args.vocab, dtype, device)
     if way == "new":

@@ -26,6 +26,10 @@ MOVED = {
     "peft_cca.models": "peft_cca.runtime.loading",
     "peft_cca.generation": "peft_cca.runtime.generation",
     "peft_cca.runfolder": "peft_cca.runtime.runfolder",
+    "peft_cca.evaluate": "peft_cca.evaluation",
+    "peft_cca.trainer": "peft_cca.amplify.trainer",
+    "peft_cca.lora_baseline": "peft_cca.baselines.lora",
+    "peft_cca.report": "peft_cca.reports",
 }
 
 

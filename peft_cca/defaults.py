@@ -14,7 +14,7 @@ DEFAULT_STEPS = 50
 OPTIMIZERS = {"sgd": "sgd", "adamw": "adamw_torch"}
 
 # the two "w/o mask" ablations (``amplify --no-mask sites|all``) and their row labels in the reports (the same
-# strings as peft_cca.report.NOMASK_SITES / NOMASK_ALL; a test keeps them equal)
+# strings as peft_cca.reports.tables.NOMASK_SITES / NOMASK_ALL; a test keeps them equal)
 NO_MASK_LABELS = {"sites": "CCA w/o mask (circuit sites)", "all": "CCA w/o mask (all parameters)"}
 
 # ``--micro-batch auto`` off CUDA: at most this many tokens (of the longest row) per micro-batch

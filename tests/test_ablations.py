@@ -12,9 +12,9 @@ from tiny_tokenizer import tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
 import peft_cca  # noqa: F401 - registers the "cca" method
-from peft_cca import report
+from peft_cca.amplify.trainer import amplify
 from peft_cca.defaults import NO_MASK_LABELS
-from peft_cca.trainer import amplify
+from peft_cca.reports import tables as report
 
 
 def records(n: int = 5, seed: int = 0) -> list[dict]:
@@ -147,11 +147,11 @@ def test_cli_no_mask_all_writes_a_loadable_model_and_its_label(tmp_path, capsys)
 
 
 def test_no_mask_all_warns_when_the_weights_cannot_hold_small_steps(caplog):
-    from peft_cca.trainer import train_every_parameter
+    from peft_cca.amplify.trainer import train_every_parameter
 
-    with caplog.at_level("WARNING", logger="peft_cca.trainer"):
+    with caplog.at_level("WARNING", logger="peft_cca.amplify.trainer"):
         train_every_parameter(tiny_model("llama"))
     assert not caplog.records
-    with caplog.at_level("WARNING", logger="peft_cca.trainer"):
+    with caplog.at_level("WARNING", logger="peft_cca.amplify.trainer"):
         train_every_parameter(tiny_model("llama").to(torch.bfloat16))
     assert "in bfloat16" in caplog.text and "--dtype float32" in caplog.text

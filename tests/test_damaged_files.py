@@ -165,7 +165,7 @@ DEEP = "[" * 100_000  # json and tomllib recurse: a RecursionError, never a one-
 def test_deeply_nested_json_in_any_input_file_is_one_line_within_a_second(tmp_path):
     import time
 
-    from peft_cca.evaluate import stage_problems
+    from peft_cca.evaluation.run_problems import stage_problems
     from peft_cca.tasks.templates import TemplateError, read_templates
 
     files = {

@@ -27,7 +27,7 @@ def update() -> dict[str, torch.Tensor]:
     from tiny_models import VOCAB, tiny_model
 
     from peft_cca import CCAConfig, Circuit, describe
-    from peft_cca.trainer import train_one, trainable_state
+    from peft_cca.amplify.trainer import train_one, trainable_state
 
     rng = random.Random(0)
     records = [
@@ -52,7 +52,7 @@ def validation_completions() -> list[dict]:
     from tiny_models import tiny_model
     from tiny_tokenizer import tiny_tokenizer
 
-    from peft_cca.evaluate import evaluate_exact_match
+    from peft_cca.evaluation.exact_match import evaluate_exact_match
     from peft_cca.tasks.problem import Problem
 
     problems = [Problem(id=f"p{i}", group_id=f"g{i % 2}", question=f"{i} + {i}?", answer=str(2 * i)) for i in range(5)]

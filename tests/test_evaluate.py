@@ -14,7 +14,10 @@ from tiny_tokenizer import tiny_tokenizer
 import peft_cca  # noqa: F401 - registers the "cca" method
 from peft_cca import CCAConfig, Circuit, describe
 from peft_cca.errors import UsageError
-from peft_cca.evaluate import evaluate_exact_match, kl_drift, lm_eval_bridge, retention
+from peft_cca.evaluation.drift import kl_drift
+from peft_cca.evaluation.exact_match import evaluate_exact_match
+from peft_cca.evaluation.lm_eval_bridge import lm_eval_bridge
+from peft_cca.evaluation.retention import retention
 from peft_cca.tasks.problem import Problem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +120,7 @@ def test_lm_eval_runs_a_local_task_on_a_peft_model(monkeypatch):
 def test_adapter_summary_names_each_configuration(tmp_path):
     from peft import LoraConfig, PeftModel
 
-    from peft_cca.evaluate import adapter_summary
+    from peft_cca.evaluation.model_eval import adapter_summary
 
     assert adapter_summary(tiny_model("llama"))["config"] == "Base"
     lora = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
@@ -155,8 +158,8 @@ def _problems(count: int = 5) -> list[Problem]:
 
 
 def test_a_cached_run_resumes_from_its_finished_batches_without_generating_them_again(tmp_path, monkeypatch):
-    from peft_cca import evaluate
-    from peft_cca.evaluate import prepare_cache
+    from peft_cca.evaluation import exact_match
+    from peft_cca.evaluation.exact_match import prepare_cache
 
     model, tokenizer, problems = tiny_model("llama"), tiny_tokenizer(), _problems()
     cache = prepare_cache(tmp_path / "parts", {"model": "tiny"})
@@ -164,9 +167,9 @@ def test_a_cached_run_resumes_from_its_finished_batches_without_generating_them_
     assert sorted(p.name for p in cache.iterdir()) == ["settings.json", *(f"unit-0000{i}.json" for i in range(3))]
     (cache / "unit-00002.json").unlink()  # as if interrupted before the last batch
     generated = []
-    plain = evaluate.generate
+    plain = exact_match.generate
     monkeypatch.setattr(
-        evaluate, "generate", lambda m, t, inputs, **kw: generated.append(len(inputs)) or plain(m, t, inputs, **kw)
+        exact_match, "generate", lambda m, t, inputs, **kw: generated.append(len(inputs)) or plain(m, t, inputs, **kw)
     )
     again = evaluate_exact_match(model, tokenizer, problems, max_new_tokens=4, batch_size=2, cache=cache)
     assert again == first and generated == [1]
@@ -177,7 +180,7 @@ def test_a_cached_run_resumes_from_its_finished_batches_without_generating_them_
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_bases_evaluate_with_fp32_deltas(dtype):
-    from peft_cca.evaluate import evaluate_model
+    from peft_cca.evaluation.model_eval import evaluate_model
 
     fp32, half = perturbed_cca(scale=0.05), perturbed_cca(scale=0.05, dtype=dtype)
     assert {p.dtype for n, p in half.named_parameters() if "cca_delta" in n} == {torch.float32}
@@ -192,7 +195,7 @@ def test_half_precision_bases_evaluate_with_fp32_deltas(dtype):
 
 
 def test_training_covers_the_kept_templates_while_validation_and_test_cover_every_template(tmp_path):
-    from peft_cca.evaluate import stage_problems
+    from peft_cca.evaluation.run_problems import stage_problems
 
     task = f"template:{ROOT / 'tests' / 'fixtures' / 'templates_sample.json'}?size=10&seed=3"
     run = tmp_path / "localize"
@@ -208,7 +211,7 @@ def test_training_covers_the_kept_templates_while_validation_and_test_cover_ever
 
 
 def test_a_damaged_meta_json_is_one_line_naming_the_file_and_line(tmp_path):
-    from peft_cca.evaluate import stage_problems
+    from peft_cca.evaluation.run_problems import stage_problems
 
     (tmp_path / "meta.json").write_text('{"task": "rg:chain_sum",\n"seed": }')
     with pytest.raises(UsageError, match=r"meta\.json: line 2: not valid JSON"):

@@ -9,7 +9,7 @@ from peft import PeftModel
 from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
 
-from peft_cca.lora_baseline import (
+from peft_cca.baselines.lora import (
     LoraSettings,
     _sft_config,
     example_lengths,

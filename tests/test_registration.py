@@ -26,6 +26,7 @@ CHECK = "from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING as m; assert 'CCA' 
         "import peft_cca.method.arch",
         "import peft_cca.method",
         "from peft_cca import CCAConfig",
+        "import peft_cca.amplify.trainer",
         "import peft_cca.trainer",
         # the 0.1 module paths, kept for one release
         "from peft_cca.config import CCAConfig",

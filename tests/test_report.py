@@ -7,18 +7,9 @@ import json
 import pytest
 
 from peft_cca.cli import main
-from peft_cca.report import (
-    NOMASK_ALL,
-    NOMASK_SITES,
-    lr_colors,
-    plot_circuits,
-    plot_curves,
-    table1,
-    table2,
-    table7,
-    template_deltas,
-    write_report,
-)
+from peft_cca.reports import write_report
+from peft_cca.reports.plots import lr_colors, plot_circuits, plot_curves
+from peft_cca.reports.tables import NOMASK_ALL, NOMASK_SITES, table1, table2, table7, template_deltas
 
 
 def run(name, config, test, seed=0, method="prefix", retention=0.5, kl=0.0, counts=None, curve=None):
@@ -111,7 +102,7 @@ def test_write_report_without_a_base_leaves_deltas_empty(tmp_path):
 
 
 def test_load_runs_reads_files_run_folders_and_folders_of_run_jsons(tmp_path):
-    from peft_cca.report import load_runs
+    from peft_cca.reports import load_runs
 
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "base.json").write_text('{"name": "base"}')

@@ -13,9 +13,7 @@ from tiny_tokenizer import tiny_tokenizer
 
 import peft_cca  # noqa: F401 - registers the "cca" method
 from peft_cca import CCAConfig, Circuit, describe
-from peft_cca.method.arch import ModelShape
-from peft_cca.tasks.problem import Problem
-from peft_cca.trainer import (
+from peft_cca.amplify.trainer import (
     BestStepCallback,
     PivotCollator,
     amplify,
@@ -24,6 +22,8 @@ from peft_cca.trainer import (
     train_one,
     trainable_state,
 )
+from peft_cca.method.arch import ModelShape
+from peft_cca.tasks.problem import Problem
 
 PAD = 2
 
@@ -124,7 +124,7 @@ def test_best_step_is_the_one_restored(tmp_path):
         return next(scores)
 
     callback = BestStepCallback(scripted, eval_schedule(10), save_dir=tmp_path / "adapter")
-    from peft_cca.trainer import CCATrainer, cca_training_arguments
+    from peft_cca.amplify.trainer import CCATrainer, cca_training_arguments
 
     trainer = CCATrainer(
         model,

@@ -12,10 +12,10 @@ pytestmark = pytest.mark.integration
 
 def test_amplify_on_smollm2_raises_the_logit_difference(tmp_path):
     from peft_cca import Circuit, describe
+    from peft_cca.amplify.trainer import PivotCollator, amplify, logit_difference
     from peft_cca.runtime.loading import MissingModelPackageError, load_model
     from peft_cca.tasks.problem import Problem
     from peft_cca.tasks.prompts import build_prompt, encode_prompt
-    from peft_cca.trainer import PivotCollator, amplify, logit_difference
 
     try:
         model, tokenizer = load_model("smollm2-135m-instruct")

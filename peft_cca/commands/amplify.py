@@ -89,13 +89,13 @@ def run(args: argparse.Namespace) -> int:
     if args.overwrite:
         clear_outputs(out, ("adapter", "model", "amplify.json"))
 
+    from peft_cca.amplify.trainer import amplify
     from peft_cca.dcm.data import load_records
-    from peft_cca.evaluate import stage_problems
+    from peft_cca.evaluation.run_problems import stage_problems
     from peft_cca.method.circuit import Circuit
     from peft_cca.runtime.loading import load_model
     from peft_cca.runtime.placement import record_runtime
     from peft_cca.tasks.protocol import setting
-    from peft_cca.trainer import amplify
 
     circuit = Circuit.load(circuit_path) if circuit_path is not None else None  # a damaged one: refused in seconds
     model, tokenizer = load_model(model_name, runtime)

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_cca.report import load_runs, write_report
+    from peft_cca.reports import load_runs, write_report
     from peft_cca.runtime.runfolder import ensure_output_dir
 
     ensure_output_dir(args.out)  # a file or read-only --out is refused before any run is read

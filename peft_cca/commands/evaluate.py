@@ -95,15 +95,12 @@ def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_cca.evaluate import (
-        LM_EVAL_TASKS,
-        NEUTRAL_TEXTS,
-        evaluate_model,
-        on_main,
-        prepare_cache,
-        retention_problems,
-        stage_problems,
-    )
+    from peft_cca.defaults import LM_EVAL_TASKS
+    from peft_cca.evaluation.drift import NEUTRAL_TEXTS
+    from peft_cca.evaluation.exact_match import on_main, prepare_cache
+    from peft_cca.evaluation.model_eval import evaluate_model
+    from peft_cca.evaluation.retention import retention_problems
+    from peft_cca.evaluation.run_problems import stage_problems
     from peft_cca.runtime.loading import check_adapter_folder, load_adapter, load_model, resolve
     from peft_cca.runtime.placement import runtime_from_args
     from peft_cca.runtime.runfolder import atomic_write_json, ensure_output_file, read_json_object

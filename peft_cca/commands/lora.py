@@ -78,9 +78,9 @@ def run(args: argparse.Namespace) -> int:
     if args.overwrite:
         clear_outputs(out, ("adapter", "lora.json"))
 
+    from peft_cca.baselines.lora import lora_sft, target_kind
     from peft_cca.defaults import LoraSettings
-    from peft_cca.evaluate import stage_problems
-    from peft_cca.lora_baseline import lora_sft, target_kind
+    from peft_cca.evaluation.run_problems import stage_problems
     from peft_cca.runtime.loading import load_model
     from peft_cca.runtime.placement import record_runtime
     from peft_cca.tasks.protocol import setting

@@ -25,13 +25,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import PrinterCallback
 
-from peft_cca.defaults import DEFAULT_LORA_LRS, LoraSettings
-from peft_cca.errors import UsageError
-from peft_cca.method.arch import describe
-from peft_cca.runtime.placement import trainer_use_cpu
-from peft_cca.tasks.problem import Problem
-from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, resolve_prompt_style
-from peft_cca.trainer import (
+from peft_cca.amplify.trainer import (
     AmplifyResult,
     BestStepCallback,
     EvaluateFn,
@@ -43,6 +37,12 @@ from peft_cca.trainer import (
     load_trainable_state,
     save_result,
 )
+from peft_cca.defaults import DEFAULT_LORA_LRS, LoraSettings
+from peft_cca.errors import UsageError
+from peft_cca.method.arch import describe
+from peft_cca.runtime.placement import trainer_use_cpu
+from peft_cca.tasks.problem import Problem
+from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, resolve_prompt_style
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def lora_sft(
     if not train_problems:
         raise UsageError("LoRA: no training problems: check the run's task and split (or --train-limit)")
     if evaluate_fn is None:
-        from peft_cca.evaluate import validation_scorer
+        from peft_cca.evaluation.exact_match import validation_scorer
 
         evaluate_fn = validation_scorer(
             tokenizer,

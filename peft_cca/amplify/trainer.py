@@ -627,7 +627,7 @@ def amplify(
     else:
         trained = wrap(model, Circuit.full(model) if no_mask == "sites" else circuit, mlp_targets)
     if evaluate_fn is None:
-        from peft_cca.evaluate import validation_scorer
+        from peft_cca.evaluation.exact_match import validation_scorer
 
         # validation covers every template, as in the paper (run_problems filters only training)
         evaluate_fn = validation_scorer(

@@ -1,0 +1,89 @@
+"""Everything Tables 1 and 2 need for one model: which configuration it is, target exact match, general abilities."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from peft_cca.evaluation.drift import NEUTRAL_TEXTS, kl_drift
+from peft_cca.evaluation.exact_match import evaluate_exact_match, on_main
+from peft_cca.evaluation.lm_eval_bridge import lm_eval_bridge
+from peft_cca.evaluation.retention import RETENTION_TASKS, retention, retention_problems
+from peft_cca.tasks.problem import Problem
+from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE
+
+
+def adapter_summary(model: nn.Module) -> dict[str, Any]:
+    """Which configuration a model is ("Base", "CCA w/ mask", "CCA w/o mask", "LoRA"), with its circuit's stats."""
+    config = getattr(model, "peft_config", {}).get("default") if hasattr(model, "peft_config") else None
+    if config is None:
+        return {"config": "Base", "mask_percent": None, "circuit_counts": None, "circuit_layers": None}
+    # PeftType is a str enum: str() gives "PeftType.CCA" on Python 3.11+, its value is "CCA"
+    peft_type = getattr(config.peft_type, "value", config.peft_type)
+    if peft_type != "CCA":
+        return {
+            "config": "LoRA" if peft_type == "LORA" else peft_type,
+            "mask_percent": None,
+            "circuit_counts": None,
+            "circuit_layers": None,
+        }
+    circuit = config.get_circuit()
+    layers = {
+        layer: {kind: len(circuit.selected(int(layer), kind)) for kind in ("q", "k", "v", "mlp")}
+        for layer in map(str, range(circuit.shape.num_layers))
+    }
+    return {
+        "config": "CCA w/o mask" if circuit.fraction == 1.0 else "CCA w/ mask",
+        "mask_percent": 100.0 * circuit.fraction,
+        "circuit_counts": circuit.counts(),
+        "circuit_layers": layers,
+        "num_layers": circuit.shape.num_layers,
+        "kind_sizes": {kind: circuit.shape.count(kind) for kind in ("q", "k", "v", "mlp")},  # per layer
+    }
+
+
+def evaluate_model(
+    model: nn.Module,
+    tokenizer,
+    test_problems: Sequence[Problem],
+    *,
+    val_problems: Sequence[Problem] | None = None,
+    retention_tasks: Sequence[str] = RETENTION_TASKS,
+    retention_size: int = 50,
+    kl_texts: Sequence[str] = NEUTRAL_TEXTS,
+    lm_eval_tasks: Sequence[str] | None = None,
+    lm_eval_limit: int | float | None = None,
+    prompt_style: str = DEFAULT_PROMPT_STYLE,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    cache: Path | None = None,
+) -> dict[str, Any]:
+    """Everything Tables 1 and 2 need for one model: ``{"test", "validation", "general": {...}}`` plus its config.
+
+    KL drift is measured against the same model with adapters disabled (0 for a bare base model); every process
+    computes it (it is small, and so it is the same number in any launch); lm-eval runs on the main process.
+    ``cache`` is a folder from :func:`prepare_cache` whose sub-folders keep finished batches per section.
+    """
+    em = {"prompt_style": prompt_style, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+
+    def section(name: str) -> dict[str, Any]:
+        return {**em, "cache": None if cache is None else Path(cache) / name}
+
+    held_out = retention_problems(retention_tasks, retention_size) if retention_tasks else []  # a bad name fails now
+    result: dict[str, Any] = {**adapter_summary(model)}
+    result["test"] = evaluate_exact_match(model, tokenizer, test_problems, **section("test"))
+    if val_problems:
+        result["validation"] = evaluate_exact_match(model, tokenizer, val_problems, **section("validation"))
+    general: dict[str, Any] = {}
+    if retention_tasks:
+        general["retention"] = retention(model, tokenizer, problems=held_out, **section("retention"))
+    if kl_texts:
+        adapted = hasattr(model, "disable_adapter")
+        general["kl"] = kl_drift(model, tokenizer, kl_texts, batch_size=batch_size) if adapted else 0.0
+    if lm_eval_tasks:
+        general["lm_eval"] = on_main(lambda: lm_eval_bridge(model, tokenizer, lm_eval_tasks, limit=lm_eval_limit))
+    result["general"] = general
+    return result

@@ -1,0 +1,37 @@
+"""Retention: the same exact match on reasoning-gym tasks that are not the target skill (offline)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from peft_cca.evaluation.exact_match import evaluate_exact_match
+from peft_cca.tasks import DEFAULT_RETENTION_TASKS
+from peft_cca.tasks.problem import Problem
+
+RETENTION_TASKS: tuple[str, ...] = DEFAULT_RETENTION_TASKS
+# Plain encyclopedic sentences with no arithmetic: drift here is drift in general language modelling.
+
+
+def retention_problems(tasks: Sequence[str] = RETENTION_TASKS, size: int = 50, seed: int = 1234) -> list[Problem]:
+    """``size`` reasoning-gym problems per non-target task (each task is one group)."""
+    from peft_cca.tasks.sources import load_problems
+
+    return [p for task in tasks for p in load_problems(f"rg:{task}?size={size}&seed={seed}")]
+
+
+def retention(
+    model: nn.Module,
+    tokenizer,
+    tasks: Sequence[str] = RETENTION_TASKS,
+    *,
+    size: int = 50,
+    seed: int = 1234,
+    problems: Sequence[Problem] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Exact match per non-target task (``groups``) and their macro average; kwargs go to exact match."""
+    problems = retention_problems(tasks, size, seed) if problems is None else problems
+    return evaluate_exact_match(model, tokenizer, problems, **kwargs)

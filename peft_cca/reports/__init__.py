@@ -1,0 +1,69 @@
+"""Side-by-side reports of evaluated runs: the paper's Tables 1, 2 and 7 (:mod:`~peft_cca.reports.tables`) and
+figures (:mod:`~peft_cca.reports.plots`), written by :func:`write_report` for ``peft-cca compare``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from peft_cca.reports.plots import kept_step, lr_colors, plot_circuits, plot_curves
+from peft_cca.reports.tables import (
+    BASE,
+    CONFIG_ORDER,
+    NOMASK_ALL,
+    NOMASK_SITES,
+    config_label,
+    general_metrics,
+    load_runs,
+    paired_deltas,
+    render_markdown,
+    table1,
+    table2,
+    table7,
+    template_deltas,
+    trained_on,
+)
+from peft_cca.runtime.runfolder import atomic_write_json, atomic_write_text
+
+__all__ = [
+    "BASE",
+    "CONFIG_ORDER",
+    "NOMASK_ALL",
+    "NOMASK_SITES",
+    "config_label",
+    "general_metrics",
+    "kept_step",
+    "load_runs",
+    "lr_colors",
+    "paired_deltas",
+    "plot_circuits",
+    "plot_curves",
+    "render_markdown",
+    "table1",
+    "table2",
+    "table7",
+    "template_deltas",
+    "trained_on",
+    "write_report",
+]
+
+
+def write_report(runs: Sequence[Mapping[str, Any]], out_dir: str | Path) -> dict[str, Any]:
+    """Write ``report.md``, ``report.json``, ``curves.png`` and ``circuits.png``; returns the tables."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = {
+        "table1": table1(runs),
+        "table2": table2(runs),
+        "table7": table7(runs),
+        "templates": template_deltas(runs),
+    }
+    markdown = render_markdown(tables)
+    figures = {"curves": plot_curves(runs, out / "curves.png"), "circuits": plot_circuits(runs, out / "circuits.png")}
+    for name, figure in figures.items():
+        if figure is not None:
+            markdown += f"\n![{name}]({figure.name})\n"
+    atomic_write_text(out / "report.md", markdown)
+    atomic_write_json(out / "report.json", tables)
+    return {**tables, "markdown": markdown, "figures": {k: str(v) for k, v in figures.items() if v is not None}}
