@@ -30,6 +30,7 @@ MOVED = {
     "peft_cca.trainer": "peft_cca.amplify.trainer",
     "peft_cca.lora_baseline": "peft_cca.baselines.lora",
     "peft_cca.report": "peft_cca.reports",
+    "peft_cca.demo": "peft_cca.cli.demo_plan",
 }
 
 

@@ -3,7 +3,7 @@
     accelerate launch --config_file recipes/accelerate/single_cpu.yaml recipes/cca_amplify.py --help
     accelerate launch --config_file recipes/accelerate/ddp_cpu.yaml recipes/cca_amplify.py ...
 
-Same options as `peft-cca amplify`; the work is done by peft_cca.commands.amplify.
+Same options as `peft-cca amplify`; the work is done by peft_cca.cli.commands.amplify.
 """
 
 import sys

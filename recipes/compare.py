@@ -3,7 +3,7 @@
     accelerate launch --config_file recipes/accelerate/single_cpu.yaml recipes/compare.py --help
     accelerate launch --config_file recipes/accelerate/ddp_cpu.yaml recipes/compare.py ...
 
-Same options as `peft-cca compare`; the work is done by peft_cca.commands.compare.
+Same options as `peft-cca compare`; the work is done by peft_cca.cli.commands.compare.
 """
 
 import sys

@@ -3,7 +3,7 @@
     accelerate launch --config_file recipes/accelerate/single_cpu.yaml recipes/lora_sft.py --help
     accelerate launch --config_file recipes/accelerate/ddp_cpu.yaml recipes/lora_sft.py ...
 
-Same options as `peft-cca lora`; the work is done by peft_cca.commands.lora.
+Same options as `peft-cca lora`; the work is done by peft_cca.cli.commands.lora.
 """
 
 import sys

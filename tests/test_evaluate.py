@@ -137,7 +137,7 @@ def test_adapter_summary_names_each_configuration(tmp_path):
 
 
 def test_provenance_gives_the_localization_method_to_cca_runs_only(tmp_path):
-    from peft_cca.commands.evaluate import _provenance
+    from peft_cca.cli.commands.evaluate import _provenance
 
     run = tmp_path / "localize"
     run.mkdir()

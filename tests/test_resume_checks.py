@@ -12,7 +12,7 @@ from test_localize_run import CONFIG, _problems
 from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
 
-import peft_cca.demo
+import peft_cca.cli.demo_plan
 import peft_cca.runtime.loading
 import peft_cca.tasks
 from peft_cca.cli import main
@@ -168,7 +168,7 @@ def test_circuit_refuses_an_unwritable_out_before_the_model_loads(monkeypatch, f
 
 
 def test_demo_resume_with_other_counts_is_refused_naming_them(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(peft_cca.demo, "plan", lambda settings: [])  # the stages are not what is tested here
+    monkeypatch.setattr(peft_cca.cli.demo_plan, "plan", lambda settings: [])  # the stages are not what is tested here
     out = tmp_path / "demo"
     assert main(["demo", "--preset", "quick", "--out", str(out)]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}

@@ -112,7 +112,7 @@ def test_runtime_argv_round_trips_through_the_parser():
 
 
 def test_the_demo_passes_the_placement_to_every_stage_and_checkpointing_to_training_only(tmp_path):
-    from peft_cca.demo import DemoSettings, plan
+    from peft_cca.cli.demo_plan import DemoSettings, plan
 
     flags = ("--device", "cpu", "--dtype", "bf16", "--attn-implementation", "eager", "--gradient-checkpointing")
     for name, argv in plan(DemoSettings(out=tmp_path, preset="quick", runtime=flags)):

@@ -22,7 +22,7 @@ def _lambdas(text: str) -> list[float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from peft_cca.commands.options import (
+    from peft_cca.cli.commands.options import (
         non_negative_float,
         non_negative_int,
         positive_float,

@@ -9,7 +9,7 @@ HELP = "stage 3: train only the circuit (CCATrainer) and save the adapter"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from peft_cca.commands.options import (
+    from peft_cca.cli.commands.options import (
         add_training_run_arguments,
         non_negative_int,
         positive_float,

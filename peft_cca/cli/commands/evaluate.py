@@ -11,7 +11,7 @@ HELP = "exact match on the target task, retention suite and KL drift"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from peft_cca.commands.options import add_generation_arguments, non_negative_int, positive_float, positive_int
+    from peft_cca.cli.commands.options import add_generation_arguments, non_negative_int, positive_float, positive_int
     from peft_cca.defaults import LM_EVAL_TASKS
     from peft_cca.runtime.placement import add_runtime_arguments
     from peft_cca.tasks import DEFAULT_RETENTION_TASKS as RETENTION_TASKS

@@ -1,6 +1,8 @@
-"""The ``peft-cca`` command: one sub-command per stage, each in ``peft_cca/commands/<name>.py``.
+"""The ``peft-cca`` command: one sub-command per stage, each in ``peft_cca/cli/commands/<name>.py``.
 
-A stage module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+A stage module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``; ``demo_plan`` is
+the end-to-end plan ``peft-cca demo`` runs. The CLI is the top layer: it may import every other one, none imports
+it. Building the parser imports no torch, so ``peft-cca --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name in COMMANDS:
-        module = importlib.import_module(f"peft_cca.commands.{name}")
+        module = importlib.import_module(f"peft_cca.cli.commands.{name}")
         command = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(command)
         command.set_defaults(_run=module.run)
@@ -73,7 +75,3 @@ def main(argv: list[str] | None = None) -> int:
             logging.exception("details")
         print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

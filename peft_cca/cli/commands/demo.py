@@ -7,8 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from peft_cca.commands.options import non_negative_float, non_negative_int, positive_float, positive_int, probability
-from peft_cca.demo import PRESETS, SKIPPABLE, DemoSettings, run_demo
+from peft_cca.cli.commands.options import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
+from peft_cca.cli.demo_plan import PRESETS, SKIPPABLE, DemoSettings, run_demo
 from peft_cca.runtime.placement import add_runtime_arguments, runtime_argv
 from peft_cca.tasks import DEFAULT_RETENTION_TASKS, DEFAULT_TASK
 from peft_cca.tasks.protocol import PAPER

@@ -10,7 +10,7 @@ HELP = "stage 1: find pivotal tokens and write the Error-Localization dataset"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from peft_cca.commands.options import non_negative_int, positive_float, positive_int, probability
+    from peft_cca.cli.commands.options import non_negative_int, positive_float, positive_int, probability
     from peft_cca.runtime.loading import DEFAULT_MODEL
     from peft_cca.runtime.placement import add_runtime_arguments
     from peft_cca.tasks import DEFAULT_TASK, PROMPT_STYLES

@@ -9,7 +9,7 @@ HELP = "the LoRA SFT baseline on the same training problems"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from peft_cca.commands.options import (
+    from peft_cca.cli.commands.options import (
         add_training_run_arguments,
         fraction_of_one,
         non_negative_int,
