@@ -1,11 +1,12 @@
 import random
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
 from peft_cca.errors import UsageError
-from peft_cca.tasks.safe_eval import UnsafeExpressionError, safe_eval
+from peft_cca.tasks.safe_eval import Pair, UnsafeExpressionError, safe_eval
 from peft_cca.tasks.templates import TemplateError, _functions, instantiate, load_template_problems, parse_template
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -24,6 +25,12 @@ FIXTURES = Path(__file__).parent / "fixtures"
         ("[1, 2] * 3", {}, [1, 2, 1, 2, 1, 2]),
         ("2.5 in range(10)", {}, False),
         ("np.arange(0, 1, 0.25)", {}, (0.0, 0.25, 0.5, 0.75)),
+        ("x[:2] + x[-1:] + x[::2]", {"x": [1, 2, 3]}, [1, 2, 3, 1, 3]),
+        ("len(range(10**18)[::2])", {}, 5 * 10**17),
+        ("w3 < w2 < w1", {"w1": 3, "w2": 2, "w3": 1}, True),
+        ("w3 < w2 < w1", {"w1": 3, "w2": 4, "w3": 1}, False),
+        ("format_frac(Fraction(7, 2)) + ' ' + format_frac(-5 / 4) + ' ' + format_frac(6)", {}, "3 1/2 -1 1/4 6"),
+        ("int(Fraction(7, 2)) + int('7/2') + int(78.3 - 0.3)", {}, 84),
     ],
 )
 def test_valid_expressions(expression, names, value):
@@ -64,6 +71,12 @@ HOSTILE = [
     "sample_sequential(range(10**18), 10**17)",
     "sample(x=1)",
     "1" * 5000,
+    "numbers[::0]",
+    "numbers[1.5:]",
+    "numbers[1:2, 0]",
+    "np.random.randint(0, 10, 10**9)",
+    "shuffle_list(range(10**18))",
+    "format_frac('1e99999999')",
 ]
 
 
@@ -74,6 +87,23 @@ def test_hostile_expressions_end_within_a_second_with_a_usage_error(expression):
         safe_eval(expression, {"x": 1, "numbers": ["one"]}, _functions(random.Random(0)))
     assert time.monotonic() - start < 1.0
     assert isinstance(caught.value, UsageError)
+
+
+@pytest.mark.parametrize(
+    ("expression", "value"),
+    [
+        ("n1 + n2 + mult * n1", 4 + 6 + 3 * 4),
+        ("-mult + abs(mult) + mult ** 2", 9),
+        ("n1 < mult < n2", False),
+        ("mult == 3 and mult != half and 3 in [mult[1]]", True),
+        ("mult[0] + ' ' + str(half)", "triple half"),
+        ("int(half * 8) + round(mult) + max(mult, half) + is_int(n1 * half) + divides(n2, mult)", 4 + 3 + 3 + 1 + 1),
+        ("half[1] * n1", 2),
+    ],
+)
+def test_pairs_compute_as_their_number(expression, value):
+    names = {"n1": 4, "n2": 6, "mult": Pair("triple", 3, 3), "half": Pair("half", "1/2", Fraction(1, 2))}
+    assert safe_eval(expression, names, _functions(random.Random(0))) == value
 
 
 def test_template_parse_and_instantiate():

@@ -134,7 +134,8 @@ def load_problems_from(record: dict):
     return template_problems([parse_template(record)], 1, 0, "test", "t", "t")
 
 
-RARE = {"question_annotated": "{x,7} apples\n#init:\n- $x = range(0, 4000)\n#conditions:\n- x == 7\n#answer: x"}
+# 'x - 7 == 0', not 'x == 7': that equality would pin x to 7 in one draw (see test_template_language.py)
+RARE = {"question_annotated": "{x,7} apples\n#init:\n- $x = range(0, 4000)\n#conditions:\n- x - 7 == 0\n#answer: x"}
 
 
 def test_a_rare_but_satisfiable_template_never_fails_on_one_unlucky_instance():

@@ -1,10 +1,14 @@
 """A small expression evaluator for template files, which are data from strangers.
 
 Only an AST whitelist is evaluated: numbers, strings, names bound by the template, lists/tuples, arithmetic,
-comparisons, boolean logic, conditional expressions, integer subscripts, and calls to the functions passed in
-(the template language's ``sample``/``range``... and a few builtins; a dotted name such as ``np.arange`` is
-a call only when that exact dotted name is passed in). No other attribute access, no lambdas, no
-comprehensions, no string formatting, never ``eval``/``exec``.
+comparisons, boolean logic, conditional expressions, integer subscripts and slices, and calls to the functions
+passed in (the template language's ``sample``/``range``... and a few builtins; a dotted name such as
+``np.arange`` is a call only when that exact dotted name is passed in). No other attribute access, no lambdas,
+no comprehensions, no string formatting, never ``eval``/``exec``.
+
+A :class:`Pair` is a drawn (word, number) item such as ``("triple", 3)``: arithmetic, comparisons and its
+index 1 see its number, so ``n1 + mult * n1`` is a sum and ``w < mult`` compares numbers, while the template
+shows its word.
 
 Every expression ends fast: the text is at most :data:`MAX_EXPRESSION_CHARS` long and :data:`MAX_DEPTH`
 deep, so it has few nodes; there are no loops; and every value is checked after each step (numbers within
@@ -43,6 +47,22 @@ class EvaluationError(UnsafeExpressionError):
     """A whitelisted expression failed on these values (division by zero, bad index, wrong type)."""
 
 
+class Pair(tuple):
+    """A (word, spelling) item that computes as ``number``: the word is shown, the number is used."""
+
+    number: Any
+
+    def __new__(cls, word: Any, spelling: Any, number: Any) -> Pair:
+        pair = super().__new__(cls, (word, spelling))
+        pair.number = number
+        return pair
+
+
+def operand(value: Any) -> Any:
+    """The value an operation computes with: a Pair's number, anything else itself."""
+    return value.number if isinstance(value, Pair) else value
+
+
 _BINARY: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
@@ -60,12 +80,13 @@ _COMPARE: dict[type, Callable[[Any, Any], bool]] = {
     ast.LtE: operator.le,
     ast.Gt: operator.gt,
     ast.GtE: operator.ge,
-    ast.In: lambda a, b: _contains(b, a),
-    ast.NotIn: lambda a, b: not _contains(b, a),
+    ast.In: lambda a, b: contains(b, a),
+    ast.NotIn: lambda a, b: not contains(b, a),
 }
+_MEMBERSHIP = (ast.In, ast.NotIn)
 
 
-def _contains(container: Any, item: Any) -> bool:
+def contains(container: Any, item: Any) -> bool:
     """``item in container``; a range answers in O(1) only for an int, so other items are converted first."""
     if isinstance(container, range) and type(item) is not int:
         number = item if isinstance(item, (float, Fraction)) else None
@@ -158,6 +179,10 @@ def compile_expression(expression: str) -> ast.Expression:
             # The callee is a (dotted) name looked up in the functions passed in; only its arguments are walked.
             stack.extend((arg, depth + 1) for arg in node.args)
             continue
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice):  # a slice only right there
+            parts = (node.value, node.slice.lower, node.slice.upper, node.slice.step)
+            stack.extend((part, depth + 1) for part in parts if part is not None)
+            continue
         if isinstance(node, ast.Constant):
             if not isinstance(node.value, (int, float, str)):
                 raise UnsafeExpressionError(f"constant of type {type(node.value).__name__} not allowed")
@@ -194,7 +219,7 @@ class _Evaluator:
         return tuple(self.visit(e) for e in node.elts)
 
     def binop(self, node: ast.BinOp) -> Any:
-        left, right = self.visit(node.left), self.visit(node.right)
+        left, right = operand(self.visit(node.left)), operand(self.visit(node.right))
         kind = type(node.op)
         if kind is ast.Pow and (isinstance(right, bool) or not isinstance(right, (int, float, Fraction))):
             raise EvaluationError("exponent must be a number")
@@ -218,7 +243,7 @@ class _Evaluator:
 
     def unaryop(self, node: ast.UnaryOp) -> Any:
         try:
-            return check_value(_UNARY[type(node.op)](self.visit(node.operand)))
+            return check_value(_UNARY[type(node.op)](operand(self.visit(node.operand))))
         except TypeError as error:
             raise EvaluationError(f"cannot evaluate {ast.unparse(node)}: {error}") from error
 
@@ -229,9 +254,10 @@ class _Evaluator:
     def compare(self, node: ast.Compare) -> bool:
         left = self.visit(node.left)
         for op_node, right_node in zip(node.ops, node.comparators, strict=True):
-            right = self.visit(right_node)
+            right = self.visit(right_node)  # a chain (w3 < w2 < w1) compares each neighbour, as Python does
+            container = right if isinstance(op_node, _MEMBERSHIP) else operand(right)
             try:
-                if not _COMPARE[type(op_node)](left, right):
+                if not _COMPARE[type(op_node)](operand(left), container):
                     return False
             except TypeError as error:
                 raise EvaluationError(f"cannot compare in {ast.unparse(node)}: {error}") from error
@@ -242,13 +268,26 @@ class _Evaluator:
         return self.visit(node.body) if self.visit(node.test) else self.visit(node.orelse)
 
     def subscript(self, node: ast.Subscript) -> Any:
-        container, index = self.visit(node.value), self.visit(node.slice)
-        if not isinstance(container, (list, tuple, str, range)) or type(index) is not int:
+        container = self.visit(node.value)
+        if not isinstance(container, (list, tuple, str, range)):
+            raise EvaluationError(f"only sequences can be indexed: {ast.unparse(node)}")
+        if isinstance(node.slice, ast.Slice):  # fraction_nums[:4]: a slice is never longer than its sequence
+            return container[self.slice_of(node.slice)]
+        index = self.visit(node.slice)
+        if type(index) is not int:
             raise EvaluationError(f"only integer indexing of sequences is allowed: {ast.unparse(node)}")
+        if isinstance(container, Pair) and index in (1, -1):
+            return container.number
         try:
             return container[index]
         except IndexError as error:
             raise EvaluationError(f"index {index} out of range in {ast.unparse(node)}") from error
+
+    def slice_of(self, node: ast.Slice) -> slice:
+        bounds = [None if part is None else self.visit(part) for part in (node.lower, node.upper, node.step)]
+        if any(b is not None and type(b) is not int for b in bounds) or bounds[2] == 0:
+            raise EvaluationError(f"slice bounds must be integers and the step non-zero: {ast.unparse(node)}")
+        return slice(*bounds)
 
     def call(self, node: ast.Call) -> Any:
         name = dotted_name(node.func)

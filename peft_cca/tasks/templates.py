@@ -16,11 +16,24 @@ A template is a record (JSON, JSONL or TOML) with ``question_annotated``, and op
     #answer: x + y"
 
 Slots are ``{var,default}``. Each ``#init`` line binds one name or a tuple of names (``a, b = sample(names, 2)``;
-a ``$`` marks a number and is dropped); a ``range(...)``/``frange``/``np.arange`` value bound to one name is drawn
-uniformly. Strings that spell numbers (``"1/2"``, ``"0.25"``, ``"3"``) count as numbers in expressions and keep
-their spelling in the question. ``#conditions`` are rejection-sampled, each as soon as the names it uses are bound;
-``#answer:`` (or ``#answer =``) is the gold answer and must be a finite real number. The named lists are in
-:mod:`peft_cca.tasks.template_data`; the functions are :func:`_functions`. Every expression goes through
+a ``$`` marks a number and is dropped, in any expression: ``#answer: $ans``). What one name is bound to:
+
+- a ``range(...)`` (Python's, half-open), ``numbers_within``, ``frange``/``np.arange`` (float steps, rounded to
+  the step's digits; ``fix_floats`` rounds away what is left) value is drawn uniformly;
+- a list that no ``sample()`` made is drawn from too: ``$w = fraction_nums``, ``$c = list(range(2, 6)) * 10``,
+  ``$p = shuffle_list(prices)``, ``$n = np.random.randint(1000, 3000, 50)`` each bind one item;
+- a drawn (word, number) pair, from ``sample(multiple)``, ``sample([("alphabet", 26), ...])`` or
+  ``range_str``, is a :class:`~peft_cca.tasks.safe_eval.Pair`: the question shows ``triple``, arithmetic,
+  comparisons, ``int()``... and the worked solution use 3 (as the published worked answers do); ``p[0]`` is the
+  word, ``p[1]`` the number, ``str(p)`` the word.
+
+Strings that spell numbers (``"1/2"``, ``"0.25"``, ``"3"``) count as numbers once bound, and keep their spelling
+in the question. Slices (``fraction_nums[:4]``), chained comparisons (``w3 < w2 < w1``) and ``format_frac`` (a
+mixed number, ``3 1/2``) work as in Python and the published solutions. ``#conditions`` are rejection-sampled,
+each as soon as the names it uses are bound, except that a condition ``name == expression`` on a name drawn from
+fixed candidates pins it: it is drawn as the value the expression needs (see :func:`_pins`). ``#answer:`` (or
+``#answer =``, or ``#answer: {expression}``) is the gold answer and must be a finite real number. The named lists
+are in :mod:`peft_cca.tasks.template_data`; the functions are :func:`_functions`. Every expression goes through
 :mod:`peft_cca.tasks.safe_eval`, never ``eval``, and every failure is a :class:`TemplateError` naming the file,
 the template and the line of ``question_annotated``.
 """
@@ -28,6 +41,7 @@ the template and the line of ``question_annotated``.
 from __future__ import annotations
 
 import ast
+import contextlib
 import itertools
 import json
 import logging
@@ -49,11 +63,14 @@ from peft_cca.tasks.problem import Problem
 from peft_cca.tasks.safe_eval import (
     MAX_SEQUENCE,
     EvaluationError,
+    Pair,
     UnsafeExpressionError,
     check_value,
     compile_expression,
+    contains,
     dotted_name,
     evaluate,
+    operand,
 )
 from peft_cca.tasks.template_data import BUILTIN_LISTS, LANGUAGE_FUNCTIONS, language_dir, language_lists
 
@@ -77,6 +94,9 @@ FINAL_SLOT = re.compile(r"####\s*\{([^{}]+)\}\s*$")
 SECTION = re.compile(r"^#\s*(init|conditions|answer)\s*[:=]?\s*(.*)$")
 BINDING = re.compile(r"^([\s\w$(),]+?)=(?!=)(.*)$")
 NUMBER_TEXT = re.compile(r"-?\d+(?:\.\d+)?|-?\d+/\d+")
+# A '$' that marks a number ('#answer: $ans'), outside string literals (which may hold a currency sign).
+NUMBER_MARK = re.compile(r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")|\$(?=[A-Za-z_])""")
+BRACED = re.compile(r"^\{([^{}]*)\}$")  # '#answer: {t + k}' is the expression t + k, as in a solution slot
 
 
 class TemplateError(UsageError):
@@ -93,6 +113,7 @@ class _Statement:
     text: str
     tree: ast.Expression
     names: tuple[str, ...] = ()  # bound names, for #init lines
+    draws_item: bool = False  # one name bound to a list that no sample() made: it draws one of its items
 
 
 @dataclass
@@ -130,8 +151,24 @@ def _number(value: Any) -> Any:
     return value
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, Fraction)) and not isinstance(value, bool)
+
+
+def _item(value: Any) -> Any:
+    """A drawn item; a (word, number) pair such as ``["triple", 3]`` or ``("half", "1/2")`` becomes a Pair."""
+    if type(value) in (list, tuple) and len(value) == 2:
+        word, spelling = value
+        number = _number(spelling)
+        if _is_number(number) and (isinstance(word, str) or _is_number(word)):
+            return Pair(word, spelling, number)
+    return value
+
+
 def _display(value: Any) -> str:
-    """How a value reads in a question or solution: 4.0 as 4, 0.1 + 0.2 as 0.3."""
+    """How a value reads in a question or solution: 4.0 as 4, 0.1 + 0.2 as 0.3, a Pair as its word."""
+    if isinstance(value, Pair):
+        return _display(value[0])
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() else f"{value:.10g}"
     if isinstance(value, (list, tuple)):
@@ -170,12 +207,28 @@ def _over_items(function: Callable[..., Any]) -> Callable[..., Any]:
 
     def bounded(*args: Any) -> Any:
         if len(args) == 1:
-            return function(_bounded(args[0], materialize=True))
+            return function(operand(v) for v in _bounded(args[0], materialize=True))
         if function is sum:
-            return sum(_bounded(args[0], materialize=True), args[1])
+            return sum((operand(v) for v in _bounded(args[0], materialize=True)), args[1])
         return function(*args)
 
     return bounded
+
+
+# Functions that take items, words or sequences as they are; every other function sees a Pair as its number.
+_ITEM_FUNCTIONS = frozenset(
+    {"sample", "sample_sequential", "shuffle_list", "list", "len", "str", "to_title", "mar_fraction_form",
+     "mar_color_form", "ukr_weekday_to_when"}
+)  # fmt: skip
+
+
+def _on_numbers(functions: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
+    """``functions`` with Pair arguments replaced by their numbers where a number is meant (``int(bill)``)."""
+
+    def numeric(function: Callable[..., Any]) -> Callable[..., Any]:
+        return lambda *args: function(*[a.number if isinstance(a, Pair) else a for a in args])
+
+    return {name: f if name in _ITEM_FUNCTIONS else numeric(f) for name, f in functions.items()}
 
 
 def _is_int(value: Any) -> bool:
@@ -219,6 +272,23 @@ def _pure_functions() -> dict[str, Callable[..., Any]]:
     def to_list(seq: Any) -> list[Any]:
         return list(_bounded(seq, materialize=True))
 
+    def to_int(value: Any) -> int:
+        """``int``, but a float a rounding error below an integer is that integer: int(78.3 - 0.3) is 78, not 77;
+        and a number spelled as text is that number: int("7/2") is 3."""
+        value = _number(value)
+        if isinstance(value, float) and abs(value - round(value)) < 1e-9 * max(1.0, abs(value)):
+            return round(value)
+        return int(value)
+
+    def format_frac(value: Any) -> str:
+        """A mixed number, as the published worked answers write one: 7/2 is "3 1/2", 1/2 is "1/2"."""
+        value = fraction(value)
+        whole, rest = divmod(abs(value), 1)
+        sign = "-" if value < 0 else ""
+        if not rest:
+            return f"{sign}{whole}"
+        return f"{sign}{whole} {rest}" if whole else f"{sign}{rest}"
+
     def plural(n: Any, *forms: str) -> str:
         if len(forms) == 2:
             return forms[0] if abs(n) == 1 else forms[1]
@@ -231,8 +301,8 @@ def _pure_functions() -> dict[str, Callable[..., Any]]:
 
     return {
         **LANGUAGE_FUNCTIONS,
-        "int": int,
-        "float": float,
+        "int": to_int,
+        "float": lambda value: float(_number(value)),
         "str": _display,
         "len": len,
         "abs": abs,
@@ -247,7 +317,8 @@ def _pure_functions() -> dict[str, Callable[..., Any]]:
         "Fraction": fraction,
         "fix_floats": fix_floats,
         "plural": plural,
-        "to_title": lambda text: text[:1].upper() + text[1:],
+        "to_title": lambda text: _display(text)[:1].upper() + _display(text)[1:],
+        "format_frac": format_frac,
         "range": lambda *args: range(*args),
         "range_list": lambda start, stop, step=1: to_list(range(start, stop, step)),
         "numbers_within": lambda low, high: range(low, high + 1),
@@ -256,11 +327,21 @@ def _pure_functions() -> dict[str, Callable[..., Any]]:
     }
 
 
-def _range_words(start: int, end: int, step: int, words: Sequence[str]) -> list[tuple[str, int]]:
+def _range_words(start: int, end: int, step: int, words: Sequence[str]) -> list[Pair]:
     """``range_str``'s candidates: (word, value) for value in start..end (inclusive, as the package does)."""
     if max(abs(start), abs(end)) > MAX_SEQUENCE:
         raise UnsafeExpressionError(f"range_str() bounds beyond ±{MAX_SEQUENCE}")
-    return [(words[i - 1], i) for i in range(start, end + 1, step) if 0 < i <= len(words)]
+    return [Pair(words[i - 1], i, i) for i in range(start, end + 1, step) if 0 < i <= len(words)]
+
+
+def _randint_range(low: int, high: int | None, size: int | None) -> range:
+    """The values ``np.random.randint(low, high, size)`` draws from: [low, high), or [0, low) without high."""
+    low, high = (0, low) if high is None else (low, high)
+    if size is not None and (not isinstance(size, int) or not 0 < size <= MAX_SEQUENCE):
+        raise UnsafeExpressionError(f"np.random.randint() size must be 1 to {MAX_SEQUENCE}, got {size}")
+    if low >= high:
+        raise EvaluationError(f"np.random.randint({low}, {high}) is empty")
+    return range(low, high)
 
 
 def _functions(rng: random.Random) -> dict[str, Callable[..., Any]]:
@@ -271,10 +352,19 @@ def _functions(rng: random.Random) -> dict[str, Callable[..., Any]]:
         if not items:
             raise EvaluationError("sample() of an empty sequence")
         if k == 1:
-            return rng.choice(items)
+            return _item(rng.choice(items))
         if not isinstance(k, int) or not 0 <= k <= min(len(items), MAX_SEQUENCE):
             raise EvaluationError(f"sample() of {k} items from {len(items)}")
-        return rng.sample(items, k)
+        return [_item(i) for i in rng.sample(items, k)]
+
+    def shuffle_list(seq: Any) -> list[Any]:
+        items = list(_bounded(seq, materialize=True))
+        rng.shuffle(items)
+        return items
+
+    def randint_array(low: int, high: int | None = None, size: int | None = None) -> Any:
+        values = _randint_range(low, high, size)
+        return rng.choice(values) if size is None else [rng.choice(values) for _ in range(size)]
 
     def sample_sequential(seq: Any, n: int) -> list[Any]:
         items = _bounded(seq)
@@ -295,14 +385,18 @@ def _functions(rng: random.Random) -> dict[str, Callable[..., Any]]:
             raise EvaluationError(f"arange({start}, {stop}, {step}) is empty")
         return rng.choice(values)
 
-    return {
-        **_pure_functions(),
-        "sample": sample,
-        "sample_sequential": sample_sequential,
-        "range_str": range_str,
-        "arange": arange,
-        "randint": lambda low, high: rng.randint(low, high),
-    }
+    return _on_numbers(
+        {
+            **_pure_functions(),
+            "sample": sample,
+            "sample_sequential": sample_sequential,
+            "shuffle_list": shuffle_list,
+            "range_str": range_str,
+            "arange": arange,
+            "randint": lambda low, high: rng.randint(low, high),
+            "np.random.randint": randint_array,
+        }
+    )
 
 
 def _candidate_functions() -> dict[str, Callable[..., Any]]:
@@ -311,7 +405,7 @@ def _candidate_functions() -> dict[str, Callable[..., Any]]:
     def sample(seq: Any, k: int = 1) -> Choices:
         items = _bounded(seq, materialize=True)
         if k == 1:
-            return Choices(items)
+            return Choices(_item(i) for i in items)
         if not isinstance(k, int) or math.perm(len(items), k) > MAX_SEQUENCE:
             raise UnsafeExpressionError("too many draws to enumerate")
         return Choices(itertools.permutations(items, k))
@@ -320,19 +414,37 @@ def _candidate_functions() -> dict[str, Callable[..., Any]]:
         items = _bounded(seq, materialize=True)
         return Choices(tuple(items[(s + i) % len(items)] for i in range(n)) for s in range(len(items)))
 
-    return {
-        **_pure_functions(),
-        "sample": sample,
-        "sample_sequential": sample_sequential,
-        "range_str": lambda start, end, step, words: Choices(_range_words(start, end, step, _bounded(words))),
-        "arange": lambda start, stop, step=1: _float_steps(start, stop, step, inclusive=True),
-        "randint": lambda low, high: range(low, high + 1),
-    }
+    return _on_numbers(
+        {
+            **_pure_functions(),
+            "sample": sample,
+            "sample_sequential": sample_sequential,
+            # As a constant where a line draws one item of theirs (see _drawn_through).
+            "shuffle_list": lambda seq: list(_bounded(seq, materialize=True)),
+            "range_str": lambda start, end, step, words: Choices(_range_words(start, end, step, _bounded(words))),
+            "arange": lambda start, stop, step=1: _float_steps(start, stop, step, inclusive=True),
+            "randint": lambda low, high: range(low, high + 1),
+            "np.random.randint": lambda low, high=None, size=None: _randint_range(low, high, size),
+        }
+    )
+
+
+_RANDOM = frozenset(
+    {"sample", "sample_sequential", "shuffle_list", "range_str", "arange", "randint", "np.random.randint", "range",
+     "numbers_within"}
+)  # fmt: skip
+_SAMPLING = frozenset({"sample", "sample_sequential"})  # the calls whose list a name keeps
+_ITEM_PRESERVING = frozenset({"shuffle_list", "np.random.randint"})  # one item of theirs is one of their values
+_ITEM_WISE = frozenset({"fix_floats", "list"})  # calls that keep a list's items, each in its place
+
+
+def _calls(tree: ast.AST, names: frozenset[str]) -> list[ast.Call]:
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and dotted_name(n.func) in names]
 
 
 def _compile(where: str, template_id: str, number: int, text: str) -> ast.Expression:
     try:
-        return compile_expression(text)
+        return compile_expression(NUMBER_MARK.sub(lambda m: m.group(1) or "", text))
     except UnsafeExpressionError as error:
         raise TemplateError(f"{where}: template {template_id}, line {number} ({text!r}): {error}") from error
 
@@ -372,7 +484,8 @@ def parse_template(record: dict[str, Any], where: str = "template", template_id:
             )
             if not all(n.isidentifier() for n in names):
                 raise TemplateError(f"{where}: template {template_id}, line {number} ({item!r}): bad names {names}")
-            bindings.append(_Statement(number, item, _compile(where, template_id, number, match.group(2)), names))
+            tree = _compile(where, template_id, number, match.group(2))
+            bindings.append(_Statement(number, item, tree, names, len(names) == 1 and not _calls(tree, _SAMPLING)))
         elif section == "conditions":
             conditions.append(_Statement(number, item, _compile(where, template_id, number, item)))
         elif answer is None:
@@ -386,7 +499,9 @@ def parse_template(record: dict[str, Any], where: str = "template", template_id:
         if final:  # the published golds were rendered from this slot, so it is the gold where a template has it
             gold = _Statement(0, f"#### {{{final.group(1)}}}", slots[final.group(1).strip()])
     if gold is None and answer is not None:
-        gold = _Statement(answer[0], answer[1], _compile(where, template_id, *answer))
+        braced = BRACED.match(answer[1])
+        expression = braced[1] if braced else answer[1]
+        gold = _Statement(answer[0], answer[1], _compile(where, template_id, answer[0], expression))
     if gold is None:
         raise TemplateError(f"{where}: template {template_id}: no '#answer: expression' line; add one")
     expected = record.get("answer")
@@ -408,11 +523,14 @@ def parse_template(record: dict[str, Any], where: str = "template", template_id:
 
 
 def _bind(template: Template, binding: _Statement, value: Any, values: dict, shown: dict, rng: Any) -> None:
-    """Bind ``value`` to the names of ``binding``: one name draws from a range/Choices, a tuple of names unpacks."""
-    if len(binding.names) == 1 and isinstance(value, (range, Choices)):
+    """Bind ``value`` to the names of ``binding``: one name draws from a range/Choices (or a list, where it draws
+    an item), a tuple of names unpacks."""
+    if len(binding.names) == 1 and (
+        isinstance(value, (range, Choices)) or (binding.draws_item and type(value) in (list, tuple))
+    ):
         if not value:
-            raise EvaluationError("draws from an empty range")
-        value = rng.choice(value)
+            raise EvaluationError("draws from an empty range or list")
+        value = _item(rng.choice(value))
     parts = _split(template, binding, value)
     for name, part in zip(binding.names, parts, strict=True):
         shown[name] = part
@@ -482,7 +600,15 @@ def _condition_schedule(template: Template, order: list[int]) -> list[list[_Stat
     return schedule
 
 
-_RANDOM = frozenset({"sample", "sample_sequential", "range_str", "arange", "randint", "range", "numbers_within"})
+def _drawn_through(binding: _Statement) -> ast.Call | None:
+    """The ``shuffle_list``/``np.random.randint`` call a one-name line draws an item of (through ``fix_floats``
+    or ``list``): one item of a shuffled list, or of randint's array, is one drawn from its values, so that call
+    enumerates like a constant; anywhere else (``shuffle_list(xs)[0]``) it does not."""
+    node = binding.tree.body
+    while isinstance(node, ast.Call) and dotted_name(node.func) in _ITEM_WISE and len(node.args) == 1:
+        node = node.args[0]
+    preserving = isinstance(node, ast.Call) and dotted_name(node.func) in _ITEM_PRESERVING
+    return node if binding.draws_item and preserving else None
 
 
 def _candidates(template: Template, binding: _Statement, bound: set[str]) -> Sequence[Any] | None:
@@ -494,7 +620,8 @@ def _candidates(template: Template, binding: _Statement, bound: set[str]) -> Seq
     candidates return None and are evaluated at every draw.
     """
     body = binding.tree.body
-    calls = [n for n in ast.walk(body) if isinstance(n, ast.Call) and dotted_name(n.func) in _RANDOM]
+    through = _drawn_through(binding)
+    calls = [call for call in _calls(body, _RANDOM) if call is not through]
     used = {n.id for n in ast.walk(body) if isinstance(n, ast.Name)}
     if used & bound or calls[1:] or (calls and calls[0] is not body):
         return None
@@ -503,10 +630,95 @@ def _candidates(template: Template, binding: _Statement, bound: set[str]) -> Seq
     except UnsafeExpressionError:
         return None
     if not calls:  # a constant; one name bound to a list draws one of its items, as the package does
-        return value if len(binding.names) == 1 and isinstance(value, (list, tuple)) and value else [value]
+        if binding.draws_item and isinstance(value, (list, tuple)) and not isinstance(value, Pair) and value:
+            return [_item(v) for v in value]
+        return [value]
     if isinstance(value, range) and len(binding.names) > 1:
         return None
     return value if isinstance(value, (range, Choices)) and value else None
+
+
+@dataclass(frozen=True)
+class _Pin:
+    """A binding that an equality condition pins: drawn as the value the other side needs, not by rejection."""
+
+    condition: _Statement
+    other: ast.Expression  # the side of ``name == other`` that does not name the binding
+    table: dict[Any, list[tuple[tuple, tuple]]] | range  # number -> its candidates, as (spellings, numbers)
+    most: int  # the most candidates one number has
+
+    def entries(self, value: Any) -> list[tuple[tuple, tuple]] | None:
+        """The candidates equal to ``value``: a range has one or none, however long it is."""
+        if isinstance(self.table, range):
+            return [((int(value),), (int(value),))] if _is_number(value) and contains(self.table, value) else None
+        try:
+            return self.table.get(value)
+        except TypeError:  # an unhashable value (a list) equals no candidate
+            return None
+
+
+def _pin_table(template: Template, binding: _Statement, candidates: Sequence[Any]) -> dict | range | None:
+    """The candidates of ``binding`` by the number each compares as; None where they cannot be tabled."""
+    if isinstance(candidates, range):
+        return candidates
+    if len(candidates) > MAX_SEQUENCE:
+        return None
+    table: dict[Any, list[tuple[tuple, tuple]]] = {}
+    try:
+        for candidate in candidates:
+            if isinstance(candidate, (range, Choices)):
+                return None
+            parts = _split(template, binding, candidate)
+            numbers = tuple(check_value(_number(p)) for p in parts)
+            table.setdefault(operand(numbers[0]), []).append((tuple(parts), numbers))
+    except (UsageError, TypeError):  # a candidate that fails to split, or a list (unhashable)
+        return None
+    return table or None
+
+
+def _pins(template: Template, candidates: list[Sequence[Any] | None]) -> dict[int, _Pin]:
+    """The bindings pinned by a condition ``name == expression`` (``ans == n - m * k``), by binding index.
+
+    Drawing ``name`` from its candidates and rejecting unequal draws is exact but needs about as many draws as
+    it has candidates; taking a candidate equal to the other side instead, accepted with probability (its
+    candidates with that number) / (the most any number has), gives the same distribution in one draw. Only a
+    one-name line drawn from fixed candidates that no other line uses is pinned, by a side without random calls
+    whose names can all be bound first: a pin's side may name earlier pins, never the reverse.
+    """
+    owner = {name: i for i, binding in enumerate(template.bindings) for name in binding.names}
+    used = {name for binding in template.bindings for name in _names_in(binding)}
+    pins: dict[int, _Pin] = {}
+    needed: set[str] = set()  # the names the pins so far compute from
+    for condition in template.conditions:
+        body = condition.tree.body
+        if not (isinstance(body, ast.Compare) and len(body.ops) == 1 and isinstance(body.ops[0], ast.Eq)):
+            continue
+        for side, other in ((body.left, body.comparators[0]), (body.comparators[0], body.left)):
+            index = owner.get(side.id) if isinstance(side, ast.Name) else None
+            if index is None or index in pins or candidates[index] is None or side.id in used:
+                continue
+            names = {n.id for n in ast.walk(other) if isinstance(n, ast.Name)}
+            single = len(template.bindings[index].names) == 1
+            if not single or side.id in names | needed or _calls(other, _RANDOM):
+                continue
+            table = _pin_table(template, template.bindings[index], candidates[index])
+            if table:
+                most = 1 if isinstance(table, range) else max(len(entries) for entries in table.values())
+                pins[index] = _Pin(condition, ast.Expression(body=other), table, most)
+                needed |= names
+                break
+    return pins
+
+
+def _place_pins(template: Template, order: list[int], pins: dict[int, _Pin]) -> list[int]:
+    """``order`` with each pinned binding moved right after the bindings its other side uses (earlier pins too:
+    they are placed first)."""
+    owner = {name: i for i, binding in enumerate(template.bindings) for name in binding.names}
+    order = [i for i in order if i not in pins]
+    for index, pin in pins.items():
+        needs = [owner[n.id] for n in ast.walk(pin.other) if isinstance(n, ast.Name) and n.id in owner]
+        order.insert(max((order.index(i) for i in needs), default=-1) + 1, index)
+    return order
 
 
 def _note(failures: dict[_Statement, tuple[int, str]], statement: _Statement, message: str) -> None:
@@ -522,11 +734,12 @@ class _Sampler:
         self.functions = _functions(rng)
         bound = {name for binding in template.bindings for name in binding.names}
         candidates = [_candidates(template, binding, bound) for binding in template.bindings]
-        order = _draw_order(template, [c is not None for c in candidates])
+        pins = _pins(template, candidates)
+        order = _place_pins(template, _draw_order(template, [c is not None for c in candidates]), pins)
         prepared = [
             c if c is None else _prepare(template, b, c) for b, c in zip(template.bindings, candidates, strict=True)
         ]
-        self.steps = [(template.bindings[i], candidates[i], prepared[i]) for i in order]
+        self.steps = [(template.bindings[i], candidates[i], prepared[i], pins.get(i)) for i in order]
         self.schedule = _condition_schedule(template, order)
         self.accepted = self.spent = 0  # instances made and the draws they took, for the draw budget
 
@@ -544,6 +757,20 @@ class _Sampler:
                 return False
         return True
 
+    def _pinned(self, pin: _Pin, values: dict, failures: dict) -> tuple[tuple, tuple] | None:
+        """The candidate equal to the pin's other side, or None (the draw is rejected)."""
+        try:
+            entries = pin.entries(operand(evaluate(pin.other, values, self.functions)))
+        except EvaluationError as error:
+            _note(failures, pin.condition, str(error))
+            return None
+        except UnsafeExpressionError as error:
+            raise self.template.error(str(error), pin.condition) from error
+        if not entries or (len(entries) < pin.most and self.rng.randrange(pin.most) >= len(entries)):
+            _note(failures, pin.condition, "false")
+            return None
+        return entries[0] if len(entries) == 1 else self.rng.choice(entries)
+
     def draw(self, failures: dict) -> tuple[dict, dict] | None:
         """One draw that passes every condition, as (values, spellings), or None if rejected."""
         template = self.template
@@ -551,12 +778,14 @@ class _Sampler:
         shown: dict[str, Any] = {}
         if not self._check(self.schedule[0], values, failures):
             return None
-        for index, (binding, candidates, prepared) in enumerate(self.steps, start=1):
+        for index, (binding, candidates, prepared, pin) in enumerate(self.steps, start=1):
             try:
-                if prepared is not None:  # the fast path: one choice among candidates split once
-                    spellings, numbers = self.rng.choice(prepared)
-                    shown.update(zip(binding.names, spellings, strict=True))
-                    values.update(zip(binding.names, numbers, strict=True))
+                if pin is not None or prepared is not None:  # the fast paths: candidates split once
+                    chosen = self.rng.choice(prepared) if pin is None else self._pinned(pin, values, failures)
+                    if chosen is None:
+                        return None
+                    shown.update(zip(binding.names, chosen[0], strict=True))
+                    values.update(zip(binding.names, chosen[1], strict=True))
                 elif candidates is None:
                     _bind(template, binding, evaluate(binding.tree, values, self.functions), values, shown, self.rng)
                 else:
@@ -594,6 +823,7 @@ class _Sampler:
 
 def gold_text(value: Any) -> str:
     """A gold answer as text: integers exactly, other reals to 10 significant digits; anything else refused."""
+    value = operand(value)
     if isinstance(value, bool) or not isinstance(value, (int, float, Fraction)):
         raise EvaluationError(f"the answer {value!r} is not a number")
     if isinstance(value, float) and not math.isfinite(value):
@@ -622,8 +852,8 @@ def render(template: Template, values: dict, shown: dict, functions: dict) -> tu
         slots = template.solution_slots
 
         def solution_slot(match: re.Match) -> str:
-            try:
-                return _display(evaluate(slots[match.group(1).strip()], values, functions))
+            try:  # a Pair shows its number: the published worked answers read "3 * 4" where the question says triple
+                return _display(operand(evaluate(slots[match.group(1).strip()], values, functions)))
             except UnsafeExpressionError as error:
                 raise template.error(f"answer_annotated slot {{{match.group(1)}}}: {error}") from error
 
@@ -638,38 +868,46 @@ def instantiate(template: Template | dict[str, Any], rng: random.Random) -> tupl
     return question, gold
 
 
+def _default_parts(binding: _Statement, value: Any, defaults: dict[str, str]) -> list[Any] | None:
+    """The values of ``binding``'s names in the one candidate of ``value`` its defaults fit, else None."""
+    if isinstance(value, (range, Choices)):
+        candidates = value[:MAX_SEQUENCE]
+    elif binding.draws_item and isinstance(value, (list, tuple)) and not isinstance(value, Pair):
+        candidates = [_item(v) for v in value[:MAX_SEQUENCE]]
+    else:
+        candidates = [value]
+    matches = []
+    for candidate in candidates:
+        parts = [candidate] if len(binding.names) == 1 else list(candidate)
+        if len(parts) != len(binding.names):
+            parts = [x for p in parts for x in (p if isinstance(p, (list, tuple)) else [p])]
+        if len(parts) == len(binding.names) and all(
+            n not in defaults or _display(p) == defaults[n] or _number(p) == _number(defaults[n])
+            for n, p in zip(binding.names, parts, strict=True)
+        ):
+            matches.append(parts)
+    return matches[0] if matches and all(m == matches[0] for m in matches) else None
+
+
 def default_answer(template: Template) -> str | None:
     """The gold of the template's default instance (the slots' defaults), or None where the defaults leave it open.
 
     Names without a slot are recovered from the candidates of their line (``word, n = sample(multi_times)``
-    with ``{word,twice}`` gives ``n = 2``); a line with several consistent candidates leaves the answer open.
+    with ``{word,twice}`` gives ``n = 2``), and so is a word that is a pair's (``{mult,triple}`` is 3); a line
+    with several consistent candidates leaves the answer open.
     """
     defaults = {name: value.strip() for name, value in SLOT.findall(template.question)}
     values: dict[str, Any] = dict(template.lists)
     functions = _candidate_functions()
     for binding in template.bindings:
-        if all(n in defaults for n in binding.names):
-            for name in binding.names:
-                values[name] = _number(defaults[name])
-            continue
-        try:
-            value = evaluate(binding.tree, values, functions)
-        except UnsafeExpressionError:
+        given = [defaults.get(n) for n in binding.names]
+        parts = None if None in given else given
+        if parts is None or (len(given) == 1 and isinstance(_number(given[0]), str)):
+            with contextlib.suppress(UnsafeExpressionError):  # then the defaults as they are, if every name has one
+                parts = _default_parts(binding, evaluate(binding.tree, values, functions), defaults) or parts
+        if parts is None:
             return None
-        candidates = value[:MAX_SEQUENCE] if isinstance(value, (range, Choices)) else [value]
-        matches = []
-        for candidate in candidates:
-            parts = [candidate] if len(binding.names) == 1 else list(candidate)
-            if len(parts) != len(binding.names):
-                parts = [x for p in parts for x in (p if isinstance(p, (list, tuple)) else [p])]
-            if len(parts) == len(binding.names) and all(
-                n not in defaults or _display(p) == defaults[n] or _number(p) == _number(defaults[n])
-                for n, p in zip(binding.names, parts, strict=True)
-            ):
-                matches.append(parts)
-        if not matches or any(m != matches[0] for m in matches):
-            return None
-        for name, part in zip(binding.names, matches[0], strict=True):
+        for name, part in zip(binding.names, parts, strict=True):
             values[name] = _number(part)
     try:
         return gold_text(evaluate(template.answer.tree, values, functions))
