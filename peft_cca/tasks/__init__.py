@@ -3,19 +3,25 @@
 Public API::
 
     load_problems(spec, limit=None) -> list[Problem]      # spec syntax: see peft_cca.tasks.sources
-    build_prompt(tokenizer, problem, style="chat") -> str; encode_prompt(tokenizer, text) -> list[int]
+    build_prompt(tokenizer, problem, style="chat", options=None) -> str; encode_prompt(tokenizer, text) -> list[int]
+    prompt_options(problems, split_of, template=None, shots=0, seed=0) -> PromptOptions  # template, k-shot
     stop_strings(style) -> tuple[str, ...]
     score(problem, completion) -> bool                   # or problem.score(completion)
     assign_splits(problems, seed=0) -> {problem_id: "train"|"validation"|"test"}
 """
 
 from peft_cca.tasks.answers import extract_number, extract_text, score_numeric
+from peft_cca.tasks.checkers import FORMATS as ANSWER_FORMATS
 from peft_cca.tasks.problem import Problem, score
 from peft_cca.tasks.prompts import (
     DEFAULT_PROMPT_STYLE,
     PROMPT_STYLES,
+    PromptOptions,
+    PromptTemplate,
+    answer_target,
     build_prompt,
     encode_prompt,
+    prompt_options,
     resolve_prompt_style,
     stop_strings,
 )
@@ -32,11 +38,15 @@ DEFAULT_TASK = "rg:chain_sum?min_terms=2&max_terms=2&min_digits=1&max_digits=1&s
 DEFAULT_RETENTION_TASKS = ("aiw", "number_sequence", "products", "gcd")
 
 __all__ = [
+    "ANSWER_FORMATS",
     "DEFAULT_PROMPT_STYLE",
     "DEFAULT_RETENTION_TASKS",
     "DEFAULT_TASK",
     "PROMPT_STYLES",
     "Problem",
+    "PromptOptions",
+    "PromptTemplate",
+    "answer_target",
     "assign_splits",
     "build_prompt",
     "encode_prompt",
@@ -45,6 +55,7 @@ __all__ = [
     "groups_below",
     "load_problems",
     "parse_spec",
+    "prompt_options",
     "resolve_prompt_style",
     "score",
     "score_numeric",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 
 ANSWER_CUE = re.compile(r"answer is", re.IGNORECASE)
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -95,3 +96,74 @@ def numbers_equal(predicted: str | None, gold: str) -> bool:
 def score_numeric(completion: str, gold: str) -> bool:
     """The authors' GSM scoring of one completion."""
     return numbers_equal(extract_number(completion), gold)
+
+
+def normalize_answer(text: str) -> str:
+    """``text`` for exact-match comparison: Unicode-normalised, case-folded, single-spaced, without the
+    punctuation and symbols around it ("Paris." and " *paris* " are both "paris"). Inner punctuation stays, so
+    "3.5" never equals "35"."""
+    words = unicodedata.normalize("NFKC", text).casefold().split()
+    joined = " ".join(words)
+    start, end = 0, len(joined)
+    while start < end and unicodedata.category(joined[start])[0] in "PS":
+        start += 1
+    while end > start and unicodedata.category(joined[end - 1])[0] in "PS":
+        end -= 1
+    return joined[start:end].strip()
+
+
+def same_answer(candidate: str, gold: str) -> bool:
+    """Normalised exact match, or numeric equality when both are numbers (so "12.0" is "12", "1,000" is "1000")."""
+    if normalize_answer(candidate) == normalize_answer(gold):
+        return True
+    return parse_number(candidate) is not None and numbers_equal(candidate, gold)
+
+
+def choice_letter(index: int) -> str:
+    """The letter of choice ``index`` (0 is "A")."""
+    return chr(ord("A") + index)
+
+
+def extract_choice(text: str, choices: tuple[str, ...]) -> int | None:
+    """The index of the choice a completion gives, or None.
+
+    Read from the final free-text answer (see :func:`extract_text`): the text of one of the choices, else a lone
+    letter ("b", "(B)", "B."), else the first capital letter standing alone among the valid ones ("option B",
+    "B) Paris").
+    """
+    candidate = extract_text(text)
+    if candidate is None:
+        return None
+    normalised = normalize_answer(candidate)
+    texts = [normalize_answer(choice) for choice in choices]
+    if normalised in texts and texts.count(normalised) == 1:
+        return texts.index(normalised)
+    letters = "".join(choice_letter(i) for i in range(len(choices)))
+    if len(normalised) == 1 and normalised.upper() in letters:
+        return letters.index(normalised.upper())
+    alone = re.search(rf"(?<![A-Za-z])[{letters}](?![A-Za-z])", candidate) if letters else None
+    return letters.index(alone.group()) if alone else None
+
+
+def extract_pattern(text: str, pattern: str) -> str | None:
+    """The first match of ``pattern`` in the answer cut of ``text``: its first non-empty group, else the whole
+    match (lm-eval's regex filter); None without a match."""
+    match = re.search(pattern, answer_cut(text))
+    if match is None:
+        return None
+    groups = [group for group in match.groups() if group]
+    return groups[0] if groups else match.group()
+
+
+def last_boxed(text: str) -> str | None:
+    r"""The content of the last ``\boxed{...}`` (or ``\fbox{...}``) in ``text``, braces balanced; None without one."""
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        return None
+    opening = text.index("{", start)
+    depth = 0
+    for position in range(opening, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[position], 0)
+        if depth == 0:
+            return text[opening + 1 : position].strip()
+    return None

@@ -17,7 +17,9 @@ class Problem:
     reasoning-gym task (and generator) name. ``solution`` is the worked reasoning where the source has one
     (GSM-Symbolic's text before ``####``, a template's ``answer_annotated``), the target LoRA's SFT learns from;
     None for generated tasks without one. ``scorer`` takes the raw completion text; sources set it so that
-    each task is scored the way its authors score it.
+    each task is scored the way its authors score it (generic sources: the spec's answer checker).
+    ``metadata`` holds what else a source knows: for ``hf:``/``file:`` rows, the row (``fields``), the question
+    field's text before any choice listing (``question``) and the choices (``choices``).
     """
 
     id: str
@@ -28,6 +30,16 @@ class Problem:
     solution: str | None = None
     scorer: Callable[[str], bool] | None = field(default=None, compare=False, repr=False)
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The source row (``hf:``/``file:`` sources keep it in ``metadata["fields"]``), for prompt templates."""
+        return self.metadata.get("fields", {})
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The answer choices of a multiple-choice problem (its question lists them), else empty."""
+        return tuple(self.metadata.get("choices", ()))
 
     def score(self, completion: str) -> bool:
         """Whether ``completion`` is right; unparseable or odd output is wrong, never an exception."""

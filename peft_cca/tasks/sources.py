@@ -12,6 +12,12 @@ Syntax: ``<kind>:<target>[?key=value&key=value...]``
   of the package such as ``eng``), ``size`` instances per template.
 - ``template:<path>?size=50&seed=0`` fresh instances of annotated GSM-Symbolic templates of your own (a JSON
   object or a list of them, JSONL, TOML, or a folder of such files), ``size`` instances per template.
+- ``hf:<dataset id>?config=<name>&split=<split>&question=<field>&answer=<field>`` any hub dataset (or a local
+  dataset folder) through ``datasets``, e.g. ``hf:openai/gsm8k?config=main&split=test``.
+- ``file:<path>?question=<field>&answer=<field>`` a JSONL, JSON, CSV, TSV or Parquet file of your own.
+  ``hf:`` and ``file:`` also take ``group``, ``choices``, ``id``, ``solution`` (fields, dotted paths reach nested
+  ones) and ``format=numeric|string|choice|math|regex:<pattern>`` or ``scorer=<module>:<function>``; their
+  values are kept as written (no number or comma conversion), see :mod:`peft_cca.tasks.dataset_source`.
 
 Several specs can be joined with ``;`` to make one suite; problem ids must stay distinct across them.
 Importing this module is cheap: each source imports its libraries when it loads.
@@ -23,19 +29,25 @@ from typing import Any
 from urllib.parse import unquote
 
 from peft_cca.errors import UsageError
+from peft_cca.tasks.dataset_source import FILE_OPTIONS, HF_OPTIONS, load_dataset_problems
 from peft_cca.tasks.problem import Problem
 
-SPEC_KINDS = ("rg", "gsm-symbolic", "gsm-symbolic-file", "gsm-symbolic-templates", "template")
+SPEC_KINDS = ("rg", "gsm-symbolic", "gsm-symbolic-file", "gsm-symbolic-templates", "template", "hf", "file")
+# kinds whose option values are field names, split expressions, patterns and module paths: kept as written
+RAW_VALUE_KINDS = ("hf", "file")
 MAX_SIZE = 100_000  # problems per source: a size beyond it is a typo, and generating it would exhaust memory
 _OPTIONS = {  # the options each kind takes besides a reasoning-gym task's own config
     "gsm-symbolic": ("split",),
     "gsm-symbolic-file": (),
     "gsm-symbolic-templates": ("size", "seed"),
     "template": ("size", "seed"),
+    "hf": HF_OPTIONS,
+    "file": FILE_OPTIONS,
 }
 _HELP = (
     "specs: rg:<task>?size=100&seed=0&<config>, gsm-symbolic:main|p1|p2, gsm-symbolic-file:<path.jsonl>, "
-    "gsm-symbolic-templates:<language>?size=50&seed=0, template:<path>?size=50&seed=0 (join several with ';')"
+    "gsm-symbolic-templates:<language>?size=50&seed=0, template:<path>?size=50&seed=0, "
+    "hf:<dataset>?config=&split=&question=&answer=, file:<path>?question=&answer= (join several with ';')"
 )
 
 
@@ -68,7 +80,7 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
         if not eq or not key:
             raise UsageError(f"task spec {spec!r}: option {pair!r} is not key=value; {_HELP}")
         # unquote, not unquote_plus: "+" is an operator in arithmetic task configs, not a space.
-        options[unquote(key)] = _parse_value(unquote(value))
+        options[unquote(key)] = unquote(value) if kind in RAW_VALUE_KINDS else _parse_value(unquote(value))
     unknown = sorted(set(options) - set(_OPTIONS.get(kind, options)))
     if unknown:
         raise UsageError(f"task spec {spec!r}: unknown option(s) {', '.join(unknown)}; {kind}: takes {_OPTIONS[kind]}")
@@ -113,6 +125,8 @@ def _load_one(spec: str, limit: int | None) -> list[Problem]:
         from peft_cca.tasks.gsm_symbolic import load_gsm_symbolic_hub
 
         return load_gsm_symbolic_hub(target, **options)
+    if kind in RAW_VALUE_KINDS:
+        return load_dataset_problems(kind, target, options, limit)
     if kind == "gsm-symbolic-file":
         from peft_cca.tasks.gsm_symbolic import load_gsm_symbolic_file
 
