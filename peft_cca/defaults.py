@@ -44,3 +44,29 @@ class LoraSettings:
     eval_every: int = 10
     max_length: int | None = None  # None: the longest example's tokens (nothing is cut)
     max_steps: int = -1  # > 0 caps the run (tests, quick looks)
+
+
+# `peft-cca calibrate`: the base-accuracy band of a retention task that can show forgetting, and the candidates
+RETENTION_BAND = (0.3, 0.7)
+# reasoning-gym generators with a checkable answer that a small model can partly do (counting, ordering,
+# spelling, unit facts, small arithmetic), each at settings a 100M-1B model is not hopeless on
+RETENTION_CANDIDATES: tuple[str, ...] = (
+    "aiw",
+    "number_sequence",
+    "products",
+    "products?max_digits=1",
+    "products?max_digits=2",
+    "gcd?max_value=20",
+    "lcm?max_value=10",
+    "count_bits?max_n=16",
+    "base_conversion?max_value=20",
+    "leg_counting?min_animals=1&max_animals=1",
+    "letter_counting?min_words=3&max_words=5",
+    "spell_backward?min_word_len=3&max_word_len=5",
+    "word_sequence_reversal?min_words=3&max_words=4",
+    "number_sorting?min_numbers=3&max_numbers=4&min_decimals=0&max_decimals=0",
+    "basic_arithmetic?min_terms=2&max_terms=2&min_digits=1&max_digits=2",
+    "calendar_arithmetic",
+    "family_relationships?min_family_size=4&max_family_size=4",
+    "syllogism",
+)

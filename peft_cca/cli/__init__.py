@@ -13,7 +13,7 @@ import logging
 import sys
 
 # The order of the method: localize -> circuit -> amplify -> evaluate -> compare, then the extras.
-COMMANDS: tuple[str, ...] = ("localize", "circuit", "amplify", "evaluate", "compare", "lora", "demo")
+COMMANDS: tuple[str, ...] = ("localize", "circuit", "amplify", "evaluate", "compare", "lora", "calibrate", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,14 +12,19 @@ from peft_cca.tasks import DEFAULT_RETENTION_TASKS
 from peft_cca.tasks.problem import Problem
 
 RETENTION_TASKS: tuple[str, ...] = DEFAULT_RETENTION_TASKS
-# Plain encyclopedic sentences with no arithmetic: drift here is drift in general language modelling.
 
 
 def retention_problems(tasks: Sequence[str] = RETENTION_TASKS, size: int = 50, seed: int = 1234) -> list[Problem]:
-    """``size`` reasoning-gym problems per non-target task (each task is one group)."""
+    """``size`` reasoning-gym problems per non-target task (each task is one group).
+
+    A task may carry its own reasoning-gym config (``"leg_counting?max_animals=1"``).
+    """
     from peft_cca.tasks.sources import load_problems
 
-    return [p for task in tasks for p in load_problems(f"rg:{task}?size={size}&seed={seed}")]
+    def spec(task: str) -> str:
+        return f"rg:{task}{'&' if '?' in task else '?'}size={size}&seed={seed}"
+
+    return [p for task in tasks for p in load_problems(spec(task))]
 
 
 def retention(

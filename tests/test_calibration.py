@@ -1,0 +1,49 @@
+"""Calibrating the retention suite: per-task accuracy with its n and binomial stderr, and the band that keeps it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from peft_cca.cli import main
+from peft_cca.evaluation import calibration
+from peft_cca.evaluation.retention import retention_problems
+
+
+def test_binomial_stderr_by_hand():
+    assert calibration.binomial_stderr(0.5, 25) == pytest.approx(0.1)
+    assert calibration.binomial_stderr(0.0, 10) == 0.0
+    assert math.isnan(calibration.binomial_stderr(0.5, 0))
+
+
+def test_only_tasks_inside_the_band_are_chosen(monkeypatch):
+    measured = {"aiw": 0.25, "gcd": 0.3, "lcm": 0.55, "count_bits": 0.7, "syllogism": 0.75}
+
+    def fake_exact_match(model, tokenizer, problems, **kwargs):
+        task = problems[0].group_id
+        return {"micro": measured[task], "n": len(problems)}
+
+    monkeypatch.setattr(calibration, "evaluate_exact_match", fake_exact_match)
+    rows = calibration.calibrate(None, None, list(measured), size=4, seed=0)
+    assert [r["task"] for r in rows if r["in_band"]] == ["gcd", "lcm", "count_bits"]
+    assert all(r["n"] == 4 for r in rows)
+    assert rows[2]["stderr"] == pytest.approx(math.sqrt(0.55 * 0.45 / 4))
+    table = calibration.render_table("m", rows)
+    assert "| **`lcm`** | 4 | 55.0 | 24.9 |" in table and "| `aiw` |" in table
+
+
+def test_a_candidate_may_carry_its_own_config():
+    problems = retention_problems(["products?max_digits=1"], size=5, seed=3)
+    assert len(problems) == 5
+    assert all(max(map(int, p.question.split(":")[1].split(".")[0].split("*"))) < 10 for p in problems)
+
+
+def test_the_default_candidates_all_generate():
+    for task in calibration.CANDIDATES:
+        assert len(retention_problems([task], size=2, seed=0)) == 2, task
+
+
+def test_an_inverted_band_is_refused_before_the_model_loads(tmp_path, capsys):
+    assert main(["calibrate", "--low", "0.8", "--high", "0.2", "--out", str(tmp_path / "c.json")]) == 2
+    assert "--low 0.8 is above --high 0.2" in capsys.readouterr().err
