@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
+from tqdm.auto import tqdm
 
 from peft_cca.defaults import RETENTION_BAND as BAND
 from peft_cca.defaults import RETENTION_CANDIDATES as CANDIDATES
@@ -37,7 +38,7 @@ def calibrate(
 ) -> list[dict[str, Any]]:
     """``[{"task", "n", "accuracy", "stderr", "in_band"}]`` per candidate, in the order given."""
     rows = []
-    for task in candidates:
+    for task in tqdm(candidates, desc="calibrate", unit="task"):
         problems = retention_problems([task], size, seed)
         result = evaluate_exact_match(model, tokenizer, problems, **exact_match)
         accuracy, n = result["micro"], result["n"]
