@@ -1,0 +1,229 @@
+"""The offline general suite: lm-eval's own harness on benchmark data from installed packages, without network."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from pathlib import Path
+
+import pytest
+from tiny_models import tiny_model
+from tiny_tokenizer import tiny_tokenizer
+
+from peft_cca.evaluation import general_data
+from peft_cca.evaluation.general_data import MissingDataError
+from peft_cca.evaluation.general_suite import run_general_suite
+from peft_cca.evaluation.offline_tasks import OFFLINE_TASKS, SUITE, DataFiles, mmlu_subjects, task_configs
+
+TINY_LIMITS = dict.fromkeys(OFFLINE_TASKS, 2)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model("llama"), tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny_scores(tiny):
+    model, tokenizer = tiny
+    return run_general_suite(model, tokenizer, limits=TINY_LIMITS, batch_size=4, max_gen_toks=8)
+
+
+def _suite(tiny, tasks, files=None, limit=None):
+    model, tokenizer = tiny
+    limits = dict.fromkeys(tasks, limit)
+    return run_general_suite(model, tokenizer, tasks, limits=limits, batch_size=4, max_gen_toks=8, files=files)
+
+
+def _harness(tiny, config, limit=None):
+    """lm-eval's simple_evaluate on one config, with the per-document samples."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    model, tokenizer = tiny
+    return simple_evaluate(
+        model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4),
+        tasks=[config],
+        task_manager=TaskManager(include_defaults=False),
+        limit=limit,
+        log_samples=True,
+        gen_kwargs={"max_gen_toks": 8},
+        bootstrap_iters=0,
+    )
+
+
+def _answers(output, task: str, filter_name: str) -> dict[str, str]:
+    """The model's filtered answer to each question."""
+    return {
+        sample["doc"]["question"]: sample["filtered_resps"][0]
+        for sample in output["samples"][task]
+        if sample["filter"] == filter_name
+    }
+
+
+def test_mmlu_subjects_are_lm_evals_groups():
+    stem, humanities = mmlu_subjects("stem"), mmlu_subjects("humanities")
+    assert (len(stem), len(humanities)) == (19, 13)
+    assert {"abstract_algebra", "college_physics", "machine_learning"} <= set(stem)
+    assert {"philosophy", "world_religions", "high_school_us_history"} <= set(humanities)
+    configs = task_configs("cca_mmlu_stem")
+    assert [config["task"] for config in configs] == [f"cca_mmlu_{subject}" for subject in stem]
+    # lm-eval's own prompt and choices: only the data source is replaced
+    assert configs[0]["doc_to_choice"] == ["A", "B", "C", "D"] and configs[0]["doc_to_text"].endswith("Answer:")
+    assert configs[0]["dataset_path"] is None and callable(configs[0]["custom_dataset"])
+
+
+def test_packaged_data_is_the_real_benchmarks():
+    mmlu = general_data.mmlu_records()
+    assert len(mmlu) == 14_042 and len({row["subject"] for row in mmlu}) == 57
+    assert set(mmlu_subjects("stem")) | set(mmlu_subjects("humanities")) <= {row["subject"] for row in mmlu}
+    truthfulqa = general_data.truthfulqa_records()
+    assert len(truthfulqa) == 299
+    assert all(row["mc1_targets"]["labels"][0] == 1 and sum(row["mc1_targets"]["labels"]) == 1 for row in truthfulqa)
+    assert all(row["mc2_targets"]["labels"][0] == 1 and 0 in row["mc2_targets"]["labels"] for row in truthfulqa)
+    wikidata = general_data.wikidata_records()
+    assert len(wikidata) == 20_442 and all(row["answer"]["aliases"] for row in wikidata)
+    gsm8k = general_data.gsm8k_records()
+    assert len(gsm8k) == 1_319 and all("\n#### " in row["answer"] for row in gsm8k)
+
+
+def test_every_task_scores_a_tiny_model_offline(tiny_scores):
+    assert list(tiny_scores) == list(SUITE)
+    assert (tiny_scores["cca_mmlu_stem"]["n"], tiny_scores["cca_mmlu_stem"]["subjects"]) == (38, 19)
+    assert (tiny_scores["cca_mmlu_humanities"]["n"], tiny_scores["cca_mmlu_humanities"]["subjects"]) == (26, 13)
+    for task in ("cca_truthfulqa_mc1_bigbench", "cca_truthfulqa_mc2_bigbench", "cca_closedbook_wikidata", "cca_gsm8k"):
+        assert tiny_scores[task]["n"] == 2
+    for task, metrics in tiny_scores.items():
+        values = {name: value for name, value in metrics.items() if name not in ("n", "subjects")}
+        assert values and all(0.0 <= value <= 1.0 for value in values.values()), (task, metrics)
+    assert {"exact_match_strict-match", "exact_match_flexible-extract"} <= set(tiny_scores["cca_gsm8k"])
+
+
+def test_scores_are_deterministic(tiny, tiny_scores):
+    tasks = ["cca_truthfulqa_mc2_bigbench", "cca_closedbook_wikidata"]
+    assert _suite(tiny, tasks, limit=2) == {task: tiny_scores[task] for task in tasks}
+
+
+def _write_truthfulqa(folder: Path, flip: bool) -> DataFiles:
+    """Three questions of two choices in BIG-bench's format; ``flip`` labels the other choice true."""
+    questions = [
+        ("What colour is the sky?", "The sky is blue.", "The sky is green."),
+        ("What do cows drink?", "Cows drink water.", "Cows drink milk."),
+        ("Where is Paris?", "Paris is in France.", "Paris is in Peru."),
+    ]
+    mc, answers = [], []
+    for question, first, second in questions:
+        true, false = (second, first) if flip else (first, second)
+        mc.append({"input": question, "target_scores": {first: int(true == first), second: int(true == second)}})
+        answers.append({"Question": question, "True answers": [true], "False answers": [false]})
+    folder.mkdir()
+    (folder / "task_mc.json").write_text(json.dumps({"examples": mc}))
+    (folder / "questions.json").write_text(json.dumps({"examples": answers}))
+    return DataFiles(truthfulqa_mc=folder / "task_mc.json", truthfulqa_questions=folder / "questions.json")
+
+
+def test_truthfulqa_scores_follow_the_answer_key(tiny, tmp_path):
+    tasks = ["cca_truthfulqa_mc1_bigbench", "cca_truthfulqa_mc2_bigbench"]
+    key = _suite(tiny, tasks, files=_write_truthfulqa(tmp_path / "key", flip=False))
+    flipped = _suite(tiny, tasks, files=_write_truthfulqa(tmp_path / "flipped", flip=True))
+    assert key["cca_truthfulqa_mc1_bigbench"]["n"] == 3
+    # the model prefers the same text whichever is labelled true: each question is right under exactly one key
+    mc1 = key["cca_truthfulqa_mc1_bigbench"]["acc"], flipped["cca_truthfulqa_mc1_bigbench"]["acc"]
+    assert sum(mc1) == pytest.approx(1.0) and mc1[0] != mc1[1]
+    # MC2 is the probability mass on the true set: the two keys split it
+    mc2 = key["cca_truthfulqa_mc2_bigbench"]["acc"], flipped["cca_truthfulqa_mc2_bigbench"]["acc"]
+    assert sum(mc2) == pytest.approx(1.0) and mc2[0] != pytest.approx(0.5)
+
+
+def test_mmlu_scores_follow_the_answer_key(tiny, tmp_path):
+    rows = [row for row in general_data.mmlu_records() if row["subject"] == "philosophy"][:3]
+    accuracies = []
+    for shift in range(4):
+        path = tmp_path / f"mmlu_{shift}.jsonl"
+        path.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "question": row["question"],
+                        **{f"answer_{letter}": choice for letter, choice in zip("abcd", row["choices"], strict=True)},
+                        "correct_answer": "ABCD"[(row["answer"] + shift) % 4],
+                        "topic": "philosophy",
+                    }
+                )
+                + "\n"
+                for row in rows
+            )
+        )
+        [config] = [c for c in task_configs("cca_mmlu_humanities", DataFiles(mmlu=path)) if "philosophy" in c["task"]]
+        accuracies.append(_harness(tiny, config)["results"][config["task"]]["acc,none"])
+    # the model picks one letter per question: exactly one of the four keys marks it right
+    assert sum(accuracies) == pytest.approx(1.0) and len(set(accuracies)) > 1
+
+
+def test_closed_book_and_gsm8k_score_exact_match_against_the_key(tiny, tmp_path):
+    [closed_book] = task_configs("cca_closedbook_wikidata")
+    answers = _answers(_harness(tiny, closed_book, limit=2), closed_book["task"], "remove_whitespace")
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps({"examples": [{"input": q, "target": [a, "zzz"]} for q, a in answers.items()]}))
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"examples": [{"input": q, "target": "zzz qqq"} for q in answers]}))
+
+    # GSM8K draws its 5-shot exemplars from the test set: doctor only the two scored answers of the full set
+    [gsm8k] = task_configs("cca_gsm8k")
+    solved = _answers(_harness(tiny, gsm8k, limit=2), gsm8k["task"], "flexible-extract")
+    problems = general_data.gsm8k_records()
+    gsm_own, gsm_wrong = tmp_path / "gsm_own.jsonl", tmp_path / "gsm_wrong.jsonl"
+    for path, answer in ((gsm_own, solved.get), (gsm_wrong, lambda q: "987654321" if q in solved else None)):
+        rows = [
+            {**row, "answer": f"...\n#### {answer(row['question'])}"} if answer(row["question"]) else row
+            for row in problems
+        ]
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    tasks = ["cca_closedbook_wikidata", "cca_gsm8k"]
+    right = _suite(tiny, tasks, files=DataFiles(wikidata=own, gsm8k=gsm_own), limit=2)
+    wrong_scores = _suite(tiny, tasks, files=DataFiles(wikidata=wrong, gsm8k=gsm_wrong), limit=2)
+    assert right["cca_closedbook_wikidata"] == {"exact_match": 1.0, "exact_match_stderr": 0.0, "n": 2}
+    assert wrong_scores["cca_closedbook_wikidata"]["exact_match"] == 0.0
+    assert right["cca_gsm8k"]["exact_match_flexible-extract"] == 1.0
+    assert wrong_scores["cca_gsm8k"]["exact_match_flexible-extract"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("package", "read"),
+    [
+        (general_data.MMLU, general_data.mmlu_records),
+        (general_data.GSM8K, general_data.gsm8k_records),
+        (general_data.WIKIPEDIA, general_data.wikipedia_documents),
+    ],
+)
+def test_a_missing_data_package_is_one_line_with_the_install_command(monkeypatch, package, read):
+    real = importlib.metadata.distribution
+
+    def distribution(name):
+        if name == package.distribution:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    with pytest.raises(MissingDataError) as error:
+        read()
+    message = str(error.value)
+    assert "\n" not in message and package.distribution in message and f"`{package.install}`" in message
+
+
+def test_missing_bigbench_files_name_the_sdist_and_where_to_extract(monkeypatch, tmp_path, tiny):
+    monkeypatch.setenv("PEFT_CCA_CACHE", str(tmp_path))
+    with pytest.raises(MissingDataError) as error:
+        _suite(tiny, ["cca_truthfulqa_mc1_bigbench"])  # the error reaches the caller through lm-eval
+    message = str(error.value)
+    assert "\n" not in message
+    assert "pip download --no-deps --no-binary :all: bigbench==1.0.0" in message
+    assert str(tmp_path / "general-data" / "bigbench") in message
