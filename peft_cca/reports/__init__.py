@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from peft_cca.reports.plots import kept_step, lr_colors, plot_circuits, plot_curves
+from peft_cca.reports.plots import kept_step, lr_colors, plot_circuits, plot_curves, plot_general
 from peft_cca.reports.tables import (
     BASE,
     CONFIG_ORDER,
@@ -39,6 +39,7 @@ __all__ = [
     "paired_deltas",
     "plot_circuits",
     "plot_curves",
+    "plot_general",
     "render_markdown",
     "table1",
     "table2",
@@ -50,7 +51,7 @@ __all__ = [
 
 
 def write_report(runs: Sequence[Mapping[str, Any]], out_dir: str | Path) -> dict[str, Any]:
-    """Write ``report.md``, ``report.json``, ``curves.png`` and ``circuits.png``; returns the tables."""
+    """Write ``report.md``, ``report.json`` and the figures (curves, circuits, general); returns the tables."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables = {
@@ -60,7 +61,11 @@ def write_report(runs: Sequence[Mapping[str, Any]], out_dir: str | Path) -> dict
         "templates": template_deltas(runs),
     }
     markdown = render_markdown(tables)
-    figures = {"curves": plot_curves(runs, out / "curves.png"), "circuits": plot_circuits(runs, out / "circuits.png")}
+    figures = {
+        "curves": plot_curves(runs, out / "curves.png"),
+        "circuits": plot_circuits(runs, out / "circuits.png"),
+        "general": plot_general(tables["table2"], out / "general.png"),
+    }
     for name, figure in figures.items():
         if figure is not None:
             markdown += f"\n![{name}]({figure.name})\n"

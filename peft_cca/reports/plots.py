@@ -150,3 +150,45 @@ def plot_circuits(runs: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_general(table2_rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    """One panel per general benchmark: each arm's change vs the base with ±2 stderr bars (a loss beyond them red)."""
+    if not table2_rows:
+        return None
+    names = [n for n in table2_rows[0]["base"] if any(n in r["delta"] for r in table2_rows)]
+    if not names:
+        return None
+    plt = _pyplot()
+    columns = min(3, len(names))
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 0.5 * len(table2_rows) * rows + 1.6 * rows))
+    flat = list(getattr(axes, "flat", [axes]))
+    labels = [f"{r['config']} ({r['method']})" if r["method"] != "-" else r["config"] for r in table2_rows]
+    for ax, name in zip(flat, names, strict=False):
+        scale = 100.0 if table2_rows[0]["units"][name] == "%" else 1.0
+        for y, row in enumerate(table2_rows):
+            if name not in row["delta"]:
+                continue
+            stderr = row["delta_stderr"].get(name)
+            color = "tab:red" if name in row["marked"] else "tab:blue"
+            ax.errorbar(
+                row["delta"][name] * scale,
+                y,
+                xerr=None if stderr is None else 2 * stderr * scale,
+                fmt="o",
+                color=color,
+                capsize=3,
+            )
+        ax.axvline(0.0, color="grey", linewidth=0.8)
+        ax.set_yticks(range(len(table2_rows)), labels, fontsize=7)
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("change vs base (points)" if scale == 100.0 else "change vs base (nats)", fontsize=7)
+        ax.tick_params(axis="x", labelsize=7)
+    for ax in flat[len(names) :]:
+        ax.axis("off")
+    fig.suptitle("General abilities: change vs the base model, bars ±2 stderr", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

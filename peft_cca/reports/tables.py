@@ -20,6 +20,8 @@ from typing import Any
 
 from peft_cca.errors import UsageError
 from peft_cca.method.arch import COMPONENT_KINDS
+from peft_cca.reports.general import general_measures, render_table2
+from peft_cca.reports.general import table2 as general_table2
 
 BASE = "Base"
 # The two "w/o mask" ablations: the authors update every parameter of the model; ours before the label
@@ -91,22 +93,8 @@ def row_order(key: tuple[str, str]) -> tuple[int, str]:
 
 
 def general_metrics(run: Mapping[str, Any]) -> dict[str, float]:
-    """Flat ``{benchmark: value}``: retention macro and per task, KL drift, and each lm-eval task's main metric."""
-    general = run.get("general", {})
-    flat: dict[str, float] = {}
-    retention = general.get("retention")
-    if retention:
-        flat["retention (macro)"] = retention["macro"]
-        for task, value in retention.get("groups", {}).items():
-            flat[f"retention: {task}"] = value["accuracy"]
-    if general.get("kl") is not None:
-        flat["KL drift (nats)"] = general["kl"]
-    for task, metrics in (general.get("lm_eval") or {}).items():
-        for metric in ("acc", "exact_match", "acc_norm", "mc2"):
-            if metric in metrics:
-                flat[f"{task} {metric}"] = metrics[metric]
-                break
-    return flat
+    """Flat ``{benchmark: value}`` of a run's general figures (see :mod:`peft_cca.reports.general`)."""
+    return {name: measure.value for name, measure in general_measures(run).items()}
 
 
 def paired_deltas(
@@ -154,31 +142,8 @@ def table1(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def table2(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per configuration, the change of every general benchmark against the base model (mean over seeds)."""
-    base_runs = [r for r in runs if r.get("config") == BASE]
-    if not base_runs:
-        return []
-    base = _average([general_metrics(r) for r in base_runs])
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
-    for run in runs:
-        if run.get("config") != BASE:
-            groups[row_key(run)].append(run)
-    rows = []
-    for key in sorted(groups, key=row_order):
-        members = groups[key]
-        measured = _average([general_metrics(r) for r in members])
-        deltas = {
-            name: statistics.fmean(paired_deltas(members, base_runs, lambda r, n=name: general_metrics(r)[n]))
-            for name in base
-            if name in measured
-        }
-        rows.append({"config": key[0], "method": key[1], "base": base, "delta": deltas})
-    return rows
-
-
-def _average(dicts: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    names = set.intersection(*(set(d) for d in dicts)) if dicts else set()
-    return {name: statistics.fmean(d[name] for d in dicts) for name in sorted(names)}
+    """Per configuration, the change of every general benchmark against the base model, with its stderr."""
+    return general_table2(runs, row_key, row_order)
 
 
 def table7(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -307,28 +272,7 @@ def render_markdown(tables: Mapping[str, list[dict[str, Any]]]) -> str:
             shown,
         ]
     if tables["table2"]:
-        names = list(tables["table2"][0]["base"])
-        t2 = _markdown(
-            ["Configuration", "Localization", *names],
-            (
-                [
-                    r["config"],
-                    r["method"],
-                    *(
-                        _fmt(r["delta"].get(n), 100, 2, True) if "KL" not in n else _fmt(r["delta"].get(n), 1, 4, True)
-                        for n in names
-                    ),
-                ]
-                for r in tables["table2"]
-            ),
-        )
-        base = tables["table2"][0]["base"]
-        base_line = ", ".join(f"{n} {_fmt(v, 1, 4) if 'KL' in n else _fmt(v, 100)}" for n, v in base.items())
-        parts += [
-            "## Table 2: change on general abilities vs the base model (points; KL in nats)",
-            f"Base: {base_line}",
-            t2,
-        ]
+        parts += render_table2(tables["table2"])
     if tables["table7"]:
         t7 = _markdown(
             ["Configuration", "Localization", "Query heads", "Key heads", "Value heads", "MLP neurons"],
