@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "choose a retention suite the base model can lose: tasks it scores 30-70% on"
+HELP = "choose a retention suite the base model can lose: the tasks it scores 0.3 to 0.7 on"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
