@@ -96,13 +96,6 @@ def test_inference_mode_config_freezes_the_adapter():
     assert model.get_nb_trainable_parameters()[0] == 0
 
 
-def test_defect_autocast_adapter_dtype_false_was_silently_ignored():
-    base = tiny_model("llama", dtype=torch.bfloat16)
-    with pytest.warns(UserWarning, match="autocast_adapter_dtype=False has no effect on CCA"):
-        model = get_peft_model(base, CCAConfig(circuit=circuit_a(base)), autocast_adapter_dtype=False)
-    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "cca_delta" in n)
-
-
 def test_defect_user_target_modules_were_overwritten_without_a_word():
     base = tiny_model("llama")
     config = CCAConfig(circuit=circuit_a(base), target_modules=["o_proj"])

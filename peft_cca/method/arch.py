@@ -15,12 +15,15 @@ stores the transpose, which the adapter handles.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
+
+from peft_cca.errors import UsageError
 
 COMPONENT_KINDS: tuple[str, ...] = ("q", "k", "v", "mlp")
 MLP_TARGETS: tuple[str, ...] = ("up", "gate", "down")
@@ -256,6 +259,26 @@ class ArchSpec:
         """Where DCM reads and scales the components of ``kind``: q/k/v projection outputs (or the q/k
         per-head norm outputs, where the layout has them), down input."""
         return self._dcm_sites.get(kind) or self._sites[kind]
+
+    @property
+    def mlp_targets(self) -> tuple[str, ...]:
+        """The weights of an MLP neuron this layout has (no ``"gate"`` where there is no gate projection)."""
+        return tuple(target for target in MLP_TARGETS if f"mlp.{target}" in self._sites)
+
+    def check_mlp_targets(self, mlp_targets: list[str] | tuple[str, ...]) -> None:
+        """Refuse targets that leave a selected MLP neuron nothing to train here; warn about ones merely absent."""
+        missing = [target for target in mlp_targets if target not in self.mlp_targets]
+        if not missing:
+            return
+        what = f"a {self.shape.model_type!r} model has no {' or '.join(missing)} projection in its MLP"
+        available = f"the MLP targets it has are {list(self.mlp_targets)}"
+        if len(missing) == len(mlp_targets):
+            raise UsageError(
+                f"mlp_targets={list(mlp_targets)}: {what}, so every MLP neuron of the circuit would be dropped; "
+                f"{available}"
+            )
+        skipped = "it is skipped" if len(missing) == 1 else "they are skipped"
+        warnings.warn(f"mlp_targets={list(mlp_targets)}: {what}; {skipped} ({available})", UserWarning, stacklevel=2)
 
     def param_sites(self, kind: str, mlp_targets: tuple[str, ...] = ("up",)) -> list[Site]:
         """Weight slices the adapter trains for a component of ``kind``.

@@ -11,6 +11,7 @@ from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 
 from peft_cca.errors import UsageError
 from peft_cca.method.arch import MLP_TARGETS
+from peft_cca.method.card import write_model_card
 from peft_cca.method.circuit import Circuit
 from peft_cca.method.peft_type import CCA_PEFT_TYPE
 
@@ -70,6 +71,12 @@ class CCAConfig(PeftConfig):
             raise UsageError(f"{os.path.join(folder, CONFIG_NAME)}: {error}") from error
         config._loaded_from = folder
         return config
+
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """As peft's, plus a README.md model card saying that loading needs ``import peft_cca``."""
+        super().save_pretrained(save_directory, **kwargs)
+        architecture = getattr(self, "_base_architecture", None)  # set by CCAModel, for the pipeline tag
+        write_model_card(save_directory, self, self.get_circuit(), self.mlp_targets, architecture)
 
     def config_file_hint(self) -> str:
         """Where this config was read from, for error messages."""

@@ -3,7 +3,8 @@
 Why not a dense masked update: a gradient or optimizer state the size of the whole weight costs
 memory for nothing; a saved adapter would be as large as the layer; and in bf16/fp16 a small update
 added to the weight rounds away. Here only the selected rows exist as parameters (like peft's
-TrainableTokens does for embedding rows), stay fp32 whatever the base dtype, and the forward adds
+TrainableTokens does for embedding rows), are fp32 whatever the base dtype (unless peft is asked for
+``autocast_adapter_dtype=False``: then the base's dtype, see ``CCAModel._cast_adapter_dtype``), and the forward adds
 their contribution: ``y[..., rows] += x @ delta.T`` for output rows, ``y += x[..., cols] @ delta.T``
 for input columns (an MLP neuron's down projection column).
 """
@@ -97,6 +98,16 @@ class CCALayer(nn.Module, BaseTunerLayer):
         device, _ = super()._get_base_layer_device_and_dtype(base_layer)
         return device, None
 
+    def base_float_dtype(self) -> torch.dtype | None:
+        """The base weight's floating dtype; None for a quantized (integer-stored) weight."""
+        weight = self._base_weight()
+        return None if is_quantized_weight(weight) or not weight.is_floating_point() else weight.dtype
+
+    def cast_delta(self, adapter: str, dtype: torch.dtype) -> None:
+        """Store ``adapter``'s delta in ``dtype``, keeping whether it trains (peft's cast would make it trainable)."""
+        delta = self.cca_delta[adapter]
+        self.cca_delta[adapter] = nn.Parameter(delta.detach().to(dtype), requires_grad=delta.requires_grad)
+
     def _base_weight(self) -> torch.Tensor:
         return self.get_base_layer().weight
 
@@ -165,6 +176,12 @@ class CCALayer(nn.Module, BaseTunerLayer):
         return result + update
 
     def forward(self, x: torch.Tensor, *args, adapter_names: list[str] | None = None, **kwargs) -> torch.Tensor:
+        if adapter_names is not None and len(x) != len(adapter_names):
+            # peft's LoRA check, word for word: rows past a short list would silently get the base model's output
+            raise ValueError(
+                "Length of `adapter_names` should be the same as the number of inputs, but got "
+                f"{len(adapter_names)} and {len(x)} respectively."
+            )
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()

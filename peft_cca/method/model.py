@@ -6,7 +6,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from peft.tuners.tuners_utils import AuxiliaryTrainingWrapper, BaseTuner
@@ -15,6 +15,7 @@ from torch import nn
 from peft_cca.errors import UsageError
 from peft_cca.method.arch import COMPONENT_KINDS, ArchSpec, Side, describe
 from peft_cca.method.circuit import Circuit, CircuitShapeError
+from peft_cca.method.combine import combined_config, fill_weighted_deltas
 from peft_cca.method.config import CCAConfig
 from peft_cca.method.layer import BASE_ADAPTER, CCALayer
 
@@ -67,6 +68,7 @@ class CCAModel(BaseTuner):
                 raise
             # a saved adapter loaded onto another model: name the file whose circuit does not fit
             raise CircuitShapeError(f"{config.config_file_hint()}: {error}") from error
+        spec.check_mlp_targets(config.mlp_targets)
         return plan_targets(spec, circuit, config.mlp_targets)
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs: Any) -> None:
@@ -96,6 +98,7 @@ class CCAModel(BaseTuner):
                     stacklevel=3,
                 )
         peft_config.target_modules = sorted(plan)
+        peft_config._base_architecture = type(self.model).__name__  # for the model card's pipeline tag
         return plan
 
     def _prepare_adapter_config(self, peft_config: CCAConfig, model_config: dict) -> CCAConfig:
@@ -127,18 +130,75 @@ class CCAModel(BaseTuner):
             self._replace_module(parent, target_name, new_module, target)
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
-        if not autocast_adapter_dtype:
+        """peft's flag, honoured: ``False`` stores the deltas in the base weights' dtype instead of fp32.
+
+        TRL's SFTTrainer passes ``False`` under DeepSpeed ZeRO-3 with an unquantized base. It matters there: DeepSpeed
+        0.19.2 keeps a zero.Init model's dtypes but gathers persistent parameters into buffers of the first one's
+        dtype, so bf16 weights beside fp32 deltas fail at the first optimizer step (``ProcessGroupGloo::allgather:
+        invalid tensor type``, run with ``benchmarks/zero3_trl.py``); up to 0.19.1 DeepSpeed casts every parameter
+        to bf16 itself, from 0.19.3 it gathers each parameter in its own dtype. The cost is precision where no fp32
+        master copy is kept (DeepSpeed keeps one): a step much smaller than the delta itself rounds away.
+        """
+        cast = set()
+        for module in self.model.modules():
+            if isinstance(module, CCALayer) and adapter_name in module.cca_delta:
+                # True: back to fp32 the half-precision deltas a file saved with False holds. Done here, not by
+                # peft's cast, which re-creates a ParameterDict entry as trainable (an inference-loaded adapter too).
+                current = module.cca_delta[adapter_name].dtype
+                if autocast_adapter_dtype:
+                    dtype = torch.float32 if current.itemsize < 4 else None
+                else:
+                    dtype = module.base_float_dtype()
+                if dtype is not None and dtype != current:
+                    module.cast_delta(adapter_name, dtype)
+                    cast.add(dtype)
+        if autocast_adapter_dtype:
+            super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=True)  # modules_to_save copies, as peft
+            return
+        for dtype in sorted(cast, key=str):
+            resolution = torch.finfo(dtype).eps / 2
             warnings.warn(
-                "autocast_adapter_dtype=False has no effect on CCA: its deltas are created in float32 whatever the "
-                "base dtype, so that small updates are not rounded away (cast them yourself with model.to(dtype)).",
+                f"autocast_adapter_dtype=False: the CCA deltas of adapter {adapter_name!r} are stored in {dtype}, the "
+                f"base weights' dtype, not float32; unless the optimizer keeps float32 master weights (DeepSpeed "
+                f"does), a step smaller than about {resolution:.0e} of a delta's own size rounds away. Keep the "
+                "default float32 deltas where the setup allows (DeepSpeed ZeRO-3 0.17.6 to 0.19.8 trains them on a "
+                "bf16 base, except 0.19.2); with TRL, pass a model already wrapped by get_peft_model instead of "
+                "peft_config.",
                 UserWarning,
                 stacklevel=2,
             )
-        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+
+    def add_weighted_adapter(
+        self,
+        adapters: list[str],
+        weights: list[float],
+        adapter_name: str,
+        combination_type: Literal["linear", "cat"] = "linear",
+    ) -> None:
+        """Add ``adapter_name``: the exact weighted sum of the named adapters' row deltas, on the union of their rows.
+
+        peft's call, for CCA: ``"linear"`` and ``"cat"`` both mean ``sum_i weights[i] * delta_i`` (what LoRA's
+        ``"cat"`` computes exactly and its ``"linear"`` approximates); the new adapter's circuit is the union of the
+        circuits and its MLP targets the union of theirs. LoRA's SVD, ties, dare and magnitude_prune types re-factor
+        or prune low-rank factors and are refused, naming ``"linear"``. As in LoRA the new adapter is added frozen
+        and not activated (``set_adapter(adapter_name)``); unlike LoRA, an existing ``adapter_name`` is an error,
+        not a silent no-op. See :mod:`peft_cca.method.combine`.
+        """
+        config = combined_config(self.peft_config, adapters, weights, adapter_name, combination_type)
+        self.peft_config[adapter_name] = config
+        self.inject_adapter(self.model, adapter_name)
+        fill_weighted_deltas(
+            (module for module in self.model.modules() if isinstance(module, CCALayer)), adapters, weights, adapter_name
+        )
 
     @contextmanager
     def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
-        """Mixed batches, as peft's LoRA: ``model(ids, adapter_names=["a", "__base__", ...])``, one name a sample."""
+        """Mixed batches, as peft's LoRA: ``model(ids, adapter_names=["a", "__base__", ...])``, one name a sample.
+
+        As in LoRA, ``generate(num_beams=n)`` repeats each name n times (the beams of one prompt share its adapter),
+        while ``num_return_sequences`` is not expanded: sampling k sequences of each of b prompts takes b * k names,
+        one per returned row. Any other length is LoRA's ValueError, raised by each layer against its input.
+        """
         adapter_names = kwargs.pop("adapter_names", None)
         if adapter_names is None:
             yield
@@ -154,6 +214,8 @@ class CCAModel(BaseTuner):
             raise ValueError(f"Trying to infer with non-existing adapter(s): {', '.join(sorted(unknown))}")
         num_beams = kwargs.get("num_beams")
         if isinstance(num_beams, int) and num_beams > 1:  # generate repeats every sample num_beams times
+            if not isinstance(adapter_names, (list, tuple)):
+                raise TypeError(f"Got adapter names of type {type(adapter_names)}, expected a list of str.")
             adapter_names = [name for name in adapter_names for _ in range(num_beams)]
         handles = [
             module.register_forward_pre_hook(
