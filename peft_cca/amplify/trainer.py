@@ -43,7 +43,7 @@ from peft_cca.method.config import CCAConfig
 from peft_cca.runtime.generation import left_pad
 from peft_cca.runtime.placement import process_state, trainer_use_cpu
 from peft_cca.runtime.runfolder import atomic_write_json
-from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE
+from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, PromptOptions
 
 logger = logging.getLogger(__name__)
 
@@ -607,6 +607,7 @@ def amplify(
     output_dir: str | Path | None = None,
     seed: int = 0,
     no_mask: str | None = None,
+    prompt_options: PromptOptions | None = None,
 ) -> AmplifyResult:
     """Learning-rate sweep of CCA; the best run (by validation macro exact match) is loaded and saved.
 
@@ -614,6 +615,7 @@ def amplify(
     ``no_mask``: None (train ``circuit``), ``"sites"`` (every circuit site) or ``"all"`` (every parameter of
     the base model, saved as a full model in ``<output_dir>/model``). Writes ``<output_dir>/adapter/`` and
     ``<output_dir>/amplify.json`` when ``output_dir`` is set. ``batch_size`` is the micro-batch or ``"auto"``.
+    ``prompt_options``: stage 1's template and exemplars, so validation prompts as the pivots were found.
     """
     check_schedule(lrs, steps)
     if no_mask not in (None, *NO_MASK_LABELS):
@@ -637,6 +639,7 @@ def amplify(
             batch_size=eval_batch_size,
             max_new_tokens=max_new_tokens,
             what="amplify",
+            prompt_options=prompt_options,
         )
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -14,7 +14,6 @@ CCA.
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,32 +41,37 @@ from peft_cca.errors import UsageError
 from peft_cca.method.arch import describe
 from peft_cca.runtime.placement import trainer_use_cpu
 from peft_cca.tasks.problem import Problem
-from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, resolve_prompt_style
+from peft_cca.tasks.prompts import (
+    DEFAULT_PROMPT_STYLE,
+    PromptOptions,
+    answer_target,
+    build_prompt,
+    resolve_prompt_style,
+)
 
 logger = logging.getLogger(__name__)
 
 
-# GSM8K-style calculator annotations ("<<48/2=24>>"): no exemplar of any prompt style has them, so a target
-# with them would teach a format the prompts never show
-_CALCULATOR = re.compile(r"<<[^<>]*>>")
-
-
 def gold_completion(problem: Problem, style: str = "fewshot") -> str:
     """The target text: the worked solution when the source has one, closed by the answer sentence of the
-    resolved prompt ``style`` ("The final answer is N." for the authors' prompt, else "The answer is N.")."""
-    solution = _CALCULATOR.sub("", problem.solution or "").strip()
-    closing = f"The {'final ' if style == 'authors' else ''}answer is {problem.answer}."
-    if not solution:
-        return closing
-    # single spaces within the solution: the authors' exemplars are one line each, and so are lm-eval's
-    return f"{' '.join(solution.split())} {closing}"
+    resolved prompt ``style``; the same text a drawn k-shot exemplar shows as its answer."""
+    return answer_target(problem, style)
 
 
-def sft_dataset(problems: Sequence[Problem], tokenizer, prompt_style: str = DEFAULT_PROMPT_STYLE) -> Dataset:
-    """Prompt/completion rows: TRL masks the prompt out of the loss for this form."""
+def sft_dataset(
+    problems: Sequence[Problem],
+    tokenizer,
+    prompt_style: str = DEFAULT_PROMPT_STYLE,
+    options: PromptOptions | None = None,
+) -> Dataset:
+    """Prompt/completion rows: TRL masks the prompt out of the loss for this form. ``options`` are stage 1's
+    template and exemplars, so LoRA learns the prompts it is validated and tested on."""
     style = resolve_prompt_style(tokenizer, prompt_style)
     return Dataset.from_list(
-        [{"prompt": build_prompt(tokenizer, p, style), "completion": gold_completion(p, style)} for p in problems]
+        [
+            {"prompt": build_prompt(tokenizer, p, style, options=options), "completion": gold_completion(p, style)}
+            for p in problems
+        ]
     )
 
 
@@ -239,10 +243,12 @@ def lora_sft(
     evaluate_fn: EvaluateFn | None = None,
     output_dir: str | Path | None = None,
     seed: int = 0,
+    prompt_options: PromptOptions | None = None,
 ) -> AmplifyResult:
     """Learning-rate sweep of the LoRA baseline; the best run (validation macro exact match) is loaded and saved.
 
-    ``model`` is a bare transformers model; it is wrapped per run and unwrapped between runs.
+    ``model`` is a bare transformers model; it is wrapped per run and unwrapped between runs. ``prompt_options``
+    (stage 1's template and exemplars) prompt its training rows and its validation alike.
     """
     settings = settings or LoraSettings()
     if settings.max_steps == 0 or settings.epochs <= 0:
@@ -260,9 +266,10 @@ def lora_sft(
             batch_size=eval_batch_size,
             max_new_tokens=max_new_tokens,
             what="lora_sft",
+            prompt_options=prompt_options,
         )
 
-    dataset = sft_dataset(train_problems, tokenizer, prompt_style)
+    dataset = sft_dataset(train_problems, tokenizer, prompt_style, prompt_options)
     lengths = example_lengths(dataset, tokenizer)
     max_length = sequence_limit(lengths, settings.max_length)
     micro_batch = lora_micro_batch(model, tokenizer, dataset, lengths, settings)

@@ -136,6 +136,8 @@ class DemoSettings:
     skip: tuple[str, ...] = ()  # comparison arms left out (SKIPPABLE), with their evaluations
     overrides: dict[str, object] = field(default_factory=dict)
     runtime: tuple[str, ...] = ()  # placement flags (runtime.runtime_argv) for every stage that loads the model
+    # stage 1's --prompt-style/--prompt-template/--num-fewshot/--fewshot-seed; later stages read its meta.json
+    prompt: tuple[str, ...] = ()
 
     def counts(self) -> Preset:
         base = PRESETS[self.preset]
@@ -155,6 +157,7 @@ class DemoSettings:
             "method": self.method,
             "retention_tasks": list(self.retention_tasks),
             "counts": asdict(self.counts()),
+            **({"prompt": list(self.prompt)} if self.prompt else {}),  # absent when unset: older folders resume
         }
 
 
@@ -176,12 +179,27 @@ def plan(settings: DemoSettings) -> list[tuple[str, list[str]]]:
     decay = [] if c.dcm_decay_every is None else ["--decay-every", str(c.dcm_decay_every)]
     decay += [] if c.dcm_decay_every is None else ["--decay-gamma", f"{c.dcm_decay_gamma:g}"]
     test_limit = [] if c.test_limit is None else ["--test-limit", str(c.test_limit)]
+    from peft_cca.evaluation.run_problems import names_code
+
+    # a spec with scorer= imports code, which later stages run only when the command names it (never from meta.json)
+    trusted = ["--task", settings.target()] if names_code(settings.target()) else []
     stages: list[tuple[str, list[str]]] = []
     for seed in c.seeds:
         run = out / f"seed{seed}"
         loc = str(run / "localize")
         lrs = [f"{lr:g}" for lr in c.lrs]
-        train = ["--run", loc, "--model", model, "--val-limit", str(c.val_limit), *tokens, "--seed", str(seed)]
+        train = [
+            "--run",
+            loc,
+            "--model",
+            model,
+            *trusted,
+            "--val-limit",
+            str(c.val_limit),
+            *tokens,
+            "--seed",
+            str(seed),
+        ]
 
         def evaluate(name: str, adapter: Path | None, loc: str = loc, seed: int = seed) -> tuple[str, list[str]]:
             argv = [
@@ -192,6 +210,7 @@ def plan(settings: DemoSettings) -> list[tuple[str, list[str]]]:
                 model,
                 "--name",
                 name,
+                *trusted,
                 "--val-limit",
                 "0",
                 *tokens,
@@ -226,6 +245,7 @@ def plan(settings: DemoSettings) -> list[tuple[str, list[str]]]:
                     *splits,
                     "--seed",
                     str(seed),
+                    *settings.prompt,
                     "--out",
                     loc,
                 ],

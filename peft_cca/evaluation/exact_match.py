@@ -23,7 +23,14 @@ from peft_cca.runtime.generation import generate
 from peft_cca.runtime.runfolder import atomic_write_json, check_settings
 from peft_cca.tasks.answers import answer_is_final
 from peft_cca.tasks.problem import Problem
-from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, encode_prompt, resolve_prompt_style, stop_strings
+from peft_cca.tasks.prompts import (
+    DEFAULT_PROMPT_STYLE,
+    PromptOptions,
+    build_prompt,
+    encode_prompt,
+    resolve_prompt_style,
+    stop_strings,
+)
 
 
 def _processes() -> tuple[int, int]:
@@ -111,18 +118,21 @@ def evaluate_exact_match(
     max_new_tokens: int = 256,
     return_completions: bool = False,
     cache: Path | None = None,
+    prompt_options: PromptOptions | None = None,
 ) -> dict[str, Any]:
     """Greedy exact match: ``{"macro", "micro", "n", "groups": {group: {"accuracy", "n"}}}``.
 
     Generation stops once the answer sentence is closed (the extracted answer can no longer change), so the
     score equals that of the full completion at a fraction of the tokens. Every process of a multi-process
     launch must call it (the work is split and gathered); ``cache`` (see :func:`prepare_cache`) keeps each
-    finished batch for a resume.
+    finished batch for a resume. ``prompt_options`` are stage 1's template and exemplars (None: the style's own).
     """
     if not problems:
         raise ValueError("no problems to evaluate")
     prompt_style = resolve_prompt_style(tokenizer, prompt_style)
-    inputs = [encode_prompt(tokenizer, build_prompt(tokenizer, p, prompt_style)) for p in problems]
+    inputs = [
+        encode_prompt(tokenizer, build_prompt(tokenizer, p, prompt_style, options=prompt_options)) for p in problems
+    ]
     was_training = model.training
     model.eval()
     texts = _generate_units(
@@ -162,6 +172,7 @@ def validation_scorer(
     batch_size: int = 16,
     max_new_tokens: int = 256,
     what: str = "training",
+    prompt_options: PromptOptions | None = None,
 ):
     """``model -> macro exact match on problems``: how CCA and LoRA pick their best step (as the authors do)."""
     if not problems:
@@ -169,7 +180,13 @@ def validation_scorer(
 
     def score(model: nn.Module) -> float:
         return evaluate_exact_match(
-            model, tokenizer, problems, prompt_style=prompt_style, batch_size=batch_size, max_new_tokens=max_new_tokens
+            model,
+            tokenizer,
+            problems,
+            prompt_style=prompt_style,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            prompt_options=prompt_options,
         )["macro"]
 
     return score

@@ -13,7 +13,7 @@ from peft_cca.evaluation.exact_match import evaluate_exact_match, on_main
 from peft_cca.evaluation.lm_eval_bridge import lm_eval_bridge
 from peft_cca.evaluation.retention import RETENTION_TASKS, retention, retention_problems
 from peft_cca.tasks.problem import Problem
-from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE
+from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, PromptOptions
 
 
 def adapter_summary(model: nn.Module) -> dict[str, Any]:
@@ -60,12 +60,14 @@ def evaluate_model(
     max_new_tokens: int = 256,
     batch_size: int = 16,
     cache: Path | None = None,
+    prompt_options: PromptOptions | None = None,
 ) -> dict[str, Any]:
     """Everything Tables 1 and 2 need for one model: ``{"test", "validation", "general": {...}}`` plus its config.
 
     KL drift is measured against the same model with adapters disabled (0 for a bare base model); every process
     computes it (it is small, and so it is the same number in any launch); lm-eval runs on the main process.
     ``cache`` is a folder from :func:`prepare_cache` whose sub-folders keep finished batches per section.
+    ``prompt_options`` (stage 1's template and exemplars) prompt the target task only, not the general suite.
     """
     em = {"prompt_style": prompt_style, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
 
@@ -74,9 +76,13 @@ def evaluate_model(
 
     held_out = retention_problems(retention_tasks, retention_size) if retention_tasks else []  # a bad name fails now
     result: dict[str, Any] = {**adapter_summary(model)}
-    result["test"] = evaluate_exact_match(model, tokenizer, test_problems, **section("test"))
+    result["test"] = evaluate_exact_match(
+        model, tokenizer, test_problems, **section("test"), prompt_options=prompt_options
+    )
     if val_problems:
-        result["validation"] = evaluate_exact_match(model, tokenizer, val_problems, **section("validation"))
+        result["validation"] = evaluate_exact_match(
+            model, tokenizer, val_problems, **section("validation"), prompt_options=prompt_options
+        )
     general: dict[str, Any] = {}
     if retention_tasks:
         general["retention"] = retention(model, tokenizer, problems=held_out, **section("retention"))

@@ -1,14 +1,20 @@
-"""Which problems a stage 1 run folder holds per split, re-drawn from the task spec and split seed it recorded."""
+"""Which problems a stage 1 run folder holds per split, and its prompt options, re-drawn from what it recorded.
+
+A task spec with ``scorer=`` names code to import; a later stage imports it only when the user names the spec on
+the command line (``--task``), never because a run folder's meta.json says so.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from peft_cca.errors import UsageError
 from peft_cca.runtime.runfolder import read_json_object
 from peft_cca.tasks.problem import Problem
+from peft_cca.tasks.prompts import PromptOptions
 
 
 def split_problems(
@@ -38,35 +44,117 @@ def _first(data: Mapping[str, Any], *keys: str) -> Any:
     return next((data[k] for k in keys if data.get(k) is not None), None)
 
 
-def run_problems(run_dir: str | Path, split: str, *, limit: int | None = None) -> list[Problem]:
-    """``split`` problems of a stage 1 run directory, from the task spec and split seed it recorded.
+def names_code(task: str) -> bool:
+    """Whether any part of a task spec has ``scorer=`` (a module the checker imports)."""
+    from peft_cca.tasks.sources import parse_spec
+
+    return any("scorer" in parse_spec(part)[2] for part in task.split(";") if part.strip())
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """The problems a stage works on: the spec, split seed and ``--limit`` to load and split them with, and the
+    groups kept for training (None: all); ``own`` when they are the stage 1 run's own problems."""
+
+    spec: str
+    split_seed: int
+    task_limit: int | None
+    groups: list[str] | None
+    own: bool
+    meta: dict[str, Any]
+
+
+def run_task(run_dir: str | Path, task: str | None = None, split_seed: int | None = None) -> RunTask:
+    """What the stage 1 run in ``run_dir`` recorded, or ``task`` split with ``split_seed`` when a command names
+    another spec. ``task`` equal to the recorded spec is the run's own problems (its split seed, limit and groups);
+    a recorded spec with ``scorer=`` must be named so, or it is refused (its code is not imported from a file)."""
+    run_dir = Path(run_dir)
+    meta = read_json_object(run_dir / "meta.json")
+    recorded = _first(meta, "task", "task_spec")
+    if task and task != recorded:
+        return RunTask(task, split_seed or 0, None, None, own=False, meta=meta)
+    if recorded is None:
+        raise UsageError(f"{run_dir / 'meta.json'}: records no task spec; pass --task")
+    if task is None and names_code(recorded):
+        raise UsageError(
+            f"{run_dir / 'meta.json'}: its task spec imports code (scorer=), which is run only when named on the "
+            f"command line: pass the same spec, --task '{recorded}'"
+        )
+    summary_file = run_dir / "summary.json"
+    summary = read_json_object(summary_file) if summary_file.exists() else {}
+    # an empty list of kept groups is a filter too (nothing to train on), not its absence
+    groups = next((d[k] for d in (meta, summary) for k in ("groups", "kept_groups") if d.get(k) is not None), None)
+    seed = int(_first(meta, "split_seed", "seed") or 0)
+    task_limit = (meta.get("config") or {}).get("limit")
+    return RunTask(recorded, seed, task_limit, list(groups) if groups is not None else None, own=True, meta=meta)
+
+
+def run_problems(
+    run_dir: str | Path, split: str, *, limit: int | None = None, task: str | None = None
+) -> list[Problem]:
+    """``split`` problems of a stage 1 run directory, from the task spec and split seed it recorded (``task``: the
+    same spec, named on the command line, which a spec with ``scorer=`` needs; see :func:`run_task`).
 
     Reads ``meta.json`` (``task``/``task_spec``, ``split_seed``/``seed``). Training problems are those of the groups
     the accuracy filter kept (``groups`` in ``meta.json`` or ``summary.json``); validation and test cover every
     group, as in the paper, which filters only the training split: so the score also measures harm to the
     templates the base model already solves, and the best step is picked on the whole population.
     """
-    run_dir = Path(run_dir)
-    meta = read_json_object(run_dir / "meta.json")
-    summary_file = run_dir / "summary.json"
-    summary = read_json_object(summary_file) if summary_file.exists() else {}
-    task = _first(meta, "task", "task_spec")
-    if task is None:
-        raise UsageError(f"{run_dir / 'meta.json'}: records no task spec; pass --task")
-    seed = int(_first(meta, "split_seed", "seed") or 0)
-    groups = None
-    if split == "train":  # an empty list of kept groups is a filter too (nothing to train on), not its absence
-        groups = next((d[k] for d in (meta, summary) for k in ("groups", "kept_groups") if d.get(k) is not None), None)
-        if isinstance(groups, Mapping):
-            groups = list(groups)
-    task_limit = (meta.get("config") or {}).get("limit")
-    return split_problems(task, split, seed=seed, groups=groups, limit=limit, task_limit=task_limit)
+    found = run_task(run_dir, task)
+    if not found.own:
+        raise UsageError(f"{run_dir}: --task {task!r} is not the run's task {found.meta.get('task')!r}")
+    groups = found.groups if split == "train" else None
+    return split_problems(
+        found.spec, split, seed=found.split_seed, groups=groups, limit=limit, task_limit=found.task_limit
+    )
 
 
 def stage_problems(
     run_dir: str | Path, split: str, *, task: str | None = None, split_seed: int | None = None, limit: int | None = None
 ) -> list[Problem]:
-    """``split`` problems of a stage 1 run, or of ``task`` split with ``split_seed`` when a command overrides it."""
-    if task:
-        return split_problems(task, split, seed=split_seed or 0, limit=limit)
-    return run_problems(run_dir, split, limit=limit)
+    """``split`` problems of a stage 1 run, or of ``task`` split with ``split_seed`` when a command names another
+    spec (the run's own spec keeps the run's split seed, limit and groups)."""
+    found = run_task(run_dir, task, split_seed)
+    if found.own:
+        return run_problems(run_dir, split, limit=limit, task=task)
+    return split_problems(found.spec, split, seed=found.split_seed, limit=limit)
+
+
+def stage_prompt_options(
+    run_dir: str | Path,
+    *,
+    task: str | None = None,
+    split_seed: int | None = None,
+    template: str | None = None,
+    shots: int | None = None,
+    seed: int | None = None,
+) -> PromptOptions:
+    """The prompt options of a later stage: ``template``, ``shots`` and ``seed`` as its flags give them, else as
+    stage 1 recorded them in meta.json; exemplars are drawn again from the full problem list that stage 1 split
+    (``load_problems(task, limit=task_limit)``), so they are the ones its prompts showed. When nothing is
+    overridden and the draw gives other exemplars than meta.json's, the task's data changed: refused."""
+    from peft_cca.tasks.prompts import prompt_options
+    from peft_cca.tasks.sources import load_problems
+    from peft_cca.tasks.splits import assign_splits
+
+    meta = read_json_object(Path(run_dir) / "meta.json")
+    # a recorded scorer= is refused here, before any model loads; a run recording no task needs one only to draw
+    found = run_task(run_dir, task, split_seed) if task or _first(meta, "task", "task_spec") else None
+    template = template if template is not None else meta.get("prompt_template")
+    shots = shots if shots is not None else int(meta.get("num_fewshot") or 0)
+    seed = seed if seed is not None else int(meta.get("fewshot_seed") or 0)
+    if template is None and not shots:  # the style's own prompt: nothing to draw
+        return PromptOptions()
+    found = found or run_task(run_dir, task, split_seed)
+    problems = load_problems(found.spec, limit=found.task_limit)
+    options = prompt_options(
+        problems, assign_splits(problems, seed=found.split_seed), template=template, shots=shots, seed=seed
+    )
+    recorded = meta.get("exemplar_ids")
+    same_draw = found.own and shots == meta.get("num_fewshot") and seed == meta.get("fewshot_seed")
+    if same_draw and recorded is not None and recorded != options.to_dict()["exemplar_ids"]:
+        raise UsageError(
+            f"{Path(run_dir) / 'meta.json'}: the exemplars drawn now differ from those stage 1 drew "
+            f"({', '.join(recorded[:3])}, ...): the task's data changed since; rerun stage 1 (localize)"
+        )
+    return options

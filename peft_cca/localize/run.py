@@ -35,7 +35,15 @@ from peft_cca.runtime.placement import placement, process_state
 from peft_cca.runtime.runfolder import SETTINGS_FILE, atomic_write_json, atomic_write_text, check_settings
 from peft_cca.tasks import DEFAULT_TASK
 from peft_cca.tasks.problem import Problem
-from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, build_prompt, encode_prompt, resolve_prompt_style, stop_strings
+from peft_cca.tasks.prompts import (
+    DEFAULT_PROMPT_STYLE,
+    PromptTemplate,
+    build_prompt,
+    encode_prompt,
+    prompt_options,
+    resolve_prompt_style,
+    stop_strings,
+)
 from peft_cca.tasks.splits import DEFAULT_ACCURACY_THRESHOLD, assign_splits, groups_below
 
 logger = logging.getLogger(__name__)
@@ -52,6 +60,9 @@ class LocalizeConfig:
     method: str = "branching"  # "prefix" or "branching"
     branching: str = "fast"  # "fast" or "naive" (same pivots)
     prompt_style: str = DEFAULT_PROMPT_STYLE
+    prompt_template: str | None = None  # --prompt-template as given: a format string or a file holding one
+    num_fewshot: int = 0  # exemplars drawn from the training split; 0: the style's own
+    fewshot_seed: int = 0
     max_new_tokens: int = 96
     n_samples: int = 10
     seed: int = 0
@@ -93,7 +104,19 @@ def config_settings(config: LocalizeConfig, model_name: str, problems: Sequence[
         "batch_size": config.batch_size,
         "batch_tokens": config.batch_tokens,
         "branch_batch": config.branch_batch,
+        **prompt_settings(config),
     }
+
+
+def prompt_settings(config: LocalizeConfig) -> dict[str, Any]:
+    """The template's text and the exemplar draw, only when set: a folder made before these options existed
+    (or without them) records none, and resumes as it did."""
+    settings: dict[str, Any] = {}
+    if config.prompt_template is not None:
+        settings["prompt_template"] = PromptTemplate.from_option(config.prompt_template).text
+    if config.num_fewshot:
+        settings.update(num_fewshot=config.num_fewshot, fewshot_seed=config.fewshot_seed)
+    return settings
 
 
 def run_settings(config: LocalizeConfig, model, model_name: str, problems: Sequence[Problem], style: str) -> dict:
@@ -280,8 +303,11 @@ def localize(
         top_k=config.top_k,
         top_p=config.top_p,
     )
-    prompts = [encode_prompt(tokenizer, build_prompt(tokenizer, p, style)) for p in problems]
     split_of = assign_splits(problems, seed=config.seed)
+    options = prompt_options(
+        problems, split_of, template=config.prompt_template, shots=config.num_fewshot, seed=config.fewshot_seed
+    )
+    prompts = [encode_prompt(tokenizer, build_prompt(tokenizer, p, style, options=options)) for p in problems]
 
     state = process_state()
     main = state.is_main_process
@@ -296,6 +322,7 @@ def localize(
         "seed": config.seed,
         "split_seed": config.seed,
         "prompt_style": style,  # resolved, so later stages rebuild exactly these prompts
+        **options.to_dict(),  # the template's text and the drawn exemplars' ids, for the same reason
         "groups": sorted(kept),
         "sampling": {  # the authors' settings by default: T by greedy correctness, top-k 50, top-p 1.0
             "temperature_when_greedy_wrong": config.temperature_when_greedy_wrong,

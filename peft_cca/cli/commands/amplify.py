@@ -56,7 +56,7 @@ def default_out(args: argparse.Namespace) -> Path:
 def output_settings(args: argparse.Namespace, model: str, circuit: Path | None, runtime: dict) -> dict:
     """What the adapter depends on (not the micro-batch or evaluation batch: they change speed only)."""
     keys = ("no_mask", "lr", "steps", "optimizer", "mlp_targets", "task", "split_seed", "val_limit")
-    keys += ("prompt_style", "max_new_tokens", "seed")
+    keys += ("prompt_style", "prompt_template", "num_fewshot", "fewshot_seed", "max_new_tokens", "seed")
     return {
         **{key: getattr(args, key) for key in keys},
         "model": model,
@@ -85,6 +85,17 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.runtime.loading import resolve
 
     resolve(model_name)  # a mistyped --model is refused before settings.json records it and blocks the fixed rerun
+    from peft_cca.evaluation.run_problems import stage_prompt_options
+
+    # before settings.json records anything: a refused task spec or template must not block the fixed rerun
+    options = stage_prompt_options(
+        args.run,
+        task=args.task,
+        split_seed=args.split_seed,
+        template=args.prompt_template,
+        shots=args.num_fewshot,
+        seed=args.fewshot_seed,
+    )
     check_settings(out, output_settings(args, model_name, circuit_path, runtime.record()), overwrite=args.overwrite)
     if args.overwrite:
         clear_outputs(out, ("adapter", "model", "amplify.json"))
@@ -123,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         output_dir=out,
         seed=args.seed,
         no_mask=args.no_mask,
+        prompt_options=options,
     )
     print(f"{'lr':>8}  {'base':>6}  {'best':>6}  step")
     for r in result.runs:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_cca.cli.commands.options import (
+    add_prompt_arguments,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -16,7 +17,7 @@ from peft_cca.cli.commands.options import (
 )
 from peft_cca.cli.demo_plan import PRESETS, SKIPPABLE, DemoSettings, run_demo
 from peft_cca.runtime.placement import add_runtime_arguments, runtime_argv
-from peft_cca.tasks import DEFAULT_RETENTION_TASKS, DEFAULT_TASK
+from peft_cca.tasks import DEFAULT_RETENTION_TASKS, DEFAULT_TASK, PROMPT_STYLES
 from peft_cca.tasks.protocol import PAPER
 
 HELP = "every stage end to end on the offline model, with a comparison table"
@@ -87,6 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="start afresh in --out: remove what an earlier demo wrote there (a resume with other settings is "
         "refused without it)",
     )
+    parser.add_argument(
+        "--prompt-style",
+        choices=PROMPT_STYLES,
+        help="prompt style of every stage (see peft-cca localize --help; default: the task's protocol)",
+    )
+    add_prompt_arguments(parser, recorded=False)  # stage 1 records them in meta.json; later stages follow it
     add_runtime_arguments(parser, training=True)
     group = parser.add_argument_group("counts (override the preset)")
     group.add_argument("--problems", type=positive_int, help="problems drawn from the task")
@@ -107,6 +114,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--retention-size", type=positive_int, help="problems per retention task")
     group.add_argument("--lora-lrs", type=_comma_list(positive_float), help="LoRA learning rates, comma-separated")
     group.add_argument("--lora-epochs", type=positive_int, help="LoRA epochs over the training problems")
+
+
+def prompt_argv(args: argparse.Namespace) -> list[str]:
+    """The prompt flags the user gave, as stage 1's arguments (later stages take them from its meta.json)."""
+    flags = {"--prompt-style": args.prompt_style, "--prompt-template": args.prompt_template}
+    flags.update({"--num-fewshot": args.num_fewshot, "--fewshot-seed": args.fewshot_seed})
+    return [item for flag, value in flags.items() if value is not None for item in (flag, str(value))]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         skip=tuple(args.skip),
         overrides=overrides,
         runtime=tuple(runtime_argv(args)),
+        prompt=tuple(prompt_argv(args)),
     )
     report = run_demo(settings, runner=peft_cca, echo=lambda line: print(line, flush=True), overwrite=args.overwrite)
     markdown = report / "report.md"

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.evaluation.exact_match import on_main, prepare_cache
     from peft_cca.evaluation.model_eval import evaluate_model
     from peft_cca.evaluation.retention import retention_problems
-    from peft_cca.evaluation.run_problems import stage_problems
+    from peft_cca.evaluation.run_problems import stage_problems, stage_prompt_options
     from peft_cca.runtime.loading import check_adapter_folder, load_adapter, load_model, resolve
     from peft_cca.runtime.placement import runtime_from_args
     from peft_cca.runtime.runfolder import atomic_write_json, ensure_output_file, read_json_object
@@ -119,6 +119,14 @@ def run(args: argparse.Namespace) -> int:
     if args.adapter is not None and not whole_model:
         check_adapter_folder(args.adapter)
     retention_problems(args.retention_tasks, args.retention_size)  # a mistyped task is refused before the model loads
+    options = stage_prompt_options(
+        args.run,
+        task=args.task,
+        split_seed=args.split_seed,
+        template=args.prompt_template,
+        shots=args.num_fewshot,
+        seed=args.fewshot_seed,
+    )
     # finished batches live beside the output until it is written, so an interrupted run (any process count) resumes
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if not k.startswith("_")}
     cache = prepare_cache(out.with_name(out.name + ".parts"), {**settings, "runtime": runtime.record()})
@@ -146,11 +154,13 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=setting(args.max_new_tokens, args.task or meta.get("task"), "eval_max_new_tokens"),
         batch_size=args.batch_size,
         cache=cache,
+        prompt_options=options,
     )
     result = {"name": args.name or (args.adapter.parent.name if args.adapter else "base"), **info, **result}
     if whole_model:  # every parameter was trainable: the "w/o mask" row, whose label amplify.json gave
         result.update(config="CCA w/o mask", mask_percent=100.0)
     result["runtime"] = runtime.record()
+    result["prompt"] = options.to_dict()
     on_main(lambda: (atomic_write_json(out, result), shutil.rmtree(cache, ignore_errors=True)))
     general = result["general"]
     print(

@@ -10,7 +10,13 @@ HELP = "stage 1: find pivotal tokens and write the Error-Localization dataset"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from peft_cca.cli.commands.options import non_negative_int, positive_float, positive_int, probability
+    from peft_cca.cli.commands.options import (
+        add_prompt_arguments,
+        non_negative_int,
+        positive_float,
+        positive_int,
+        probability,
+    )
     from peft_cca.runtime.loading import DEFAULT_MODEL
     from peft_cca.runtime.placement import add_runtime_arguments
     from peft_cca.tasks import DEFAULT_TASK, PROMPT_STYLES
@@ -60,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "authors' 8-shot prompt, no chat template; auto: chat when the tokenizer has a chat template (instruct "
         "models), else fewshot (default: authors for GSM-Symbolic tasks, the paper's protocol; else auto)",
     )
+    add_prompt_arguments(parser, recorded=False)
     parser.add_argument(
         "--max-new-tokens",
         type=positive_int,
@@ -139,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
         method=args.method,
         branching=args.branching,
         prompt_style=setting(args.prompt_style, args.task, "prompt_style"),
+        prompt_template=args.prompt_template,
+        num_fewshot=args.num_fewshot or 0,
+        fewshot_seed=args.fewshot_seed or 0,
         max_new_tokens=setting(args.max_new_tokens, args.task, "localize_max_new_tokens"),
         n_samples=args.n_samples,
         seed=args.seed,

@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def output_settings(args: argparse.Namespace, model: str, runtime: dict) -> dict:
     """What the adapter depends on (not the micro-batch or evaluation batch: they change speed only)."""
     keys = ("task", "split_seed", "lr", "epochs", "effective_batch", "eval_every", "max_steps", "max_length")
-    keys += ("rank", "alpha", "dropout", "train_limit", "val_limit", "prompt_style", "max_new_tokens", "seed")
+    keys += ("rank", "alpha", "dropout", "train_limit", "val_limit", "prompt_style", "prompt_template", "num_fewshot")
+    keys += ("fewshot_seed", "max_new_tokens", "seed")
     return {**{key: getattr(args, key) for key in keys}, "model": model, "runtime": runtime}
 
 
@@ -74,6 +75,17 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.runtime.loading import resolve
 
     resolve(model_name)  # a mistyped --model is refused before settings.json records it and blocks the fixed rerun
+    from peft_cca.evaluation.run_problems import stage_prompt_options
+
+    # before settings.json records anything: a refused task spec or template must not block the fixed rerun
+    options = stage_prompt_options(
+        args.run,
+        task=args.task,
+        split_seed=args.split_seed,
+        template=args.prompt_template,
+        shots=args.num_fewshot,
+        seed=args.fewshot_seed,
+    )
     check_settings(out, output_settings(args, model_name, runtime.record()), overwrite=args.overwrite)
     if args.overwrite:
         clear_outputs(out, ("adapter", "lora.json"))
@@ -116,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         eval_batch_size=args.eval_batch_size,
         output_dir=out,
         seed=args.seed,
+        prompt_options=options,
     )
     for r in result.runs:
         print(f"lr {r.lr:g}: base {r.base_score:.3f}, best {r.best_score:.3f} at step {r.best_step}")

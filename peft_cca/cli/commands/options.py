@@ -82,9 +82,35 @@ def positive_int_or_auto(text: str) -> int | str:
     return "auto" if text == "auto" else positive_int(text)
 
 
+def add_prompt_arguments(parser: argparse.ArgumentParser, recorded: bool = True) -> None:
+    """``--prompt-template``, ``--num-fewshot``, ``--fewshot-seed``: a task's own prompt. Stage 1 records them in
+    meta.json (``recorded=False``: its defaults are none); later stages default to what it recorded, so they
+    prompt as the errors were localized."""
+    where = "the one in meta.json, else " if recorded else ""
+    parser.add_argument(
+        "--prompt-template",
+        metavar="TEXT|FILE",
+        help="format string over the task row's fields ({question}, {choices}, any field by dotted path such as "
+        "{meta.topic}), or a file holding one; replaces 'Q: ...\\nA:' (fewshot) or the user message (chat) "
+        f"(default: {where}none)",
+    )
+    parser.add_argument(
+        "--num-fewshot",
+        type=non_negative_int,
+        metavar="K",
+        help="exemplars drawn from the training split in place of the style's built-in GSM8K ones "
+        f"(default: {where}0: the style's own)",
+    )
+    parser.add_argument(
+        "--fewshot-seed", type=non_negative_int, metavar="N", help=f"seed of the exemplar draw (default: {where}0)"
+    )
+
+
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--prompt-style`` and ``--max-new-tokens``: how every stage that scores completions prompts and stops."""
+    """``--prompt-style``, the prompt options and ``--max-new-tokens``: how every stage that scores completions
+    prompts and stops."""
     parser.add_argument("--prompt-style", help="prompt style (default: the one in meta.json, else auto)")
+    add_prompt_arguments(parser)
     parser.add_argument(
         "--max-new-tokens", type=positive_int, help="generation budget (default: 1500 for GSM-Symbolic tasks, else 256)"
     )
