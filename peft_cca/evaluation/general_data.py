@@ -184,3 +184,24 @@ def wikipedia_documents(path: Path | None = None) -> list[str]:
     """The English Wikipedia lead sections, one document per article, ordered by title."""
     articles = _read_json(path or package_file(WIKIPEDIA))
     return [articles[title]["extract"].strip() for title in sorted(articles) if articles[title]["extract"].strip()]
+
+
+def check_general_data() -> None:
+    """Raise :class:`MissingDataError` naming the first missing package or BIG-bench file of the offline suite."""
+    for package in (MMLU, GSM8K, WIKIPEDIA):
+        package_file(package)
+    for task, name in (
+        ("truthful_qa", "task_mc.json"),
+        ("truthful_qa", "questions.json"),
+        ("qa_wikidata", "task.json"),
+    ):
+        bigbench_file(task, name)
+
+
+def general_data_installed() -> bool:
+    """Whether the whole offline suite and the forgetting corpus can run here (no import, only file checks)."""
+    try:
+        check_general_data()
+    except MissingDataError:
+        return False
+    return True

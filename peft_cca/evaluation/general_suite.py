@@ -34,7 +34,7 @@ CPU_LIMITS: dict[str, int] = {
 }
 
 
-def _metrics(results: Mapping[str, Any], n: int) -> dict[str, float]:
+def metric_table(results: Mapping[str, Any], n: int) -> dict[str, float]:
     """``{metric: value, metric_stderr: se, n: n}`` from lm-eval's ``"<metric>,<filter>"`` keys.
 
     The filter is kept in the name only where a task has several (GSM8K's strict-match and flexible-extract).
@@ -109,7 +109,7 @@ def run_general_suite(
             bootstrap_iters=1000,  # every metric here is a mean: its stderr is closed-form, nothing is resampled
         )
         per_config = {
-            name: _metrics(output["results"][name], int(output["n-samples"][name]["effective"]))
+            name: metric_table(output["results"][name], int(output["n-samples"][name]["effective"]))
             for name in (config["task"] for config in configs)
         }
         scores[task] = _aggregate(per_config) if task in MMLU_CATEGORIES else per_config[task]

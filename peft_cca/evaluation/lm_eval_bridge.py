@@ -19,13 +19,16 @@ def lm_eval_bridge(
     batch_size: int = 8,
     num_fewshot: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """lm-eval's ``simple_evaluate`` on the model object (base, PEFT or merged); ``{task: {metric: value}}``.
+    """lm-eval's ``simple_evaluate`` on the model object (base, PEFT or merged).
 
-    ``include_path`` adds a folder of task YAMLs (local tasks need no hub access).
+    Returns ``{task: {metric: value, metric_stderr: se, n: docs}}``, the offline suite's shape, so Table 2 shows
+    each figure with its n and standard error. ``include_path`` adds a folder of task YAMLs (no hub access needed).
     """
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+
+    from peft_cca.evaluation.general_suite import metric_table
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     manager = TaskManager(include_path=include_path) if include_path else TaskManager()
@@ -36,14 +39,10 @@ def lm_eval_bridge(
         limit=limit,
         num_fewshot=num_fewshot,
         log_samples=False,
-        bootstrap_iters=0,
+        bootstrap_iters=1000,  # the means' stderr is closed-form; only other metrics are resampled
     )
-    # lm-eval keys metrics as "<metric>,<filter>"; keep the metric name and drop the stderr entries
+    samples = output.get("n-samples", {})
     return {
-        task: {
-            key.split(",")[0]: float(value)
-            for key, value in metrics.items()
-            if isinstance(value, (int, float)) and "stderr" not in key
-        }
+        task: metric_table(metrics, int(samples.get(task, {}).get("effective", 0)))
         for task, metrics in output["results"].items()
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,9 @@ def evaluate_model(
     kl_texts: Sequence[str] = NEUTRAL_TEXTS,
     lm_eval_tasks: Sequence[str] | None = None,
     lm_eval_limit: int | float | None = None,
+    general_tasks: Sequence[str] | None = None,
+    general_limit: int | None = None,
+    forgetting_tokens: int | None = None,
     prompt_style: str = DEFAULT_PROMPT_STYLE,
     max_new_tokens: int = 256,
     batch_size: int = 16,
@@ -68,6 +72,9 @@ def evaluate_model(
     computes it (it is small, and so it is the same number in any launch); lm-eval runs on the main process.
     ``cache`` is a folder from :func:`prepare_cache` whose sub-folders keep finished batches per section.
     ``prompt_options`` (stage 1's template and exemplars) prompt the target task only, not the general suite.
+    ``general_tasks`` run the offline suite (``general_limit`` documents per task, per subject for MMLU; default its
+    CPU limits) and ``forgetting_tokens`` the cross-entropy on held-out Wikipedia text, both on the main process;
+    the cross-entropy keeps its per-document sums so that the report pairs every arm with the base per document.
     """
     em = {"prompt_style": prompt_style, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
 
@@ -91,5 +98,18 @@ def evaluate_model(
         general["kl"] = kl_drift(model, tokenizer, kl_texts, batch_size=batch_size) if adapted else 0.0
     if lm_eval_tasks:
         general["lm_eval"] = on_main(lambda: lm_eval_bridge(model, tokenizer, lm_eval_tasks, limit=lm_eval_limit))
+    if general_tasks:
+        from peft_cca.evaluation.general_suite import run_general_suite
+
+        limits = dict.fromkeys(general_tasks, general_limit) if general_limit else None
+        suite = on_main(
+            lambda: run_general_suite(model, tokenizer, general_tasks, limits=limits, batch_size=batch_size)
+        )
+        general["lm_eval"] = {**general.get("lm_eval", {}), **suite}
+    if forgetting_tokens:
+        from peft_cca.evaluation.forgetting import cross_entropy
+
+        reading = on_main(lambda: asdict(cross_entropy(model, tokenizer, max_tokens=forgetting_tokens)))
+        general["cross_entropy"] = reading
     result["general"] = general
     return result

