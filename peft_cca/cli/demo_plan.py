@@ -125,6 +125,15 @@ PRESETS: dict[str, Preset] = {
 SKIPPABLE = ("cca-nomask", "lora")
 
 
+# offline general suite per preset: (tasks, all when empty; documents per task, per subject for MMLU, all when
+# None; tokens of the forgetting corpus): minutes per evaluation on a CPU for quick, the whole suite for paper
+GENERAL_SIZES: dict[str, tuple[tuple[str, ...], int | None, int]] = {
+    "quick": (("cca_mmlu_stem", "cca_mmlu_humanities", "cca_closedbook_wikidata"), 3, 2000),
+    "full": ((), 20, 5000),
+    "paper": ((), None, 50000),
+}
+
+
 @dataclass
 class DemoSettings:
     out: Path
@@ -138,6 +147,21 @@ class DemoSettings:
     runtime: tuple[str, ...] = ()  # placement flags (runtime.runtime_argv) for every stage that loads the model
     # stage 1's --prompt-style/--prompt-template/--num-fewshot/--fewshot-seed; later stages read its meta.json
     prompt: tuple[str, ...] = ()
+    # general abilities in every evaluation (evaluate --general); not in recorded(): it only adds measures, and each
+    # evaluation's own settings check keeps a resumed one consistent
+    general: str = "none"
+
+    def general_argv(self) -> list[str]:
+        """The evaluate flags of the general suite at the preset's size (GENERAL_SIZES)."""
+        if self.general == "none":
+            return ["--general", "none"]
+        tasks, limit, tokens = GENERAL_SIZES[self.preset]
+        argv = ["--general", self.general, "--forgetting-tokens", str(tokens)]
+        if self.general == "offline":
+            argv += (["--general-tasks", *tasks] if tasks else []) + (
+                [] if limit is None else ["--general-limit", str(limit)]
+            )
+        return argv
 
     def counts(self) -> Preset:
         base = PRESETS[self.preset]
@@ -219,6 +243,7 @@ def plan(settings: DemoSettings) -> list[tuple[str, list[str]]]:
                 str(c.retention_size),
                 "--retention-tasks",
                 *settings.retention_tasks,
+                *settings.general_argv(),
                 "--out",
                 str(out / "eval" / f"{name}-seed{seed}.json"),
             ]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from peft_cca.cli.commands.evaluate import GENERAL_MODES, default_general
 from peft_cca.cli.commands.options import (
     add_prompt_arguments,
     non_negative_float,
@@ -70,6 +71,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=list(DEFAULT_RETENTION_TASKS),
         help="reasoning-gym tasks the amplified model must not get worse at",
+    )
+    parser.add_argument(
+        "--general",
+        choices=GENERAL_MODES,
+        default=default_general(),
+        help="general abilities in every evaluation (see `peft-cca evaluate --help`); the offline suite runs at the "
+        "preset's size: quick 3 documents per task on MMLU STEM/Humanities and closed-book QA, full 20 on every "
+        "task, paper all (default: offline where its data is installed, else none)",
     )
     parser.add_argument(
         "--method", choices=["branching", "prefix"], default="branching", help="pivot localization method of stage 1"
@@ -156,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         task=args.task,
         preset=args.preset,
         retention_tasks=tuple(args.retention_tasks),
+        general=args.general,
         method=args.method,
         skip=tuple(args.skip),
         overrides=overrides,
