@@ -139,6 +139,7 @@ def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from peft_cca.cli.commands.options import prompt_options_from_args
     from peft_cca.defaults import LM_EVAL_TASKS
     from peft_cca.evaluation.drift import NEUTRAL_TEXTS
     from peft_cca.evaluation.exact_match import on_main, prepare_cache
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.evaluation.model_eval import evaluate_model
     from peft_cca.evaluation.offline_tasks import OFFLINE_TASKS
     from peft_cca.evaluation.retention import retention_problems
-    from peft_cca.evaluation.run_problems import stage_problems, stage_prompt_options
+    from peft_cca.evaluation.run_problems import stage_problems
     from peft_cca.runtime.loading import check_adapter_folder, load_adapter, load_model, resolve
     from peft_cca.runtime.placement import runtime_from_args
     from peft_cca.runtime.runfolder import atomic_write_json, ensure_output_file, read_json_object
@@ -167,14 +168,7 @@ def run(args: argparse.Namespace) -> int:
     retention_problems(args.retention_tasks, args.retention_size)  # a mistyped task is refused before the model loads
     if args.general == "offline":
         check_general_data()  # a missing data package is one line naming it, before the model loads
-    options = stage_prompt_options(
-        args.run,
-        task=args.task,
-        split_seed=args.split_seed,
-        template=args.prompt_template,
-        shots=args.num_fewshot,
-        seed=args.fewshot_seed,
-    )
+    options = prompt_options_from_args(args)
     # finished batches live beside the output until it is written, so an interrupted run (any process count) resumes
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if not k.startswith("_")}
     cache = prepare_cache(out.with_name(out.name + ".parts"), {**settings, "runtime": runtime.record()})

@@ -75,17 +75,10 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.runtime.loading import resolve
 
     resolve(model_name)  # a mistyped --model is refused before settings.json records it and blocks the fixed rerun
-    from peft_cca.evaluation.run_problems import stage_prompt_options
+    from peft_cca.cli.commands.options import prompt_options_from_args
 
     # before settings.json records anything: a refused task spec or template must not block the fixed rerun
-    options = stage_prompt_options(
-        args.run,
-        task=args.task,
-        split_seed=args.split_seed,
-        template=args.prompt_template,
-        shots=args.num_fewshot,
-        seed=args.fewshot_seed,
-    )
+    options = prompt_options_from_args(args)
     check_settings(out, output_settings(args, model_name, runtime.record()), overwrite=args.overwrite)
     if args.overwrite:
         clear_outputs(out, ("adapter", "lora.json"))

@@ -127,3 +127,17 @@ def add_training_run_arguments(parser: argparse.ArgumentParser, out_help: str) -
     parser.add_argument("--overwrite", action="store_true", help="train afresh into an --out made with other settings")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     add_runtime_arguments(parser, training=True)
+
+
+def prompt_options_from_args(args: argparse.Namespace):
+    """The prompt options of a later stage (amplify, lora, evaluate): its flags over what stage 1 recorded."""
+    from peft_cca.evaluation.run_problems import stage_prompt_options
+
+    return stage_prompt_options(
+        args.run,
+        task=args.task,
+        split_seed=args.split_seed,
+        template=args.prompt_template,
+        shots=args.num_fewshot,
+        seed=args.fewshot_seed,
+    )
