@@ -94,13 +94,14 @@ def _paired_rise(base: Mapping[str, Any], tuned: Mapping[str, Any]) -> tuple[flo
     return rise.delta, rise.stderr
 
 
-def _change(name: str, member: Mapping[str, Any], base: Mapping[str, Any]) -> tuple[float, float | None]:
-    """One seed's change on ``name`` and its standard error."""
+def _change(
+    name: str, member: Mapping[str, Any], base: Mapping[str, Any], arm: Measure, ref: Measure
+) -> tuple[float, float | None]:
+    """One seed's change on ``name`` (``arm`` against ``ref``, the base run's figure) and its standard error."""
     if name == CROSS_ENTROPY:
         paired = _paired_rise(base, member)
         if paired is not None:
             return paired
-    arm, ref = general_measures(member)[name], general_measures(base)[name]
     stderr = None if arm.stderr is None or ref.stderr is None else math.hypot(arm.stderr, ref.stderr)
     return arm.value - ref.value, stderr
 
@@ -123,7 +124,8 @@ def table2(runs: Sequence[Mapping[str, Any]], row_key, row_order) -> list[dict[s
     base_runs = [r for r in runs if r.get("config") == "Base"]
     if not base_runs:
         return []
-    base_measures = [general_measures(r) for r in base_runs]
+    measured = {id(r): general_measures(r) for r in runs}  # each run's figures, read once
+    base_measures = [measured[id(r)] for r in base_runs]
     names = [n for n in base_measures[0] if all(n in m for m in base_measures)]
     base = {n: _mean_measure([m[n] for m in base_measures]) for n in names}
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
@@ -135,9 +137,10 @@ def table2(runs: Sequence[Mapping[str, Any]], row_key, row_order) -> list[dict[s
         members = groups[key]
         delta, delta_stderr, spread, marked = {}, {}, {}, []
         for name in names:
-            if not all(name in general_measures(m) for m in members):
+            if not all(name in measured[id(m)] for m in members):
                 continue
-            changes = [_change(name, m, _base_for(m, base_runs)) for m in members]
+            pairs = [(m, _base_for(m, base_runs)) for m in members]
+            changes = [_change(name, m, b, measured[id(m)][name], measured[id(b)][name]) for m, b in pairs]
             values = [c[0] for c in changes]
             errors = [c[1] for c in changes]
             delta[name] = statistics.fmean(values)
