@@ -48,6 +48,8 @@ class LoraSettings:
 
 # `peft-cca calibrate`: the base-accuracy band of a retention task that can show forgetting, and the candidates
 RETENTION_BAND = (0.3, 0.7)
+# forgetting bounds (nats per token of held-out Wikipedia) the report replays over curves that measured it
+FORGETTING_BOUNDS = (0.005, 0.01, 0.02, 0.05)
 # reasoning-gym generators with a checkable answer that a small model can partly do (counting, ordering,
 # spelling, unit facts, small arithmetic), each at settings a 100M-1B model is not hopeless on
 RETENTION_CANDIDATES: tuple[str, ...] = (

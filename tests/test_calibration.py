@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -47,3 +48,34 @@ def test_the_default_candidates_all_generate():
 def test_an_inverted_band_is_refused_before_the_model_loads(tmp_path, capsys):
     assert main(["calibrate", "--low", "0.8", "--high", "0.2", "--out", str(tmp_path / "c.json")]) == 2
     assert "--low 0.8 is above --high 0.2" in capsys.readouterr().err
+
+
+def test_a_stopped_calibration_resumes_from_the_rows_it_wrote(monkeypatch, tmp_path):
+    import peft_cca.runtime.loading
+    from peft_cca.runtime.runfolder import atomic_write_json
+
+    measured = {"aiw": 0.5, "gcd": 0.1, "lcm": 0.4}
+    evaluated, stop_at = [], ["gcd"]
+
+    def fake_exact_match(model, tokenizer, problems, **kwargs):
+        evaluated.append(problems[0].group_id)
+        if problems[0].group_id in stop_at:
+            raise KeyboardInterrupt  # stopped on the second task
+        return {"micro": measured[problems[0].group_id], "n": len(problems)}
+
+    monkeypatch.setattr(calibration, "evaluate_exact_match", fake_exact_match)
+    monkeypatch.setattr(peft_cca.runtime.loading, "load_model", lambda *a, **k: (None, None))
+    monkeypatch.setattr(peft_cca.runtime.loading, "resolve", lambda name: name)
+    out = tmp_path / "c.json"
+    argv = ["calibrate", "--model", "m", "--size", "4", "--candidates", *measured, "--out", str(out)]
+    assert main(argv) == 130  # "interrupted; run the same command again to resume"
+    written = json.loads(out.read_text())
+    assert [r["task"] for r in written["rows"]] == ["aiw"] and written["complete"] is False
+    evaluated.clear()
+    stop_at.clear()
+    assert main(argv) == 0
+    assert evaluated == ["gcd", "lcm"]  # aiw was not measured again
+    final = json.loads(out.read_text())
+    assert final["complete"] is True and final["chosen"] == ["aiw", "lcm"]
+    atomic_write_json(out, {**final, "settings": {**final["settings"], "size": 99}})
+    assert main(argv) == 2  # another measuring setting: refused, not mixed

@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 RECORD_FIELDS = ("prefix_ids", "desired_token_id", "undesired_token_id")
 
 EvaluateFn = Callable[[nn.Module], float]
+ForgettingFn = Callable[[nn.Module], Any]  # -> evaluation.forgetting.Forgetting (delta, stderr)
 
 
 def eval_schedule(max_steps: int) -> list[int]:
@@ -369,6 +370,11 @@ class BestStepCallback(TrainerCallback):
     step (the LoRA baseline's "every N steps"). Ties keep the earlier step. Step 0 (the untouched model) is
     evaluated for the curve when ``evaluate_at_start``, but the chosen step is always a trained one. With no
     scheduled step reached, the final weights are evaluated and kept (never a score of -inf).
+
+    ``forgetting_fn`` (a :class:`~peft_cca.evaluation.forgetting.ForgettingMeter`) adds each step's forgetting
+    to the history. ``max_forgetting`` then keeps the best-validated step whose forgetting is at most that many
+    nats per token; the paper's rule (best validation, forgetting unseen) is still recorded as ``paper_step``.
+    When no trained step stays under the bound, the one that forgot least is kept and ``bound_met`` is False.
     """
 
     def __init__(
@@ -378,25 +384,38 @@ class BestStepCallback(TrainerCallback):
         evaluate_at_start: bool = True,
         save_dir: str | Path | None = None,
         every: int | None = None,
+        forgetting_fn: ForgettingFn | None = None,
+        max_forgetting: float | None = None,
     ) -> None:
+        if max_forgetting is not None and forgetting_fn is None:
+            raise ValueError("max_forgetting needs a forgetting_fn to measure each step with")
         self.evaluate_fn = evaluate_fn
         self.schedule = set(schedule)
         self.every = every
         self.evaluate_at_start = evaluate_at_start
         self.save_dir = Path(save_dir) if save_dir is not None else None
+        self.forgetting_fn = forgetting_fn
+        self.max_forgetting = max_forgetting
         self.history: list[dict[str, float]] = []
         self.best_step: int | None = None
         self.best_score = -math.inf
+        self.paper_step: int | None = None
+        self.paper_score = -math.inf
+        self.bound_met: bool | None = None if max_forgetting is None else True
         self._best_state: dict[str, torch.Tensor] | None = None
+        self._least_forgetting: tuple[float, int, float, dict[str, torch.Tensor]] | None = None
 
-    def _evaluate(self, model: nn.Module, step: int) -> float:
+    def _evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
         was_training = model.training
         model.eval()
-        score = float(self.evaluate_fn(model))
+        entry = {"step": step, "score": float(self.evaluate_fn(model))}
+        if self.forgetting_fn is not None:
+            reading = self.forgetting_fn(model)
+            entry["forgetting"], entry["forgetting_stderr"] = reading.delta, reading.stderr
         model.train(was_training)
-        self.history.append({"step": step, "score": score})
-        logger.info("step %d: validation %.4f", step, score)
-        return score
+        self.history.append(entry)
+        logger.info("step %d: validation %.4f%s", step, entry["score"], _forgetting_note(entry))
+        return entry
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.evaluate_at_start:
@@ -406,26 +425,55 @@ class BestStepCallback(TrainerCallback):
         periodic = self.every is not None and (step % self.every == 0 or step == max_steps)
         return step in self.schedule or periodic
 
+    def _within_bound(self, entry: Mapping[str, float]) -> bool:
+        return self.max_forgetting is None or entry["forgetting"] <= self.max_forgetting
+
+    def _consider(self, model: nn.Module, entry: Mapping[str, float]) -> None:
+        step, score = int(entry["step"]), entry["score"]
+        if score > self.paper_score:
+            self.paper_score, self.paper_step = score, step
+        if self._within_bound(entry):
+            if score > self.best_score:
+                self.best_score, self.best_step = score, step
+                self._best_state = trainable_state(model)
+        elif self._best_state is None and (
+            self._least_forgetting is None or entry["forgetting"] < self._least_forgetting[0]
+        ):  # the fallback, kept only while no step has met the bound
+            self._least_forgetting = (entry["forgetting"], step, score, trainable_state(model))
+
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if not self._due(state.global_step, state.max_steps):
-            return
-        score = self._evaluate(model, state.global_step)
-        if score > self.best_score:
-            self.best_score, self.best_step = score, state.global_step
-            self._best_state = trainable_state(model)
+        if self._due(state.global_step, state.max_steps):
+            self._consider(model, self._evaluate(model, state.global_step))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if self._best_state is None:  # no scheduled step reached (fewer steps than the first): score the last
-            self.best_score, self.best_step = self._evaluate(model, state.global_step), state.global_step
-            self._best_state = trainable_state(model)
-        else:
-            load_trainable_state(model, self._best_state)
+        if self._best_state is None and self._least_forgetting is None:  # no scheduled step reached (or NaN)
+            entry = self._evaluate(model, state.global_step)
+            self._consider(model, entry)
+            if self._best_state is None and self._least_forgetting is None:  # a NaN score compares to nothing
+                self.best_step, self.best_score = state.global_step, entry["score"]
+                self._best_state = trainable_state(model)
+        if self._best_state is None:  # every trained step forgot more than the bound
+            forgot, self.best_step, self.best_score, self._best_state = self._least_forgetting
+            self._least_forgetting, self.bound_met = None, False
+            logger.warning(
+                "no step stayed within --max-forgetting %g nats/token: keeping step %d, which forgot least (%.4f)",
+                self.max_forgetting,
+                self.best_step,
+                forgot,
+            )
+        load_trainable_state(model, self._best_state)
         if self.save_dir is not None and state.is_world_process_zero:
             model.save_pretrained(self.save_dir)
 
     @property
     def best_state(self) -> dict[str, torch.Tensor] | None:
         return self._best_state
+
+
+def _forgetting_note(entry: Mapping[str, float]) -> str:
+    if "forgetting" not in entry:
+        return ""
+    return f", forgetting {entry['forgetting']:+.4f} ± {entry['forgetting_stderr']:.4f} nats/token"
 
 
 @dataclass
@@ -439,6 +487,9 @@ class RunResult:
     losses: list[dict[str, float]]
     base_score: float | None = None
     micro_batch: int | None = None
+    paper_step: int | None = None  # the paper's rule within this run (best validation), when a bound chose
+    paper_score: float | None = None
+    bound_met: bool | None = None  # None: no --max-forgetting; False: no step stayed under it
     state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     @classmethod
@@ -454,8 +505,15 @@ class RunResult:
             history=callback.history,
             losses=losses,
             base_score=callback.history[0]["score"] if evaluate_at_start and callback.history else None,
+            paper_step=callback.paper_step,
+            paper_score=callback.paper_score,
+            bound_met=callback.bound_met,
             state=callback.best_state,
         )
+
+    def forgetting_at(self, step: int | None) -> float | None:
+        """The forgetting measured at ``step`` (None when it was not measured)."""
+        return next((e.get("forgetting") for e in self.history if e["step"] == step), None)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -471,13 +529,22 @@ class AmplifyResult:
     best: RunResult
     runs: list[RunResult]
     adapter_dir: Path | None = None
+    max_forgetting: float | None = None
+
+    @property
+    def selection(self) -> dict[str, Any] | None:
+        """:func:`selection_summary` of the sweep (None when forgetting was not measured)."""
+        return selection_summary(self.runs, self.max_forgetting)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "best": self.best.to_dict(),
             "runs": [run.to_dict() for run in self.runs],
             "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
         }
+        if self.selection is not None:
+            data["selection"] = self.selection
+        return data
 
 
 def train_one(
@@ -494,15 +561,22 @@ def train_one(
     output_dir: str | Path | None = None,
     schedule: Iterable[int] | None = None,
     evaluate_at_start: bool = True,
+    forgetting_fn: ForgettingFn | None = None,
+    max_forgetting: float | None = None,
 ) -> RunResult:
     """Train ``model``'s trainable weights from their current values at one ``lr``; leaves the best step loaded.
 
-    ``batch_size`` is the micro-batch: a number or ``"auto"`` (:func:`auto_micro_batch`).
+    ``batch_size`` is the micro-batch: a number or ``"auto"`` (:func:`auto_micro_batch`). ``forgetting_fn`` and
+    ``max_forgetting``: as :class:`BestStepCallback`'s.
     """
     check_schedule([lr], steps)
     batch_size = resolve_micro_batch(batch_size, model, records, pad_token_id)
     callback = BestStepCallback(
-        evaluate_fn, eval_schedule(steps) if schedule is None else schedule, evaluate_at_start=evaluate_at_start
+        evaluate_fn,
+        eval_schedule(steps) if schedule is None else schedule,
+        evaluate_at_start=evaluate_at_start,
+        forgetting_fn=forgetting_fn,
+        max_forgetting=max_forgetting,
     )
     with tempfile.TemporaryDirectory() as scratch:
         # the Trainer runs where the runtime placed the model (a CPU placement on a GPU machine, MPS on a Mac)
@@ -535,8 +609,42 @@ def add_run(runs: list[RunResult], run: RunResult, base_score: float | None) -> 
 
 
 def best_run(runs: Sequence[RunResult]) -> RunResult:
-    """The run with the best validation score; ``max`` keeps the first of equals, the larger lr listed first."""
-    return max(runs, key=lambda r: r.best_score)
+    """The run with the best validation score; ``max`` keeps the first of equals, the larger lr listed first.
+
+    Under ``--max-forgetting`` a run with a step within the bound beats every run without one.
+    """
+    return max(runs, key=lambda r: (r.bound_met is not False, r.best_score))
+
+
+def selection_summary(runs: Sequence[RunResult], max_forgetting: float | None) -> dict[str, Any] | None:
+    """What the forgetting-bounded rule and the paper's rule each pick over the sweep, and the cost in validation.
+
+    None when forgetting was not measured. ``cost`` is the paper pick's validation score minus the chosen one's
+    (what the bound gave up on the target); ``saved`` the forgetting it avoided (nats per token).
+    """
+    if not runs or not any("forgetting" in e for r in runs for e in r.history):
+        return None
+    chosen = best_run(runs)
+    paper = max(runs, key=lambda r: r.paper_score if r.paper_score is not None else r.best_score)
+    paper_step = paper.paper_step if paper.paper_step is not None else paper.best_step
+    paper_score = paper.paper_score if paper.paper_score is not None else paper.best_score
+    picks = {
+        "chosen": {"lr": chosen.lr, "step": chosen.best_step, "score": chosen.best_score},
+        "paper": {"lr": paper.lr, "step": paper_step, "score": paper_score},
+    }
+    picks["chosen"]["forgetting"] = chosen.forgetting_at(chosen.best_step)
+    picks["paper"]["forgetting"] = paper.forgetting_at(paper_step)
+    saved = None
+    if picks["paper"]["forgetting"] is not None and picks["chosen"]["forgetting"] is not None:
+        saved = picks["paper"]["forgetting"] - picks["chosen"]["forgetting"]
+    return {
+        "rule": "max-forgetting" if max_forgetting is not None else "paper",
+        "max_forgetting": max_forgetting,
+        "bound_met": chosen.bound_met,
+        **picks,
+        "cost": paper_score - chosen.best_score,
+        "saved": saved,
+    }
 
 
 def save_result(
@@ -559,6 +667,27 @@ def save_result(
     if tokenizer is not None:
         tokenizer.save_pretrained(result.adapter_dir)
     atomic_write_json(out / summary_name, {**result.to_dict(), **extra})
+
+
+def forgetting_meter(
+    model: nn.Module, tokenizer, forgetting_tokens: int | None, max_forgetting: float | None
+) -> ForgettingFn | None:
+    """A :class:`~peft_cca.evaluation.forgetting.ForgettingMeter` on ``model`` as it is now (the base), or None.
+
+    Measured when ``forgetting_tokens`` is given, or on the default 5,000 tokens when only ``max_forgetting`` is.
+    """
+    if not forgetting_tokens and max_forgetting is None:
+        return None
+    from peft_cca.evaluation.forgetting import DEFAULT_MAX_TOKENS, ForgettingMeter
+
+    tokens = forgetting_tokens or DEFAULT_MAX_TOKENS
+    logger.info("forgetting: measuring the base on %d tokens of held-out Wikipedia", tokens)
+    return ForgettingMeter.of_base(model, tokenizer, max_tokens=tokens)
+
+
+def meter_tokens(meter: ForgettingFn | None) -> int | None:
+    """How many tokens each forgetting reading scores (None without a meter), for the run's summary."""
+    return None if meter is None else meter.base.n_tokens
 
 
 def wrap(model: nn.Module, circuit: Circuit | None, mlp_targets: Sequence[str] = ("up",)) -> PeftModel:
@@ -608,6 +737,8 @@ def amplify(
     seed: int = 0,
     no_mask: str | None = None,
     prompt_options: PromptOptions | None = None,
+    forgetting_tokens: int | None = None,
+    max_forgetting: float | None = None,
 ) -> AmplifyResult:
     """Learning-rate sweep of CCA; the best run (by validation macro exact match) is loaded and saved.
 
@@ -616,6 +747,9 @@ def amplify(
     the base model, saved as a full model in ``<output_dir>/model``). Writes ``<output_dir>/adapter/`` and
     ``<output_dir>/amplify.json`` when ``output_dir`` is set. ``batch_size`` is the micro-batch or ``"auto"``.
     ``prompt_options``: stage 1's template and exemplars, so validation prompts as the pivots were found.
+    ``forgetting_tokens``: measure forgetting (cross-entropy rise on that many tokens of held-out Wikipedia) at
+    every validation step; ``max_forgetting`` (nats per token; measured on 5,000 tokens unless given) keeps the
+    best-validated step within it instead of the paper's best-validated step.
     """
     check_schedule(lrs, steps)
     if no_mask not in (None, *NO_MASK_LABELS):
@@ -644,6 +778,9 @@ def amplify(
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     micro_batch = resolve_micro_batch(batch_size, trained, records, pad_id)
+    if no_mask != "all":
+        reset_deltas(trained)  # the reference is the base model, also when a trained PeftModel was passed
+    meter = forgetting_meter(trained, tokenizer, forgetting_tokens, max_forgetting)
     runs: list[RunResult] = []
     base_score: float | None = None
     for lr in lrs:
@@ -662,13 +799,15 @@ def amplify(
             optimizer=optimizer,
             seed=seed,
             evaluate_at_start=base_score is None,
+            forgetting_fn=meter,
+            max_forgetting=max_forgetting,
         )
         base_score = add_run(runs, run, base_score)
         logger.info("lr %g: best validation %.4f at step %d", lr, run.best_score, run.best_step)
     best = best_run(runs)
     load_trainable_state(trained, best.state)
-    result = AmplifyResult(model=trained, best=best, runs=runs)
-    extra: dict[str, Any] = {"micro_batch": micro_batch, "no_mask": no_mask}
+    result = AmplifyResult(model=trained, best=best, runs=runs, max_forgetting=max_forgetting)
+    extra: dict[str, Any] = {"micro_batch": micro_batch, "no_mask": no_mask, "forgetting_tokens": meter_tokens(meter)}
     if no_mask is not None:
         extra["label"] = NO_MASK_LABELS[no_mask]
     if no_mask == "all":

@@ -28,12 +28,15 @@ from peft_cca.amplify.trainer import (
     AmplifyResult,
     BestStepCallback,
     EvaluateFn,
+    ForgettingFn,
     RunResult,
     add_run,
     auto_micro_batch,
     best_run,
     check_schedule,
+    forgetting_meter,
     load_trainable_state,
+    meter_tokens,
     save_result,
 )
 from peft_cca.defaults import DEFAULT_LORA_LRS, LoraSettings
@@ -208,11 +211,21 @@ def train_lora_once(
     evaluate_at_start: bool = True,
     micro_batch: int | None = None,
     max_length: int | None = None,
+    forgetting_fn: ForgettingFn | None = None,
+    max_forgetting: float | None = None,
 ) -> RunResult:
-    """One SFT run at ``lr``; the best validation step's LoRA weights are left loaded."""
+    """One SFT run at ``lr``; the best validation step's LoRA weights are left loaded (within ``max_forgetting``
+    when given: the same rule as CCA's, for a fair comparison)."""
     from trl import SFTTrainer
 
-    callback = BestStepCallback(evaluate_fn, (), evaluate_at_start=evaluate_at_start, every=settings.eval_every)
+    callback = BestStepCallback(
+        evaluate_fn,
+        (),
+        evaluate_at_start=evaluate_at_start,
+        every=settings.eval_every,
+        forgetting_fn=forgetting_fn,
+        max_forgetting=max_forgetting,
+    )
     with tempfile.TemporaryDirectory() as scratch:
         args = _sft_config(scratch, lr, settings, seed, trainer_use_cpu(peft_model), micro_batch, max_length)
         trainer = SFTTrainer(
@@ -244,11 +257,14 @@ def lora_sft(
     output_dir: str | Path | None = None,
     seed: int = 0,
     prompt_options: PromptOptions | None = None,
+    forgetting_tokens: int | None = None,
+    max_forgetting: float | None = None,
 ) -> AmplifyResult:
     """Learning-rate sweep of the LoRA baseline; the best run (validation macro exact match) is loaded and saved.
 
     ``model`` is a bare transformers model; it is wrapped per run and unwrapped between runs. ``prompt_options``
-    (stage 1's template and exemplars) prompt its training rows and its validation alike.
+    (stage 1's template and exemplars) prompt its training rows and its validation alike. ``forgetting_tokens``
+    and ``max_forgetting``: as :func:`peft_cca.amplify.trainer.amplify`'s.
     """
     settings = settings or LoraSettings()
     if settings.max_steps == 0 or settings.epochs <= 0:
@@ -273,6 +289,7 @@ def lora_sft(
     lengths = example_lengths(dataset, tokenizer)
     max_length = sequence_limit(lengths, settings.max_length)
     micro_batch = lora_micro_batch(model, tokenizer, dataset, lengths, settings)
+    meter = forgetting_meter(model, tokenizer, forgetting_tokens, max_forgetting)  # the bare base model
     runs: list[RunResult] = []
     base_score: float | None = None
     for lr in lrs:
@@ -289,6 +306,8 @@ def lora_sft(
             evaluate_at_start=base_score is None,
             micro_batch=micro_batch,
             max_length=max_length,
+            forgetting_fn=meter,
+            max_forgetting=max_forgetting,
         )
         base_score = add_run(runs, run, base_score)
         logger.info("LoRA lr %g: best validation %.4f at step %d", lr, run.best_score, run.best_step)
@@ -296,7 +315,7 @@ def lora_sft(
     best = best_run(runs)
     peft_model = get_peft_model(model, lora_config(model, settings))
     load_trainable_state(peft_model, best.state)
-    result = AmplifyResult(model=peft_model, best=best, runs=runs)
+    result = AmplifyResult(model=peft_model, best=best, runs=runs, max_forgetting=max_forgetting)
     # train_problems: what LoRA trained on, for Table 1 (CCA trains on pivots, LoRA on problems)
     save_result(
         result,
@@ -309,5 +328,6 @@ def lora_sft(
         micro_batch=micro_batch,
         longest_example_tokens=max(lengths),
         max_length=max_length,
+        forgetting_tokens=meter_tokens(meter),
     )
     return result

@@ -9,7 +9,7 @@ the band, with each figure's n and binomial standard error. ``peft-cca calibrate
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -34,11 +34,20 @@ def calibrate(
     size: int = 32,
     seed: int = 1234,
     band: tuple[float, float] = BAND,
+    done: Mapping[str, Mapping[str, Any]] | None = None,
+    on_row: Callable[[list[dict[str, Any]]], None] | None = None,
     **exact_match: Any,
 ) -> list[dict[str, Any]]:
-    """``[{"task", "n", "accuracy", "stderr", "in_band"}]`` per candidate, in the order given."""
+    """``[{"task", "n", "accuracy", "stderr", "in_band"}]`` per candidate, in the order given.
+
+    ``done`` holds rows measured before (by task; a resumed run skips them, its band re-applied); ``on_row``
+    gets the rows so far after each task, so a stopped calibration loses at most the task it was on.
+    """
     rows = []
     for task in tqdm(candidates, desc="calibrate", unit="task"):
+        if done and task in done:
+            rows.append({**done[task], "in_band": band[0] <= done[task]["accuracy"] <= band[1]})
+            continue
         problems = retention_problems([task], size, seed)
         result = evaluate_exact_match(model, tokenizer, problems, **exact_match)
         accuracy, n = result["micro"], result["n"]
@@ -51,6 +60,8 @@ def calibrate(
                 "in_band": band[0] <= accuracy <= band[1],
             }
         )
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 

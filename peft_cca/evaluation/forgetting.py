@@ -147,3 +147,41 @@ def forgetting(base: CrossEntropy, tuned: CrossEntropy) -> Forgetting:
         n_tokens=base.n_tokens,
         n_docs=base.n_docs,
     )
+
+
+class ForgettingMeter:
+    """Forgetting of a model as it trains, against the base model's cross-entropy measured once.
+
+    Built on the untouched model (a fresh adapter is the base: CCA's deltas and LoRA's B start at zero), then
+    called on the model at each validation step; every call scores the same documents, so each reading is the
+    paired rise of :func:`forgetting`. Step selection (``--max-forgetting``) reads ``delta``.
+    """
+
+    def __init__(self, base: CrossEntropy, tokenizer, corpus: Sequence[str] | None, **settings: int | None) -> None:
+        self.base = base
+        self.tokenizer = tokenizer
+        self.corpus = corpus
+        self.settings = settings
+
+    @classmethod
+    def of_base(
+        cls,
+        model: nn.Module,
+        tokenizer,
+        corpus: Sequence[str] | None = None,
+        *,
+        max_tokens: int | None = DEFAULT_MAX_TOKENS,
+        max_length: int = 512,
+        batch_size: int = 8,
+    ) -> ForgettingMeter:
+        """Measure ``model`` (the base, or an adapter that is still the identity) as the reference."""
+        settings = {"max_tokens": max_tokens, "max_length": max_length, "batch_size": batch_size}
+        return cls(cross_entropy(model, tokenizer, corpus, **settings), tokenizer, corpus, **settings)
+
+    def __call__(self, model: nn.Module) -> Forgetting:
+        was_training = model.training
+        model.eval()
+        try:
+            return forgetting(self.base, cross_entropy(model, self.tokenizer, self.corpus, **self.settings))
+        finally:
+            model.train(was_training)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_cca.reports.plots import kept_step, lr_colors, plot_circuits, plot_curves, plot_general
+from peft_cca.reports.step_choice import step_choice_rows, step_choice_table
 from peft_cca.reports.tables import (
     BASE,
     CONFIG_ORDER,
@@ -60,7 +61,15 @@ def write_report(runs: Sequence[Mapping[str, Any]], out_dir: str | Path) -> dict
         "table7": table7(runs),
         "templates": template_deltas(runs),
     }
+    step_rows = step_choice_rows(runs)
     markdown = render_markdown(tables)
+    if step_rows:
+        tables["step_choice"] = step_rows
+        markdown += (
+            "\n## Step choice: the paper's rule against forgetting bounds\n\nValidation and forgetting at the "
+            "step each rule keeps (replayed from the curves); cost: validation given up against the paper's pick."
+            "\n\n" + step_choice_table(step_rows)
+        )
     figures = {
         "curves": plot_curves(runs, out / "curves.png"),
         "circuits": plot_circuits(runs, out / "circuits.png"),

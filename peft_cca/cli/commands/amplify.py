@@ -57,6 +57,7 @@ def output_settings(args: argparse.Namespace, model: str, circuit: Path | None, 
     """What the adapter depends on (not the micro-batch or evaluation batch: they change speed only)."""
     keys = ("no_mask", "lr", "steps", "optimizer", "mlp_targets", "task", "split_seed", "val_limit")
     keys += ("prompt_style", "prompt_template", "num_fewshot", "fewshot_seed", "max_new_tokens", "seed")
+    keys += ("forgetting_tokens", "max_forgetting")
     return {
         **{key: getattr(args, key) for key in keys},
         "model": model,
@@ -128,7 +129,13 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         no_mask=args.no_mask,
         prompt_options=options,
+        forgetting_tokens=args.forgetting_tokens,
+        max_forgetting=args.max_forgetting,
     )
+    if result.selection is not None:
+        from peft_cca.reports.step_choice import describe_selection
+
+        print(describe_selection(result.selection))
     print(f"{'lr':>8}  {'base':>6}  {'best':>6}  step")
     for r in result.runs:
         print(f"{r.lr:>8.0e}  {r.base_score:>6.3f}  {r.best_score:>6.3f}  {r.best_step}")

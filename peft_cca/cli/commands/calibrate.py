@@ -33,6 +33,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_runtime_arguments(parser)
 
 
+def resumable_rows(out: Path, measured: dict) -> dict[str, dict]:
+    """Rows an earlier run with the same measuring settings wrote to ``out``, by task (a rerun resumes)."""
+    from peft_cca.runtime.runfolder import read_json_object
+
+    if not out.is_file():
+        return {}
+    earlier = read_json_object(out)
+    if earlier.get("settings") != measured:
+        from peft_cca.errors import UsageError
+
+        raise UsageError(
+            f"{out} holds a calibration with other settings ({earlier.get('settings')}): "
+            "give another --out, or delete it to measure afresh"
+        )
+    return {row["task"]: row for row in earlier.get("rows", [])}
+
+
 def run(args: argparse.Namespace) -> int:
     from peft_cca.errors import UsageError
     from peft_cca.evaluation.calibration import calibrate, render_table
@@ -43,8 +60,16 @@ def run(args: argparse.Namespace) -> int:
     if args.low > args.high:
         raise UsageError(f"--low {args.low} is above --high {args.high}")
     ensure_output_file(args.out)
+    measured = {key: getattr(args, key) for key in ("model", "size", "seed", "prompt_style", "max_new_tokens")}
+    done = resumable_rows(args.out, measured)
     model, tokenizer = load_model(resolve(args.model), runtime_from_args(args))
     band = (args.low, args.high)
+
+    def write(rows: list[dict], complete: bool = False) -> None:
+        chosen = [row["task"] for row in rows if row["in_band"]]
+        table = {"model": args.model, "band": list(band), "settings": measured, "rows": rows, "chosen": chosen}
+        atomic_write_json(args.out, {**table, "complete": complete})
+
     rows = calibrate(
         model,
         tokenizer,
@@ -52,12 +77,14 @@ def run(args: argparse.Namespace) -> int:
         size=args.size,
         seed=args.seed,
         band=band,
+        done=done,
+        on_row=write,
         prompt_style=args.prompt_style,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
     )
+    write(rows, complete=True)
     chosen = [row["task"] for row in rows if row["in_band"]]
-    atomic_write_json(args.out, {"model": args.model, "band": list(band), "rows": rows, "chosen": chosen})
     table = render_table(args.model, rows, band)
     atomic_write_text(args.out.with_suffix(".md"), table)
     print(table)

@@ -125,6 +125,7 @@ def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
                     "label": data.get("label"),
                     "kept": {"lr": best["lr"], "step": best["best_step"]} if "best_step" in best else None,
                     "train_problems": data.get("train_problems"),
+                    "selection": data.get("selection"),
                 }
                 if name == "amplify.json":
                     method = meta.get("method") or meta.get("config", {}).get("method")

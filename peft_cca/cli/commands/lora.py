@@ -55,6 +55,7 @@ def output_settings(args: argparse.Namespace, model: str, runtime: dict) -> dict
     keys = ("task", "split_seed", "lr", "epochs", "effective_batch", "eval_every", "max_steps", "max_length")
     keys += ("rank", "alpha", "dropout", "train_limit", "val_limit", "prompt_style", "prompt_template", "num_fewshot")
     keys += ("fewshot_seed", "max_new_tokens", "seed")
+    keys += ("forgetting_tokens", "max_forgetting")
     return {**{key: getattr(args, key) for key in keys}, "model": model, "runtime": runtime}
 
 
@@ -122,7 +123,13 @@ def run(args: argparse.Namespace) -> int:
         output_dir=out,
         seed=args.seed,
         prompt_options=options,
+        forgetting_tokens=args.forgetting_tokens,
+        max_forgetting=args.max_forgetting,
     )
+    if result.selection is not None:
+        from peft_cca.reports.step_choice import describe_selection
+
+        print(describe_selection(result.selection))
     for r in result.runs:
         print(f"lr {r.lr:g}: base {r.base_score:.3f}, best {r.best_score:.3f} at step {r.best_step}")
     print(f"best: lr {result.best.lr:g}, step {result.best.best_step}; micro-batch {result.best.micro_batch}")

@@ -116,6 +116,25 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_step_choice_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--forgetting-tokens`` and ``--max-forgetting``: let the choice of step see what it costs elsewhere."""
+    parser.add_argument(
+        "--forgetting-tokens",
+        type=non_negative_int,
+        metavar="N",
+        help="measure forgetting (cross-entropy rise on N tokens of held-out Wikipedia, PEFT's measure) at every "
+        "validation step and record it in the curve (default: off; 5000 with --max-forgetting)",
+    )
+    parser.add_argument(
+        "--max-forgetting",
+        type=non_negative_float,
+        metavar="NATS",
+        help="keep the best-validated step whose forgetting is at most NATS per token (e.g. 0.01) instead of the "
+        "paper's best-validated step; the summary records what both rules pick and what the bound cost on "
+        "validation (default: off, the paper's rule)",
+    )
+
+
 def add_training_run_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
     """The flags ``amplify`` and ``lora`` share after their own: validation, output folder, seed, placement."""
     from peft_cca.runtime.placement import add_runtime_arguments
@@ -123,6 +142,7 @@ def add_training_run_arguments(parser: argparse.ArgumentParser, out_help: str) -
     parser.add_argument("--val-limit", type=positive_int, help="use at most this many validation problems")
     add_generation_arguments(parser)
     parser.add_argument("--eval-batch-size", type=positive_int, default=16)
+    add_step_choice_arguments(parser)
     parser.add_argument("--out", type=Path, help=out_help)
     parser.add_argument("--overwrite", action="store_true", help="train afresh into an --out made with other settings")
     parser.add_argument("--seed", type=non_negative_int, default=0)
