@@ -206,3 +206,14 @@ def test_the_paper_preset_runs_the_authors_ablation_and_evaluates_its_model(tmp_
     assert trained[trained.index("--no-mask") + 1] == kind
     evaluated = stages["evaluate-cca-nomask-seed0"]
     assert evaluated[evaluated.index("--adapter") + 1].endswith(f"cca-nomask/{folder}")
+
+
+def test_training_measures_forgetting_per_step_with_the_general_suite_and_takes_a_bound(tmp_path):
+    quiet = dict(plan(DemoSettings(out=tmp_path, preset="quick")))
+    assert "--forgetting-tokens" not in quiet["cca-seed0"] and "--max-forgetting" not in quiet["lora-seed0"]
+    measured = dict(plan(DemoSettings(out=tmp_path, preset="quick", general="offline", max_forgetting=0.01)))
+    for arm in ("cca-seed0", "cca-nomask-seed0", "lora-seed0"):
+        argv = measured[arm]
+        assert argv[argv.index("--forgetting-tokens") + 1] == "2000"  # the quick preset's corpus size
+        assert argv[argv.index("--max-forgetting") + 1] == "0.01"
+    assert "max_forgetting" not in DemoSettings(out=tmp_path).recorded()  # older folders resume

@@ -150,6 +150,13 @@ class DemoSettings:
     # general abilities in every evaluation (evaluate --general); not in recorded(): it only adds measures, and each
     # evaluation's own settings check keeps a resumed one consistent
     general: str = "none"
+    max_forgetting: float | None = None  # amplify's and lora's --max-forgetting (None: the paper's rule)
+
+    def step_choice_argv(self) -> list[str]:
+        """amplify's and lora's forgetting flags: measured at every validation step whenever general abilities
+        are (the report's step-choice table replays bounds over those curves), bounded with ``max_forgetting``."""
+        argv = [] if self.general == "none" else ["--forgetting-tokens", str(GENERAL_SIZES[self.preset][2])]
+        return argv + ([] if self.max_forgetting is None else ["--max-forgetting", f"{self.max_forgetting:g}"])
 
     def general_argv(self) -> list[str]:
         """The evaluate flags of the general suite at the preset's size (GENERAL_SIZES)."""
@@ -182,6 +189,7 @@ class DemoSettings:
             "retention_tasks": list(self.retention_tasks),
             "counts": asdict(self.counts()),
             **({"prompt": list(self.prompt)} if self.prompt else {}),  # absent when unset: older folders resume
+            **({"max_forgetting": self.max_forgetting} if self.max_forgetting is not None else {}),
         }
 
 
@@ -223,6 +231,7 @@ def plan(settings: DemoSettings) -> list[tuple[str, list[str]]]:
             *tokens,
             "--seed",
             str(seed),
+            *settings.step_choice_argv(),
         ]
 
         def evaluate(name: str, adapter: Path | None, loc: str = loc, seed: int = seed) -> tuple[str, list[str]]:

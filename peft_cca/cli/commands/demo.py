@@ -103,6 +103,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="prompt style of every stage (see peft-cca localize --help; default: the task's protocol)",
     )
     add_prompt_arguments(parser, recorded=False)  # stage 1 records them in meta.json; later stages follow it
+    parser.add_argument(
+        "--max-forgetting",
+        type=non_negative_float,
+        metavar="NATS",
+        help="CCA and LoRA keep the best-validated step whose forgetting stays within NATS per token (see peft-cca "
+        "amplify --help); with --general, forgetting is measured at every validation step either way",
+    )
     add_runtime_arguments(parser, training=True)
     group = parser.add_argument_group("counts (override the preset)")
     group.add_argument("--problems", type=positive_int, help="problems drawn from the task")
@@ -171,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         overrides=overrides,
         runtime=tuple(runtime_argv(args)),
         prompt=tuple(prompt_argv(args)),
+        max_forgetting=args.max_forgetting,
     )
     report = run_demo(settings, runner=peft_cca, echo=lambda line: print(line, flush=True), overwrite=args.overwrite)
     markdown = report / "report.md"
