@@ -79,3 +79,24 @@ def test_a_stopped_calibration_resumes_from_the_rows_it_wrote(monkeypatch, tmp_p
     assert final["complete"] is True and final["chosen"] == ["aiw", "lcm"]
     atomic_write_json(out, {**final, "settings": {**final["settings"], "size": 99}})
     assert main(argv) == 2  # another measuring setting: refused, not mixed
+
+
+def test_an_offline_model_gets_its_calibrated_retention_suite_and_others_the_default():
+    from peft_cca.defaults import CALIBRATED_RETENTION_TASKS
+    from peft_cca.tasks import DEFAULT_RETENTION_TASKS, retention_tasks_for
+
+    assert retention_tasks_for("smollm2-135m-instruct") == CALIBRATED_RETENTION_TASKS["smollm2-135m-instruct"]
+    assert retention_tasks_for("someone/else") == retention_tasks_for(None) == DEFAULT_RETENTION_TASKS
+    for model, tasks in CALIBRATED_RETENTION_TASKS.items():
+        assert set(tasks) <= set(calibration.CANDIDATES), model  # chosen among the candidates calibrate measures
+        for task in tasks:
+            assert len(retention_problems([task], size=2, seed=0)) == 2, (model, task)
+
+
+def test_a_demo_resume_keeps_the_retention_suite_it_recorded(tmp_path):
+    from peft_cca.cli.demo_plan import recorded_retention_tasks
+    from peft_cca.runtime.runfolder import atomic_write_json
+
+    assert recorded_retention_tasks(tmp_path / "new") is None
+    atomic_write_json(tmp_path / "settings.json", {"model": "m", "retention_tasks": ["aiw", "gcd"]})
+    assert recorded_retention_tasks(tmp_path) == ["aiw", "gcd"]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_cca.errors import CCAError
-from peft_cca.runtime.runfolder import atomic_write_json, check_settings, ensure_output_dir
+from peft_cca.runtime.runfolder import atomic_write_json, check_settings, ensure_output_dir, read_json_object
 from peft_cca.tasks import DEFAULT_RETENTION_TASKS
 from peft_cca.tasks.protocol import PAPER, protocol_for
 from peft_cca.tasks.splits import split_counts
@@ -466,6 +466,16 @@ def _legacy_settings(out: Path) -> dict[str, Any] | None:
     # counts added since then have the meaning they had before they existed
     later = {"eval_max_new_tokens": None, "dcm_decay_every": None, "dcm_decay_gamma": 0.5}
     return {**{k: recorded.get(k) for k in keys}, "counts": {**later, **(old.get("counts") or {})}}
+
+
+def recorded_retention_tasks(out: Path) -> list[str] | None:
+    """The retention suite an earlier run into ``out`` recorded, so a resume without ``--retention-tasks`` keeps
+    it (a default that changed between versions must not block a resume)."""
+    path = out / "settings.json"
+    if path.is_file():
+        return read_json_object(path).get("retention_tasks")
+    legacy = _legacy_settings(out) if out.is_dir() else None
+    return legacy.get("retention_tasks") if legacy else None
 
 
 def run_demo(

@@ -37,6 +37,15 @@ DEFAULT_TASK = "rg:chain_sum?min_terms=2&max_terms=2&min_digits=1&max_digits=1&s
 # family_relationships it scores 0%, which could never show forgetting.
 DEFAULT_RETENTION_TASKS = ("aiw", "number_sequence", "products", "gcd")
 
+
+def retention_tasks_for(model: str | None) -> tuple[str, ...]:
+    """The retention suite of ``model``: the calibrated one of an offline model (tasks its base can lose, see
+    ``peft-cca calibrate``), else :data:`DEFAULT_RETENTION_TASKS`."""
+    from peft_cca.defaults import CALIBRATED_RETENTION_TASKS
+
+    return CALIBRATED_RETENTION_TASKS.get(model or "", DEFAULT_RETENTION_TASKS)
+
+
 __all__ = [
     "ANSWER_FORMATS",
     "DEFAULT_PROMPT_STYLE",
@@ -57,6 +66,7 @@ __all__ = [
     "parse_spec",
     "prompt_options",
     "resolve_prompt_style",
+    "retention_tasks_for",
     "score",
     "score_numeric",
     "split_counts",

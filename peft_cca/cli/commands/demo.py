@@ -16,9 +16,9 @@ from peft_cca.cli.commands.options import (
     positive_int,
     probability,
 )
-from peft_cca.cli.demo_plan import PRESETS, SKIPPABLE, DemoSettings, run_demo
+from peft_cca.cli.demo_plan import PRESETS, SKIPPABLE, DemoSettings, recorded_retention_tasks, run_demo
 from peft_cca.runtime.placement import add_runtime_arguments, runtime_argv
-from peft_cca.tasks import DEFAULT_RETENTION_TASKS, DEFAULT_TASK, PROMPT_STYLES
+from peft_cca.tasks import DEFAULT_RETENTION_TASKS, DEFAULT_TASK, PROMPT_STYLES, retention_tasks_for
 from peft_cca.tasks.protocol import PAPER
 
 HELP = "every stage end to end on the offline model, with a comparison table"
@@ -69,8 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retention-tasks",
         nargs="+",
-        default=list(DEFAULT_RETENTION_TASKS),
-        help="reasoning-gym tasks the amplified model must not get worse at",
+        help="reasoning-gym tasks the amplified model must not get worse at (default: what --out recorded when "
+        "resuming, else the model's calibrated suite for an offline model, see peft-cca calibrate, else "
+        f"{' '.join(DEFAULT_RETENTION_TASKS)})",
     )
     parser.add_argument(
         "--general",
@@ -171,7 +172,9 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         task=args.task,
         preset=args.preset,
-        retention_tasks=tuple(args.retention_tasks),
+        retention_tasks=tuple(
+            args.retention_tasks or recorded_retention_tasks(args.out) or retention_tasks_for(args.model)
+        ),
         general=args.general,
         method=args.method,
         skip=tuple(args.skip),

@@ -51,8 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retention-tasks",
         nargs="*",
-        default=list(RETENTION_TASKS),
-        help="reasoning-gym tasks of the retention suite (none: skip)",
+        help="reasoning-gym tasks of the retention suite (none: skip; default: the model's calibrated suite for an "
+        f"offline model, see peft-cca calibrate, else {' '.join(RETENTION_TASKS)})",
     )
     parser.add_argument("--retention-size", type=positive_int, default=50, help="problems per retention task")
     parser.add_argument("--no-kl", action="store_true", help="skip the KL drift on neutral text")
@@ -166,6 +166,10 @@ def run(args: argparse.Namespace) -> int:
     resolve(model_name)
     if args.adapter is not None and not whole_model:
         check_adapter_folder(args.adapter)
+    if args.retention_tasks is None:
+        from peft_cca.tasks import retention_tasks_for
+
+        args.retention_tasks = list(retention_tasks_for(args.model or info["model"]))
     retention_problems(args.retention_tasks, args.retention_size)  # a mistyped task is refused before the model loads
     if args.general == "offline":
         check_general_data()  # a missing data package is one line naming it, before the model loads
