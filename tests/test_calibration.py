@@ -100,3 +100,10 @@ def test_a_demo_resume_keeps_the_retention_suite_it_recorded(tmp_path):
     assert recorded_retention_tasks(tmp_path / "new") is None
     atomic_write_json(tmp_path / "settings.json", {"model": "m", "retention_tasks": ["aiw", "gcd"]})
     assert recorded_retention_tasks(tmp_path) == ["aiw", "gcd"]
+
+
+def test_two_configs_of_one_generator_are_two_retention_tasks_with_distinct_ids():
+    problems = retention_problems(["products?max_digits=1", "products?max_digits=2", "gcd"], size=3, seed=0)
+    assert [p.group_id for p in problems] == ["products?max_digits=1"] * 3 + ["products?max_digits=2"] * 3 + ["gcd"] * 3
+    assert len({p.id for p in problems}) == 9
+    assert problems[-1].id == "rg:gcd:0:2"  # a task without a config keeps its ids and group
