@@ -208,3 +208,19 @@ def test_lora_measures_forgetting_on_the_same_rule(tmp_path):
     assert saved["selection"]["max_forgetting"] == 0.0
     # lr 1e-2 moves the model: no trained step stays at zero forgetting unless one rose by nothing
     assert saved["selection"]["bound_met"] == any(e["forgetting"] <= 0.0 for e in history[1:])
+
+
+def test_a_sweep_keeps_the_state_of_the_run_within_the_bound_over_a_better_scoring_one_outside_it():
+    from peft_cca.amplify.trainer import add_run
+
+    def run(lr: float, score: float, met: bool) -> RunResult:
+        history = [{"step": 0, "score": 0.5, "forgetting": 0.0}, {"step": 10, "score": score, "forgetting": 0.1}]
+        state = {"w": torch.full((1,), lr)}
+        return RunResult(lr=lr, best_step=10, best_score=score, history=history, losses=[], bound_met=met, state=state)
+
+    runs: list[RunResult] = []
+    base = add_run(runs, run(2e-4, 0.7, met=True), None)
+    add_run(runs, run(1e-3, 0.8, met=False), base)  # scores higher, but only its least-forgetting fallback
+    kept = best_run(runs)
+    assert kept.lr == 2e-4 and kept.state is not None  # its weights were not dropped for the higher score
+    assert runs[1].state is None

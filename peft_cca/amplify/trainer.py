@@ -600,7 +600,7 @@ def add_run(runs: list[RunResult], run: RunResult, base_score: float | None) -> 
     if run.history and run.history[0]["step"] != 0:
         run.history.insert(0, {"step": 0, "score": base_score})
     best = best_run(runs) if runs else None
-    if best is not None and run.best_score > best.best_score:
+    if best is not None and _rank(run) > _rank(best):
         best.state = None
     elif best is not None:
         run.state = None
@@ -613,7 +613,12 @@ def best_run(runs: Sequence[RunResult]) -> RunResult:
 
     Under ``--max-forgetting`` a run with a step within the bound beats every run without one.
     """
-    return max(runs, key=lambda r: (r.bound_met is not False, r.best_score))
+    return max(runs, key=_rank)
+
+
+def _rank(run: RunResult) -> tuple[bool, float]:
+    """How runs of a sweep compare: within the forgetting bound first, then validation (best_run, add_run)."""
+    return (run.bound_met is not False, run.best_score)
 
 
 def selection_summary(runs: Sequence[RunResult], max_forgetting: float | None) -> dict[str, Any] | None:
