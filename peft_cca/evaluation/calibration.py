@@ -3,7 +3,7 @@
 A retention task the base already fails (1 in 16) cannot show forgetting: every arm "keeps" it or "raises" it.
 So the suite is chosen per model, by measuring the base on candidate non-target tasks and keeping those inside
 the band, with each figure's n and binomial standard error. ``peft-cca calibrate`` runs it and writes the table;
-``results/retention-calibration.md`` holds the committed one.
+``results/retention-calibration/<model>.md`` holds the committed ones.
 """
 
 from __future__ import annotations
