@@ -157,7 +157,7 @@ class ForgettingMeter:
     paired rise of :func:`forgetting`. Step selection (``--max-forgetting``) reads ``delta``.
     """
 
-    def __init__(self, base: CrossEntropy, tokenizer, corpus: Sequence[str] | None, **settings: int | None) -> None:
+    def __init__(self, base: CrossEntropy, tokenizer, corpus: Sequence[str], **settings: int | None) -> None:
         self.base = base
         self.tokenizer = tokenizer
         self.corpus = corpus
@@ -175,6 +175,7 @@ class ForgettingMeter:
         batch_size: int = 8,
     ) -> ForgettingMeter:
         """Measure ``model`` (the base, or an adapter that is still the identity) as the reference."""
+        corpus = general_corpus() if corpus is None else corpus  # read and shuffled once, not at every step
         settings = {"max_tokens": max_tokens, "max_length": max_length, "batch_size": batch_size}
         return cls(cross_entropy(model, tokenizer, corpus, **settings), tokenizer, corpus, **settings)
 
