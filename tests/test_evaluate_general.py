@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from tiny_tokenizer import tiny_tokenizer
 
 from peft_cca.cli import main
 from peft_cca.cli.commands.evaluate import default_general
+from peft_cca.evaluation import general_data
 from peft_cca.reports import table2
 
 
@@ -29,18 +31,18 @@ def test_the_offline_suite_and_the_cross_entropy_are_recorded_with_n_and_stderr(
     out = tmp_path / "eval.json"
     argv = ["evaluate", "--run", str(run_folder), "--retention-tasks", "--no-kl", "--max-new-tokens", "2"]
     argv += ["--test-limit", "2", "--val-limit", "0", "--general", "offline", "--general-limit", "2"]
-    argv += ["--general-tasks", "cca_truthfulqa_mc1_bigbench", "--forgetting-tokens", "600", "--out", str(out)]
+    argv += ["--general-tasks", "cca_mmlu_humanities", "--forgetting-tokens", "600", "--out", str(out)]
     assert main(argv) == 0
     general = json.loads(out.read_text())["general"]
-    mc1 = general["lm_eval"]["cca_truthfulqa_mc1_bigbench"]
-    assert mc1["n"] == 2 and 0.0 <= mc1["acc"] <= 1.0 and "acc_stderr" in mc1
+    humanities = general["lm_eval"]["cca_mmlu_humanities"]
+    assert humanities["n"] == 26 and 0.0 <= humanities["acc"] <= 1.0 and "acc_stderr" in humanities
     ce = general["cross_entropy"]
     assert ce["n_tokens"] >= 600 and ce["n_docs"] >= 2 and len(ce["doc_nll"]) == ce["n_docs"] and ce["stderr"] > 0
     # the same model as base and arm: Table 2 shows no change, and marks nothing
     base, arm = {"config": "Base", "general": general}, {"config": "LoRA", "method": None, "general": general}
     row = table2([base, arm])[0]
     assert row["delta"]["cross-entropy (nats/token)"] == 0.0 and not row["marked"]
-    assert row["n"]["cca_truthfulqa_mc1_bigbench acc"] == 2
+    assert row["n"]["cca_mmlu_humanities acc"] == 26
 
 
 def test_none_skips_the_suite_and_the_forgetting(run_folder, tmp_path):
@@ -54,14 +56,23 @@ def test_the_default_follows_the_environment_then_the_installed_data(monkeypatch
     monkeypatch.setenv("PEFT_CCA_GENERAL", "hub")
     assert default_general() == "hub"
     monkeypatch.delenv("PEFT_CCA_GENERAL")
+    monkeypatch.setenv("PEFT_CCA_BIGBENCH", "/nonexistent")  # BIG-bench's optional files: not needed
     assert default_general() == "offline"  # scripts/setup.sh installs the data
-    monkeypatch.setenv("PEFT_CCA_CACHE", "/nonexistent")  # BIG-bench's files are not there
+    real = importlib.metadata.distribution
+
+    def distribution(name):
+        if name == general_data.WIKIPEDIA.distribution:  # no forgetting corpus: nothing to measure forgetting on
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
     assert default_general() == "none"
 
 
 def test_missing_data_is_one_line_before_the_model_loads(run_folder, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("PEFT_CCA_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("PEFT_CCA_BIGBENCH", str(tmp_path / "no-checkout"))
     argv = ["evaluate", "--run", str(run_folder), "--general", "offline", "--out", str(tmp_path / "e.json")]
-    assert main(argv) == 1
+    assert main([*argv, "--general-tasks", "cca_truthfulqa_mc1_bigbench"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "BIG-bench task file" in err[0] and "pip download" in err[0]
+    assert len(err) == 1 and "BIG-bench task file" in err[0] and "git clone" in err[0]
+    assert not (tmp_path / "e.json").exists() and not (tmp_path / "e.json.parts").exists()

@@ -13,9 +13,21 @@ from tiny_tokenizer import tiny_tokenizer
 from peft_cca.evaluation import general_data
 from peft_cca.evaluation.general_data import MissingDataError
 from peft_cca.evaluation.general_suite import run_general_suite
-from peft_cca.evaluation.offline_tasks import OFFLINE_TASKS, SUITE, DataFiles, mmlu_subjects, task_configs
+from peft_cca.evaluation.offline_tasks import (
+    OFFLINE_TASKS,
+    SUITE,
+    DataFiles,
+    available_tasks,
+    check_task_data,
+    mmlu_subjects,
+    task_configs,
+)
 
 TINY_LIMITS = dict.fromkeys(OFFLINE_TASKS, 2)
+BIGBENCH_TASKS = ("cca_truthfulqa_mc1_bigbench", "cca_truthfulqa_mc2_bigbench", "cca_closedbook_wikidata")
+# the tasks whose data scripts/setup.sh installs: they run on every machine the README's commands set up
+INSTALLED_TASKS = ("cca_mmlu_stem", "cca_mmlu_humanities", "cca_closedbook_nq", "cca_gsm8k")
+WIKIDATA_FACTS = [("The capital of France is", "Paris"), ("The author of Hamlet is", "William Shakespeare")]
 
 
 @pytest.fixture(autouse=True)
@@ -29,10 +41,29 @@ def tiny():
     return tiny_model("llama"), tiny_tokenizer()
 
 
+def _write_wikidata(path: Path, facts) -> Path:
+    """Closed-book facts in BIG-bench's ``qa_wikidata`` format: ``{"examples": [{"input", "target"}]}``."""
+    path.write_text(json.dumps({"examples": [{"input": prompt, "target": target} for prompt, target in facts]}))
+    return path
+
+
 @pytest.fixture(scope="module")
-def tiny_scores(tiny):
+def bigbench_files(tmp_path_factory):
+    """BIG-bench-format files of our own, so the optional tasks run wherever the tests do."""
+    folder = tmp_path_factory.mktemp("bigbench")
+    truthfulqa = _write_truthfulqa(folder / "truthful_qa", flip=False)
+    wikidata = _write_wikidata(folder / "wikidata.json", WIKIDATA_FACTS)
+    return DataFiles(
+        truthfulqa_mc=truthfulqa.truthfulqa_mc, truthfulqa_questions=truthfulqa.truthfulqa_questions, wikidata=wikidata
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_scores(tiny, bigbench_files):
     model, tokenizer = tiny
-    return run_general_suite(model, tokenizer, limits=TINY_LIMITS, batch_size=4, max_gen_toks=8)
+    return run_general_suite(
+        model, tokenizer, OFFLINE_TASKS, limits=TINY_LIMITS, batch_size=4, max_gen_toks=8, files=bigbench_files
+    )
 
 
 def _suite(tiny, tasks, files=None, limit=None):
@@ -84,31 +115,56 @@ def test_packaged_data_is_the_real_benchmarks():
     mmlu = general_data.mmlu_records()
     assert len(mmlu) == 14_042 and len({row["subject"] for row in mmlu}) == 57
     assert set(mmlu_subjects("stem")) | set(mmlu_subjects("humanities")) <= {row["subject"] for row in mmlu}
+    nq_open = general_data.nq_open_records()
+    assert len(nq_open) == 3_569 and len({row["question"] for row in nq_open}) == 3_569
+    assert all(row["answer"] and all(isinstance(a, str) and a for a in row["answer"]) for row in nq_open)
+    gsm8k = general_data.gsm8k_records()
+    assert len(gsm8k) == 1_319 and all("\n#### " in row["answer"] for row in gsm8k)
+    assert set(INSTALLED_TASKS) <= set(available_tasks())
+
+
+def test_bigbench_checkout_is_the_real_benchmarks():
+    try:
+        general_data.bigbench_file("qa_wikidata", "task.json")
+    except MissingDataError:
+        pytest.skip("no BIG-bench checkout here ($PEFT_CCA_BIGBENCH): its files are optional")
     truthfulqa = general_data.truthfulqa_records()
     assert len(truthfulqa) == 299
     assert all(row["mc1_targets"]["labels"][0] == 1 and sum(row["mc1_targets"]["labels"]) == 1 for row in truthfulqa)
     assert all(row["mc2_targets"]["labels"][0] == 1 and 0 in row["mc2_targets"]["labels"] for row in truthfulqa)
     wikidata = general_data.wikidata_records()
     assert len(wikidata) == 20_442 and all(row["answer"]["aliases"] for row in wikidata)
-    gsm8k = general_data.gsm8k_records()
-    assert len(gsm8k) == 1_319 and all("\n#### " in row["answer"] for row in gsm8k)
+
+
+def test_bigbench_tasks_join_the_default_suite_only_where_their_files_are(monkeypatch, tmp_path):
+    monkeypatch.setenv("PEFT_CCA_BIGBENCH", str(tmp_path / "benchmark_tasks"))
+    assert available_tasks() == INSTALLED_TASKS
+    (tmp_path / "benchmark_tasks").mkdir()
+    truthfulqa = _write_truthfulqa(tmp_path / "benchmark_tasks" / "truthful_qa", flip=False)
+    assert truthfulqa.truthfulqa_mc.parent == general_data.bigbench_dir() / "truthful_qa"
+    assert available_tasks() == tuple(task for task in OFFLINE_TASKS if task != "cca_closedbook_wikidata")
+    (tmp_path / "benchmark_tasks" / "qa_wikidata").mkdir()
+    _write_wikidata(tmp_path / "benchmark_tasks" / "qa_wikidata" / "task.json", WIKIDATA_FACTS)
+    assert available_tasks() == OFFLINE_TASKS
+    check_task_data(OFFLINE_TASKS)
 
 
 def test_every_task_scores_a_tiny_model_offline(tiny_scores):
     assert list(tiny_scores) == list(SUITE)
     assert (tiny_scores["cca_mmlu_stem"]["n"], tiny_scores["cca_mmlu_stem"]["subjects"]) == (38, 19)
     assert (tiny_scores["cca_mmlu_humanities"]["n"], tiny_scores["cca_mmlu_humanities"]["subjects"]) == (26, 13)
-    for task in ("cca_truthfulqa_mc1_bigbench", "cca_truthfulqa_mc2_bigbench", "cca_closedbook_wikidata", "cca_gsm8k"):
+    for task in ("cca_truthfulqa_mc1_bigbench", "cca_truthfulqa_mc2_bigbench", "cca_closedbook_nq", "cca_gsm8k"):
         assert tiny_scores[task]["n"] == 2
+    assert tiny_scores["cca_closedbook_wikidata"]["n"] == len(WIKIDATA_FACTS)
     for task, metrics in tiny_scores.items():
         values = {name: value for name, value in metrics.items() if name not in ("n", "subjects")}
         assert values and all(0.0 <= value <= 1.0 for value in values.values()), (task, metrics)
     assert {"exact_match_strict-match", "exact_match_flexible-extract"} <= set(tiny_scores["cca_gsm8k"])
 
 
-def test_scores_are_deterministic(tiny, tiny_scores):
-    tasks = ["cca_truthfulqa_mc2_bigbench", "cca_closedbook_wikidata"]
-    assert _suite(tiny, tasks, limit=2) == {task: tiny_scores[task] for task in tasks}
+def test_scores_are_deterministic(tiny, tiny_scores, bigbench_files):
+    tasks = ["cca_truthfulqa_mc2_bigbench", "cca_closedbook_nq"]
+    assert _suite(tiny, tasks, files=bigbench_files, limit=2) == {task: tiny_scores[task] for task in tasks}
 
 
 def _write_truthfulqa(folder: Path, flip: bool) -> DataFiles:
@@ -167,14 +223,27 @@ def test_mmlu_scores_follow_the_answer_key(tiny, tmp_path):
     assert sum(accuracies) == pytest.approx(1.0) and len(set(accuracies)) > 1
 
 
-def test_closed_book_and_gsm8k_score_exact_match_against_the_key(tiny, tmp_path):
-    [closed_book] = task_configs("cca_closedbook_wikidata")
-    answers = _answers(_harness(tiny, closed_book, limit=2), closed_book["task"], "remove_whitespace")
-    own = tmp_path / "own.json"
-    own.write_text(json.dumps({"examples": [{"input": q, "target": [a, "zzz"]} for q, a in answers.items()]}))
-    wrong = tmp_path / "wrong.json"
-    wrong.write_text(json.dumps({"examples": [{"input": q, "target": "zzz qqq"} for q in answers]}))
+def _doctored_closed_book(task: str, answers: dict[str, str], path: Path, right: bool) -> DataFiles:
+    """The questions the model answered, keyed with its own answer among others (right) or with nonsense."""
+    targets = {question: [answer, "zzz"] if right else ["zzz qqq"] for question, answer in answers.items()}
+    if task == "cca_closedbook_nq":
+        path.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in targets.items()))
+        return DataFiles(nq_open=path)
+    return DataFiles(wikidata=_write_wikidata(path, targets.items()))
 
+
+@pytest.mark.parametrize("task", ["cca_closedbook_nq", "cca_closedbook_wikidata"])
+def test_closed_book_scores_exact_match_against_any_accepted_answer(tiny, tmp_path, bigbench_files, task):
+    [config] = task_configs(task, bigbench_files)
+    answers = _answers(_harness(tiny, config, limit=2), config["task"], "remove_whitespace")
+    assert len(answers) == 2
+    right = _suite(tiny, [task], files=_doctored_closed_book(task, answers, tmp_path / "right", True), limit=2)
+    wrong = _suite(tiny, [task], files=_doctored_closed_book(task, answers, tmp_path / "wrong", False), limit=2)
+    assert right[task] == {"exact_match": 1.0, "exact_match_stderr": 0.0, "n": 2}
+    assert wrong[task]["exact_match"] == 0.0
+
+
+def test_gsm8k_scores_exact_match_against_the_key(tiny, tmp_path):
     # GSM8K draws its 5-shot exemplars from the test set: doctor only the two scored answers of the full set
     [gsm8k] = task_configs("cca_gsm8k")
     solved = _answers(_harness(tiny, gsm8k, limit=2), gsm8k["task"], "flexible-extract")
@@ -186,12 +255,8 @@ def test_closed_book_and_gsm8k_score_exact_match_against_the_key(tiny, tmp_path)
             for row in problems
         ]
         path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-
-    tasks = ["cca_closedbook_wikidata", "cca_gsm8k"]
-    right = _suite(tiny, tasks, files=DataFiles(wikidata=own, gsm8k=gsm_own), limit=2)
-    wrong_scores = _suite(tiny, tasks, files=DataFiles(wikidata=wrong, gsm8k=gsm_wrong), limit=2)
-    assert right["cca_closedbook_wikidata"] == {"exact_match": 1.0, "exact_match_stderr": 0.0, "n": 2}
-    assert wrong_scores["cca_closedbook_wikidata"]["exact_match"] == 0.0
+    right = _suite(tiny, ["cca_gsm8k"], files=DataFiles(gsm8k=gsm_own), limit=2)
+    wrong_scores = _suite(tiny, ["cca_gsm8k"], files=DataFiles(gsm8k=gsm_wrong), limit=2)
     assert right["cca_gsm8k"]["exact_match_flexible-extract"] == 1.0
     assert wrong_scores["cca_gsm8k"]["exact_match_flexible-extract"] == 0.0
 
@@ -201,6 +266,7 @@ def test_closed_book_and_gsm8k_score_exact_match_against_the_key(tiny, tmp_path)
     [
         (general_data.MMLU, general_data.mmlu_records),
         (general_data.GSM8K, general_data.gsm8k_records),
+        (general_data.NQ_OPEN, general_data.nq_open_records),
         (general_data.WIKIPEDIA, general_data.wikipedia_documents),
     ],
 )
@@ -219,11 +285,14 @@ def test_a_missing_data_package_is_one_line_with_the_install_command(monkeypatch
     assert "\n" not in message and package.distribution in message and f"`{package.install}`" in message
 
 
-def test_missing_bigbench_files_name_the_sdist_and_where_to_extract(monkeypatch, tmp_path, tiny):
+def test_missing_bigbench_files_name_the_checkout_and_where_it_goes(monkeypatch, tmp_path, tiny):
+    monkeypatch.delenv("PEFT_CCA_BIGBENCH", raising=False)
     monkeypatch.setenv("PEFT_CCA_CACHE", str(tmp_path))
+    with pytest.raises(MissingDataError) as checked:
+        check_task_data(["cca_mmlu_stem", "cca_truthfulqa_mc1_bigbench"])
     with pytest.raises(MissingDataError) as error:
         _suite(tiny, ["cca_truthfulqa_mc1_bigbench"])  # the error reaches the caller through lm-eval
     message = str(error.value)
-    assert "\n" not in message
-    assert "pip download --no-deps --no-binary :all: bigbench==1.0.0" in message
+    assert message == str(checked.value) and "\n" not in message
+    assert "https://github.com/google/BIG-bench" in message and "PEFT_CCA_BIGBENCH=" in message
     assert str(tmp_path / "general-data" / "bigbench") in message

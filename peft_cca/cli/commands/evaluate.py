@@ -11,15 +11,17 @@ GENERAL_MODES = ("offline", "hub", "none")
 
 
 def default_general() -> str:
-    """``$PEFT_CCA_GENERAL`` if set, else ``offline`` where the suite's data is installed, else ``none``."""
+    """``$PEFT_CCA_GENERAL`` if set, else ``offline`` where the forgetting corpus and a suite task's data are
+    installed, else ``none``."""
     import os
 
-    from peft_cca.evaluation.general_data import general_data_installed
+    from peft_cca.evaluation.general_data import forgetting_corpus_installed
+    from peft_cca.evaluation.offline_tasks import available_tasks
 
     chosen = os.environ.get("PEFT_CCA_GENERAL")
     if chosen in GENERAL_MODES:
         return chosen
-    return "offline" if general_data_installed() else "none"
+    return "offline" if forgetting_corpus_installed() and available_tasks() else "none"
 
 
 HELP = "exact match on the target task, retention suite, forgetting and general abilities through lm-eval"
@@ -77,7 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=OFFLINE_TASKS,
         metavar="TASK",
-        help=f"offline tasks to run (default all: {' '.join(OFFLINE_TASKS)})",
+        help="offline tasks to run (default: every one whose data is installed; BIG-bench's TruthfulQA and wikidata "
+        f"need a BIG-bench checkout, see $PEFT_CCA_BIGBENCH): {' '.join(OFFLINE_TASKS)}",
     )
     parser.add_argument(
         "--general-limit",
@@ -144,9 +147,9 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.defaults import LM_EVAL_TASKS
     from peft_cca.evaluation.drift import NEUTRAL_TEXTS
     from peft_cca.evaluation.exact_match import on_main, prepare_cache
-    from peft_cca.evaluation.general_data import check_general_data
+    from peft_cca.evaluation.general_data import WIKIPEDIA, package_file
     from peft_cca.evaluation.model_eval import evaluate_model
-    from peft_cca.evaluation.offline_tasks import OFFLINE_TASKS
+    from peft_cca.evaluation.offline_tasks import available_tasks, check_task_data
     from peft_cca.evaluation.retention import retention_problems
     from peft_cca.evaluation.run_problems import stage_problems
     from peft_cca.runtime.loading import check_adapter_folder, load_adapter, load_model, resolve
@@ -171,8 +174,11 @@ def run(args: argparse.Namespace) -> int:
 
         args.retention_tasks = list(retention_tasks_for(args.model or info["model"]))
     retention_problems(args.retention_tasks, args.retention_size)  # a mistyped task is refused before the model loads
-    if args.general == "offline":
-        check_general_data()  # a missing data package is one line naming it, before the model loads
+    offline = None
+    if args.general == "offline":  # a missing data package is one line naming it, before the model loads
+        offline = args.general_tasks or list(available_tasks())
+        check_task_data(offline)
+        package_file(WIKIPEDIA)
     options = prompt_options_from_args(args)
     # finished batches live beside the output until it is written, so an interrupted run (any process count) resumes
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if not k.startswith("_")}
@@ -188,9 +194,6 @@ def run(args: argparse.Namespace) -> int:
     lm_tasks = (args.lm_eval or list(LM_EVAL_TASKS)) if args.lm_eval is not None else None
     if args.general == "hub":
         lm_tasks = lm_tasks or list(LM_EVAL_TASKS)
-    offline = None
-    if args.general == "offline":
-        offline = args.general_tasks or list(OFFLINE_TASKS)
     limit = int(args.lm_eval_limit) if args.lm_eval_limit and args.lm_eval_limit >= 1 else args.lm_eval_limit
     result = evaluate_model(
         model,
