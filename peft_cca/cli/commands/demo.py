@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=GENERAL_MODES,
         default=default_general(),
         help="general abilities in every evaluation (see `peft-cca evaluate --help`); the offline suite runs at the "
-        "preset's size: quick 3 documents per task on MMLU STEM/Humanities and closed-book QA, full 20 on every "
+        "preset's size: quick 3 documents per task on MMLU STEM/Humanities and TriviaQA, full 20 on every "
         "task, paper all (default: offline where its data is installed, else none)",
     )
     parser.add_argument(

