@@ -86,3 +86,14 @@ def test_the_markdown_shows_n_stderr_and_the_mark(tmp_path):
     assert "retention: aiw 50.0 ± 5.0 (n=100)" in text
     assert "**-15.0 ± 6.9** ▼" in text and "-5.0 ± 7.1 |" in text
     assert plot_general(tables["table2"], tmp_path / "general.png").stat().st_size > 0
+
+
+def test_a_measure_some_base_seeds_lack_is_named_not_averaged():
+    later = run("Base", 0.50, [10.0, 20.0, 30.0], seed=1)
+    later["general"]["lm_eval"] = {"cca_triviaqa": {"exact_match": 0.1, "exact_match_stderr": 0.05, "n": 20}}
+    tuned = [{**DAMAGED, "seed": seed} for seed in (0, 1)]
+    [row] = table2([BASE, later, *tuned])
+    assert "cca_mmlu_stem acc" not in row["base"] and "cca_triviaqa exact_match" not in row["base"]
+    assert row["left_out"] == {"cca_mmlu_stem acc": [0], "cca_triviaqa exact_match": [1]}
+    report = render_markdown({"table1": [], "table2": [row], "table7": []})
+    assert "Left out, measured on some base seeds only: cca_mmlu_stem acc (seeds 0); cca_triviaqa exact_match" in report

@@ -128,6 +128,12 @@ def table2(runs: Sequence[Mapping[str, Any]], row_key, row_order) -> list[dict[s
     base_measures = [measured[id(r)] for r in base_runs]
     names = [n for n in base_measures[0] if all(n in m for m in base_measures)]
     base = {n: _mean_measure([m[n] for m in base_measures]) for n in names}
+    # measures some base seeds lack (a suite that changed between seeds) cannot be averaged: say which, not nothing
+    partial: dict[str, list[Any]] = {}
+    for run, measures in zip(base_runs, base_measures, strict=True):
+        for name in measures:
+            if name not in base:
+                partial.setdefault(name, []).append(run.get("seed"))
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for run in runs:
         if run.get("config") != "Base":
@@ -163,6 +169,7 @@ def table2(runs: Sequence[Mapping[str, Any]], row_key, row_order) -> list[dict[s
                 "delta_stderr": delta_stderr,
                 "delta_spread": spread,
                 "marked": marked,
+                "left_out": partial,
             }
         )
     return rows
@@ -212,11 +219,17 @@ def render_table2(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         f"{n} {fmt_figure(first['base'][n], first['base_stderr'][n], first['n'][n], units[n])}" for n in names
     )
     marked = any(r["marked"] for r in rows)
+    left_out = first.get("left_out") or {}
+    note = [
+        "Left out, measured on some base seeds only: "
+        + "; ".join(f"{n} (seeds {', '.join(str(seed) for seed in seeds)})" for n, seeds in left_out.items())
+    ]
     return [
         "## Table 2: change on general abilities vs the base model (points; nats for cross-entropy and KL)",
         "Each change is mean ± standard error over seeds of the run minus the base run of its seed; "
         "**bold ▼** marks a loss larger than twice its standard error"
         + ("." if marked else " (none here: every change is within noise)."),
         f"Base: {base}",
+        *(note if left_out else []),
         "\n".join(lines),
     ]
