@@ -54,6 +54,7 @@ FORGETTING_BOUNDS = (0.005, 0.01, 0.02, 0.05)
 # scores 30-70% on each, n=32, greedy, 128 tokens); other models get tasks.DEFAULT_RETENTION_TASKS
 CALIBRATED_RETENTION_TASKS: dict[str, tuple[str, ...]] = {
     "smollm2-135m-instruct": ("products?max_digits=1", "products?max_digits=2", "gcd?max_value=20", "lcm?max_value=10"),
+    "gemma3-270m": ("number_sequence", "gcd?max_value=20", "lcm?max_value=10"),
 }
 # reasoning-gym generators with a checkable answer that a small model can partly do (counting, ordering,
 # spelling, unit facts, small arithmetic), each at settings a 100M-1B model is not hopeless on

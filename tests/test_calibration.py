@@ -93,6 +93,20 @@ def test_an_offline_model_gets_its_calibrated_retention_suite_and_others_the_def
             assert len(retention_problems([task], size=2, seed=0)) == 2, (model, task)
 
 
+def test_the_defaults_are_the_committed_calibration_tables():
+    import json
+    from pathlib import Path
+
+    from peft_cca.defaults import CALIBRATED_RETENTION_TASKS
+
+    tables = Path(__file__).parent.parent / "results" / "retention-calibration"
+    for model, tasks in CALIBRATED_RETENTION_TASKS.items():
+        table = json.loads((tables / f"{model}.json").read_text())
+        assert table["complete"] and table["model"] == model
+        assert tuple(table["chosen"]) == tasks
+        assert all(0.3 <= row["accuracy"] <= 0.7 for row in table["rows"] if row["task"] in tasks)
+
+
 def test_a_demo_resume_keeps_the_retention_suite_it_recorded(tmp_path):
     from peft_cca.cli.demo_plan import recorded_retention_tasks
     from peft_cca.runtime.runfolder import atomic_write_json
