@@ -96,4 +96,4 @@ def test_a_measure_some_base_seeds_lack_is_named_not_averaged():
     assert "cca_mmlu_stem acc" not in row["base"] and "cca_triviaqa exact_match" not in row["base"]
     assert row["left_out"] == {"cca_mmlu_stem acc": [0], "cca_triviaqa exact_match": [1]}
     report = render_markdown({"table1": [], "table2": [row], "table7": []})
-    assert "Left out, measured on some base seeds only: cca_mmlu_stem acc (seeds 0); cca_triviaqa exact_match" in report
+    assert "Left out, measured on some base seeds only: cca_mmlu_stem acc (seed 0); cca_triviaqa exact_match" in report

@@ -222,7 +222,10 @@ def render_table2(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     left_out = first.get("left_out") or {}
     note = [
         "Left out, measured on some base seeds only: "
-        + "; ".join(f"{n} (seeds {', '.join(str(seed) for seed in seeds)})" for n, seeds in left_out.items())
+        + "; ".join(
+            f"{n} (seed{'s' if len(seeds) > 1 else ''} {', '.join(str(seed) for seed in seeds)})"
+            for n, seeds in left_out.items()
+        )
     ]
     return [
         "## Table 2: change on general abilities vs the base model (points; nats for cross-entropy and KL)",
