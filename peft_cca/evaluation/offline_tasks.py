@@ -208,26 +208,19 @@ def task_configs(name: str, files: DataFiles | None = None) -> list[dict[str, An
     def truthfulqa() -> list[dict[str, Any]]:
         return general_data.truthfulqa_records(files.truthfulqa_mc, files.truthfulqa_questions)
 
-    if name == "cca_truthfulqa_mc1_bigbench":
-        return [_offline(_lm_eval_config("truthfulqa/truthfulqa_mc1.yaml"), name, "validation", truthfulqa)]
-    if name == "cca_truthfulqa_mc2_bigbench":
-        return [_offline(_lm_eval_config("truthfulqa/truthfulqa_mc2.yaml"), name, "validation", truthfulqa)]
-    if name == "cca_triviaqa":
-        triviaqa = _offline(
-            _lm_eval_config("triviaqa/default.yaml"),
-            name,
-            "validation",
-            lambda: general_data.triviaqa_records(files.triviaqa),
-        )
-        return [triviaqa]
-    if name == "cca_closedbook_nq":
-        nq_open = _offline(
-            _lm_eval_config("nq_open/nq_open.yaml"),
-            name,
-            "validation",
-            lambda: general_data.nq_open_records(files.nq_open),
-        )
-        return [nq_open]
+    def nq_open() -> list[dict[str, Any]]:
+        return general_data.nq_open_records(files.nq_open)
+
+    # tasks that are lm-eval's YAML unchanged but for their data: (the YAML, its split, the records)
+    as_on_the_hub: dict[str, tuple[str, str, Callable[[], Sequence[dict]]]] = {
+        "cca_truthfulqa_mc1_bigbench": ("truthfulqa/truthfulqa_mc1.yaml", "validation", truthfulqa),
+        "cca_truthfulqa_mc2_bigbench": ("truthfulqa/truthfulqa_mc2.yaml", "validation", truthfulqa),
+        "cca_triviaqa": ("triviaqa/default.yaml", "validation", lambda: general_data.triviaqa_records(files.triviaqa)),
+        "cca_closedbook_nq": ("nq_open/nq_open.yaml", "validation", nq_open),
+    }
+    if name in as_on_the_hub:
+        yaml, split, records = as_on_the_hub[name]
+        return [_offline(_lm_eval_config(yaml), name, split, records)]
     if name == "cca_closedbook_wikidata":
         config = _offline(
             _lm_eval_config("triviaqa/default.yaml"),
