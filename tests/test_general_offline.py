@@ -305,3 +305,11 @@ def test_missing_bigbench_files_name_the_checkout_and_where_it_goes(monkeypatch,
     assert message == str(checked.value) and "\n" not in message
     assert "https://github.com/google/BIG-bench" in message and "PEFT_CCA_BIGBENCH=" in message
     assert str(tmp_path / "general-data" / "bigbench") in message
+
+
+def test_an_unknown_task_is_refused_by_name_before_any_data_or_model_work(tiny):
+    from peft_cca.errors import UsageError
+
+    for call in (lambda: check_task_data(["cca_mmlu_stem", "mmlu_typo"]), lambda: _suite(tiny, ["mmlu_typo"])):
+        with pytest.raises(UsageError, match="unknown offline task\\(s\\) mmlu_typo; choose from cca_mmlu_stem"):
+            call()

@@ -16,13 +16,11 @@ from typing import Any
 
 from torch import nn
 
-from peft_cca.errors import UsageError
 from peft_cca.evaluation.offline_tasks import (
     MMLU_CATEGORIES,
-    OFFLINE_TASKS,
-    SUITE,
     DataFiles,
     available_tasks,
+    refuse_unknown_tasks,
     task_configs,
 )
 
@@ -101,9 +99,7 @@ def run_general_suite(
     from lm_eval.tasks import TaskManager
 
     tasks = available_tasks() if tasks is None else tasks
-    unknown = [task for task in tasks if task not in SUITE]
-    if unknown:
-        raise UsageError(f"unknown offline task(s) {', '.join(unknown)}; choose from {', '.join(OFFLINE_TASKS)}")
+    refuse_unknown_tasks(tasks)
     limits = {**CPU_LIMITS, **(limits or {})}
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     manager = TaskManager(include_defaults=False)  # the configs are inline: no need to index lm-eval's ~10k YAMLs

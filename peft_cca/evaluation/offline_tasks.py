@@ -92,11 +92,16 @@ OFFLINE_TASKS: tuple[str, ...] = tuple(SUITE)
 MMLU_CATEGORIES: dict[str, str] = {"cca_mmlu_stem": "stem", "cca_mmlu_humanities": "humanities"}
 
 
-def check_task_data(tasks: Sequence[str]) -> None:
-    """Raise :class:`~peft_cca.evaluation.general_data.MissingDataError` for the first task whose data is missing."""
+def refuse_unknown_tasks(tasks: Sequence[str]) -> None:
+    """:class:`UsageError` naming every task that is not in the suite, and the suite's tasks."""
     unknown = [task for task in tasks if task not in SUITE]
     if unknown:
         raise UsageError(f"unknown offline task(s) {', '.join(unknown)}; choose from {', '.join(OFFLINE_TASKS)}")
+
+
+def check_task_data(tasks: Sequence[str]) -> None:
+    """Raise :class:`~peft_cca.evaluation.general_data.MissingDataError` for the first task whose data is missing."""
+    refuse_unknown_tasks(tasks)
     for task in tasks:
         SUITE[task].check_data()
 
@@ -208,6 +213,9 @@ def task_configs(name: str, files: DataFiles | None = None) -> list[dict[str, An
     def truthfulqa() -> list[dict[str, Any]]:
         return general_data.truthfulqa_records(files.truthfulqa_mc, files.truthfulqa_questions)
 
+    def triviaqa() -> list[dict[str, Any]]:
+        return general_data.triviaqa_records(files.triviaqa)
+
     def nq_open() -> list[dict[str, Any]]:
         return general_data.nq_open_records(files.nq_open)
 
@@ -215,7 +223,7 @@ def task_configs(name: str, files: DataFiles | None = None) -> list[dict[str, An
     as_on_the_hub: dict[str, tuple[str, str, Callable[[], Sequence[dict]]]] = {
         "cca_truthfulqa_mc1_bigbench": ("truthfulqa/truthfulqa_mc1.yaml", "validation", truthfulqa),
         "cca_truthfulqa_mc2_bigbench": ("truthfulqa/truthfulqa_mc2.yaml", "validation", truthfulqa),
-        "cca_triviaqa": ("triviaqa/default.yaml", "validation", lambda: general_data.triviaqa_records(files.triviaqa)),
+        "cca_triviaqa": ("triviaqa/default.yaml", "validation", triviaqa),
         "cca_closedbook_nq": ("nq_open/nq_open.yaml", "validation", nq_open),
     }
     if name in as_on_the_hub:
