@@ -26,7 +26,8 @@ from adapter import realistic_circuit  # benchmarks/adapter.py: the same ~1% cir
 from peft import LoraConfig, get_peft_model
 
 from peft_cca import CCAConfig, describe
-from peft_cca.amplify.trainer import PivotCollator, logit_difference
+from peft_cca.amplify.loss import logit_difference
+from peft_cca.amplify.records import PivotCollator
 from peft_cca.method.model import plan_targets
 from peft_cca.runtime.loading import load_model
 from peft_cca.runtime.runfolder import atomic_write_json

@@ -178,7 +178,8 @@ def measure_amplify(args, way: str, device: str, dtype: torch.dtype) -> dict:
     from peft import get_peft_model
 
     from peft_cca import CCAConfig, Circuit, describe
-    from peft_cca.amplify.trainer import PivotCollator, logit_difference
+    from peft_cca.amplify.loss import logit_difference
+    from peft_cca.amplify.records import PivotCollator
 
     model = build_model(args.shape, args.layers, args.vocab, dtype, device)
     if way == "new":

@@ -18,7 +18,8 @@ from tiny_tokenizer import tiny_tokenizer
 
 import peft_cca  # noqa: F401 - registers the "cca" method
 from peft_cca import CCAConfig, Circuit, describe
-from peft_cca.amplify.trainer import BestStepCallback, RunResult, amplify, best_run, selection_summary
+from peft_cca.amplify.callbacks import BestStepCallback
+from peft_cca.amplify.trainer import RunResult, amplify, best_run, selection_summary
 from peft_cca.evaluation.forgetting import ForgettingMeter
 from peft_cca.reports.step_choice import describe_selection, replay, step_choice_rows, step_choice_table
 

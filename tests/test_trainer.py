@@ -13,15 +13,11 @@ from tiny_tokenizer import tiny_tokenizer
 
 import peft_cca  # noqa: F401 - registers the "cca" method
 from peft_cca import CCAConfig, Circuit, describe
-from peft_cca.amplify.trainer import (
-    BestStepCallback,
-    PivotCollator,
-    amplify,
-    eval_schedule,
-    logit_difference,
-    train_one,
-    trainable_state,
-)
+from peft_cca.amplify.arguments import eval_schedule
+from peft_cca.amplify.callbacks import BestStepCallback, trainable_state
+from peft_cca.amplify.loss import logit_difference
+from peft_cca.amplify.records import PivotCollator
+from peft_cca.amplify.trainer import amplify, train_one
 from peft_cca.method.arch import ModelShape
 from peft_cca.tasks.problem import Problem
 
@@ -129,8 +125,8 @@ def test_best_step_is_the_one_restored(tmp_path):
     trainer = CCATrainer(
         model,
         cca_training_arguments(tmp_path / "out", lr=0.5, steps=10, batch_size=4),
-        records(4),
-        PAD,
+        train_dataset=records(4),
+        pad_token_id=PAD,
         callbacks=[callback],
     )
     trainer.train()

@@ -12,7 +12,9 @@ pytestmark = pytest.mark.integration
 
 def test_amplify_on_smollm2_raises_the_logit_difference(tmp_path):
     from peft_cca import Circuit, describe
-    from peft_cca.amplify.trainer import PivotCollator, amplify, logit_difference
+    from peft_cca.amplify.loss import logit_difference
+    from peft_cca.amplify.records import PivotCollator
+    from peft_cca.amplify.trainer import amplify
     from peft_cca.runtime.loading import MissingModelPackageError, load_model
     from peft_cca.tasks.problem import Problem
     from peft_cca.tasks.prompts import build_prompt, encode_prompt

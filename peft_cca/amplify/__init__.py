@@ -1,9 +1,12 @@
 """Stage 3, amplify: gradient steps on the logit-difference loss, applied only to the circuit (``CCATrainer``).
 
-:mod:`~peft_cca.amplify.trainer` holds the ``transformers.Trainer`` subclass, the pivot dataset and collator, the
-micro-batching that never changes the gradient, the best-step callback and :func:`amplify`, the lr sweep that
-``peft-cca amplify`` runs. It imports the method package, the runtime, the tasks and evaluation (validation),
-never a later stage. Importing this package is cheap: names load on first use.
+One job per module: :mod:`~peft_cca.amplify.arguments` (``CCATrainingArguments``, the paper's defaults),
+:mod:`~peft_cca.amplify.records` (text or token-id rows, the padded dataset, the collator),
+:mod:`~peft_cca.amplify.loss` (the logit difference), :mod:`~peft_cca.amplify.micro_batch` (sizes that never change
+the gradient), :mod:`~peft_cca.amplify.cca_trainer` (``CCATrainer``), :mod:`~peft_cca.amplify.callbacks` (validation,
+the best step, the forgetting bound, for any ``Trainer``) and :mod:`~peft_cca.amplify.trainer` (the lr sweep that
+``peft-cca amplify`` runs). They import the method package, the runtime, the tasks and evaluation, never a later
+stage. Importing this package is cheap: names load on first use.
 """
 
 from __future__ import annotations
@@ -11,11 +14,20 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = ("CCATrainer", "BestStepCallback", "PivotCollator", "PivotDataset", "amplify", "cca_training_arguments")
+_EXPORTS = {
+    "CCATrainer": "peft_cca.amplify.cca_trainer",
+    "CCATrainingArguments": "peft_cca.amplify.arguments",
+    "BestStepCallback": "peft_cca.amplify.callbacks",
+    "exact_match_callback": "peft_cca.amplify.callbacks",
+    "PivotCollator": "peft_cca.amplify.records",
+    "PivotDataset": "peft_cca.amplify.records",
+    "amplify": "peft_cca.amplify.trainer",
+    "cca_training_arguments": "peft_cca.amplify.trainer",
+}
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module("peft_cca.amplify.trainer"), name)
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,31 +1,24 @@
-"""Stage 3: amplify the circuit with a ``transformers.Trainer``.
+"""Stage 3's learning-rate sweep: :class:`~peft_cca.CCATrainer` at each lr, the best step of each run, the best run.
 
-The loss is the paper's: ``-(logit[desired] - logit[undesired])`` at the last position of each
-Error-Localization prefix, averaged over the whole dataset. Each optimizer step sees the whole dataset
-(full-batch, as the authors do) through gradient accumulation, so the batch size only trades memory for
-nothing else (``--micro-batch auto`` picks the largest that fits). Validation exact match runs at steps 2, 4,
-6, 8, 10 and every 10 after; the best step's weights (kept on the CPU) are restored at the end and become the
-adapter. Of a learning-rate sweep only the best run's state is kept as the sweep goes.
+Each optimizer step sees the whole dataset (full-batch, as the authors do) through gradient accumulation, so the
+micro-batch only trades memory for nothing else (``--micro-batch auto`` picks the largest that fits). Validation
+exact match runs at steps 2, 4, 6, 8, 10 and every 10 after; the best step's weights (kept on the CPU) are restored
+at the end and become the adapter. Of a learning-rate sweep only the best run's state is kept as the sweep goes.
 
 The "w/o mask" ablations: ``sites`` trains every circuit site (every q/k/v head row and MLP neuron,
 ``Circuit.full``) through the CCA adapter; ``all`` (the authors') trains every parameter of the base model
 directly, embeddings, norms, o/gate/down and lm_head included, and is saved as a full model.
 
-Trainer pieces replaced here and why:
-- the sampler is sequential and the dataset is padded with zero-weight copies to a multiple of
-  ``batch x processes x accumulation``, so one epoch is exactly one optimizer step on every process and
-  accelerate never has to repeat real records to even out a shard (which would bias the mean);
-- the loss is normalised by the dataset size, not by micro-batch counts, so it is the exact dataset mean
-  whatever the number of micro-batches or processes (DDP averages gradients over processes).
+The trainer, its arguments, rows, loss, micro-batching and callbacks each have their own module in this package;
+this one is the sweep ``peft-cca amplify`` runs.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,82 +26,32 @@ from typing import Any
 import torch
 from peft import PeftModel, get_peft_model
 from torch import nn
-from torch.utils.data import Dataset, SequentialSampler
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer
 
-from peft_cca.defaults import CPU_TOKEN_BUDGET, DEFAULT_LRS, DEFAULT_STEPS, NO_MASK_LABELS, OPTIMIZERS
+from peft_cca.amplify.arguments import CCATrainingArguments, eval_schedule
+from peft_cca.amplify.callbacks import (
+    BestStepCallback,
+    EvaluateFn,
+    ForgettingFn,
+    load_trainable_state,
+    reset_deltas,
+    trainable_state,
+)
+from peft_cca.amplify.cca_trainer import CCATrainer
+from peft_cca.amplify.micro_batch import resolve_micro_batch
+from peft_cca.defaults import DEFAULT_LRS, DEFAULT_STEPS, NO_MASK_LABELS, OPTIMIZERS
 from peft_cca.errors import UsageError
 from peft_cca.method.circuit import Circuit
 from peft_cca.method.config import CCAConfig
-from peft_cca.runtime.generation import left_pad
 from peft_cca.runtime.placement import process_state, trainer_use_cpu
 from peft_cca.runtime.runfolder import atomic_write_json
 from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, PromptOptions
 
 logger = logging.getLogger(__name__)
 
-RECORD_FIELDS = ("prefix_ids", "desired_token_id", "undesired_token_id")
-
-EvaluateFn = Callable[[nn.Module], float]
-ForgettingFn = Callable[[nn.Module], Any]  # -> evaluation.forgetting.Forgetting (delta, stderr)
-
-
-def eval_schedule(max_steps: int) -> list[int]:
-    """The authors' validation steps: 2, 4, 6, 8, 10, then every 10 (up to ``max_steps``)."""
-    return [s for s in (2, 4, 6, 8, 10) if s <= max_steps] + list(range(20, max_steps + 1, 10))
-
-
-def as_row(record: Mapping[str, Any] | Any) -> dict[str, Any]:
-    """The training fields of a record: a JSON dict of records.jsonl or a ``peft_cca.dcm.data.Record``."""
-    if isinstance(record, Mapping):
-        return {name: record[name] for name in RECORD_FIELDS}
-    return {
-        "prefix_ids": list(record.prefix_ids),
-        "desired_token_id": record.desired,
-        "undesired_token_id": record.undesired,
-    }
-
 
 def split_of(record: Mapping[str, Any] | Any) -> str:
     return record.get("split", "train") if isinstance(record, Mapping) else getattr(record, "split", "train")
-
-
-class PivotDataset(Dataset):
-    """Error-Localization records, padded with zero-weight copies to a multiple of ``multiple``."""
-
-    def __init__(self, records: Iterable[Mapping[str, Any]], multiple: int = 1) -> None:
-        rows = [as_row(record) for record in records]
-        if not rows:
-            raise ValueError("no Error-Localization records to train on")
-        self.num_records = len(rows)
-        padded = math.ceil(len(rows) / multiple) * multiple
-        self.rows = [{**row, "weight": 1.0} for row in rows]
-        self.rows += [{**rows[i % len(rows)], "weight": 0.0} for i in range(padded - len(rows))]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.rows[index]
-
-
-@dataclass
-class PivotCollator:
-    """Left-pads prefixes so the pivot is the last position of every row; positions ignore the padding."""
-
-    pad_token_id: int
-
-    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        input_ids, attention_mask = left_pad([f["prefix_ids"] for f in features], self.pad_token_id)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            # the same positions generate() gives a left-padded row: the pivot logits match the unpadded prefix
-            "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),
-            "desired": torch.tensor([f["desired_token_id"] for f in features], dtype=torch.long),
-            "undesired": torch.tensor([f["undesired_token_id"] for f in features], dtype=torch.long),
-            "weight": torch.tensor([float(f.get("weight", 1.0)) for f in features], dtype=torch.float32),
-        }
 
 
 def check_schedule(lrs: Sequence[float], steps: int, what: str = "amplify") -> None:
@@ -123,174 +66,6 @@ def check_schedule(lrs: Sequence[float], steps: int, what: str = "amplify") -> N
             raise UsageError(f"{what}: learning rate {lr!r} must be a finite number > 0 (--lr)")
 
 
-def logit_difference(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Per-row ``logit[desired] - logit[undesired]`` at the last position."""
-    outputs = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-        use_cache=False,
-        logits_to_keep=1,
-    )
-    last = outputs.logits[:, -1, :].float()
-    return (last.gather(-1, batch["desired"][:, None]) - last.gather(-1, batch["undesired"][:, None])).squeeze(-1)
-
-
-def fit_micro_batch(start: int, probe: Callable[[int], None]) -> int:
-    """The largest size from ``start`` down, halving, at which ``probe(size)`` runs without running out of memory."""
-    size = max(1, start)
-    while True:
-        try:
-            probe(size)
-            return size
-        except torch.OutOfMemoryError:
-            if size == 1:
-                raise
-            torch.cuda.empty_cache()
-            size //= 2
-
-
-def _probe_records(model: nn.Module, longest: Mapping[str, Any], pad_token_id: int) -> Callable[[int], None]:
-    """A forward and backward pass of ``size`` copies of the longest record; gradients are dropped after."""
-
-    def probe(size: int) -> None:
-        device = next(model.parameters()).device
-        batch = {k: v.to(device) for k, v in PivotCollator(pad_token_id)([longest] * size).items()}
-        try:
-            logit_difference(model, batch).sum().backward()
-        finally:
-            model.zero_grad(set_to_none=True)
-
-    return probe
-
-
-def _cuda_peak(device: torch.device, probe: Callable[[int], None], size: int) -> int:
-    """Bytes a probe of ``size`` rows adds at its peak to what is allocated before it."""
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    probe(size)
-    return torch.cuda.max_memory_allocated(device) - before
-
-
-def cpu_token_budget(model: nn.Module) -> int:
-    """Tokens per micro-batch off CUDA: a quarter of the available host memory over a rough upper estimate of what
-    one token keeps for the backward pass (6 hidden-size and 4 intermediate-size values per layer in the weights'
-    dtype), capped at ``CPU_TOKEN_BUDGET``: CPU kernels gain little from bigger batches."""
-    config = getattr(model, "config", None)
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
-    if not hidden or not layers:
-        return CPU_TOKEN_BUDGET
-    inner = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
-    per_token = layers * (6 * hidden + 4 * inner) * next(model.parameters()).element_size()
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): the cap alone
-        return CPU_TOKEN_BUDGET
-    return max(1, min(CPU_TOKEN_BUDGET, available // 4 // per_token))
-
-
-def auto_micro_batch(
-    model: nn.Module,
-    lengths: Sequence[int],
-    probe: Callable[[int], None],
-    cap: int | None = None,
-) -> int:
-    """The micro-batch ``--micro-batch auto`` trains with: never more than ``cap`` (default: every row).
-
-    On CUDA, a row's memory is measured with probes of 1 and 2 copies of the longest row, the size that should
-    fit in 90% of ``torch.cuda.mem_get_info``'s free memory is tried, halving on out-of-memory. Elsewhere the
-    token budget of :func:`cpu_token_budget` bounds it. Under several processes the smallest choice wins, so
-    every process accumulates alike. The choice changes memory and speed only: the full-batch gradient is the
-    same for every size.
-    """
-    cap = max(1, cap or len(lengths))
-    longest = max(lengths)
-    device = next(model.parameters()).device
-    if device.type == "cuda":
-        peaks = [_cuda_peak(device, probe, size) for size in (1, 2)] if cap > 1 else []
-        free, _ = torch.cuda.mem_get_info(device)
-        if peaks:
-            # the gradients are a fixed cost (peak at 1 row minus that row): the rows share what is left, less
-            # room for an optimizer state of two copies of the trainable weights (AdamW's; SGD keeps none)
-            per_row = max(1, peaks[1] - peaks[0])
-            fixed = max(0, peaks[0] - per_row) + 2 * sum(
-                p.numel() * p.element_size() for p in model.parameters() if p.requires_grad
-            )
-            cap = min(cap, max(1, int((0.9 * free - fixed) / per_row)))
-        size = fit_micro_batch(cap, probe)
-    else:
-        size = min(cap, max(1, cpu_token_budget(model) // max(1, longest)))
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        chosen = torch.tensor([size], device=device if device.type == "cuda" else "cpu")
-        torch.distributed.all_reduce(chosen, op=torch.distributed.ReduceOp.MIN)
-        size = int(chosen.item())
-    return size
-
-
-def resolve_micro_batch(
-    micro_batch: int | str, model: nn.Module, records: Sequence[Mapping[str, Any]], pad_token_id: int
-) -> int:
-    """``micro_batch`` as a number: ``"auto"`` measured on ``model`` at the longest record."""
-    if micro_batch != "auto":
-        if not isinstance(micro_batch, int) or isinstance(micro_batch, bool) or micro_batch < 1:
-            raise UsageError(f"micro-batch {micro_batch!r} must be 'auto' or an integer >= 1 (--micro-batch)")
-        return micro_batch
-    rows = [as_row(r) for r in records]
-    longest = max(rows, key=lambda r: len(r["prefix_ids"]))
-    world = process_state().num_processes
-    cap = math.ceil(len(rows) / world)  # a process never sees more rows than its share
-    return auto_micro_batch(
-        model, [len(r["prefix_ids"]) for r in rows], _probe_records(model, longest, pad_token_id), cap
-    )
-
-
-class CCATrainer(Trainer):
-    """Full-batch logit-difference training of a CCA (or any PEFT) model on Error-Localization records.
-
-    ``args.gradient_accumulation_steps`` is overwritten so that one optimizer step covers the whole dataset
-    on all processes together; ``per_device_train_batch_size`` is the micro-batch size.
-    """
-
-    loss_is_scaled_for_ga = True
-
-    def __init__(
-        self,
-        model: nn.Module,
-        args: TrainingArguments,
-        records: Iterable[Mapping[str, Any]],
-        pad_token_id: int,
-        **kwargs: Any,
-    ) -> None:
-        records = list(records)
-        per_round = args.per_device_train_batch_size * args.world_size
-        args.gradient_accumulation_steps = max(1, math.ceil(len(records) / per_round))
-        args.remove_unused_columns = False
-        dataset = PivotDataset(records, multiple=per_round * args.gradient_accumulation_steps)
-        super().__init__(
-            model=model, args=args, train_dataset=dataset, data_collator=PivotCollator(pad_token_id), **kwargs
-        )
-        self.remove_callback(PrinterCallback)  # library code logs; the loss curve is in state.log_history
-
-    def _get_train_sampler(self, train_dataset: Dataset | None = None) -> torch.utils.data.Sampler:
-        # order is irrelevant to a full-batch gradient; sequential keeps every process's shard fixed
-        return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
-
-    def compute_loss(
-        self,
-        model: nn.Module,
-        inputs: dict[str, torch.Tensor],
-        return_outputs: bool = False,
-        num_items_in_batch: Any = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, dict]:
-        diff = logit_difference(model, inputs)
-        # sum / N on each process, x processes because DDP averages: the gradient is the exact dataset mean
-        scale = self.accelerator.num_processes / self.train_dataset.num_records
-        loss = -(diff * inputs["weight"]).sum() * scale
-        return (loss, {"logit_difference": diff}) if return_outputs else loss
-
-
 def cca_training_arguments(
     output_dir: str | Path,
     lr: float,
@@ -299,8 +74,8 @@ def cca_training_arguments(
     optimizer: str = "sgd",
     seed: int = 0,
     **overrides: Any,
-) -> TrainingArguments:
-    """The authors' setting: constant lr, no warmup, no weight decay, no clipping, ``steps`` full-batch steps."""
+) -> CCATrainingArguments:
+    """The sweep's arguments: the paper's (constant lr, SGD, no warmup, decay or clipping), quiet, never saving."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose from {sorted(OPTIMIZERS)}")
     settings: dict[str, Any] = {
@@ -309,11 +84,6 @@ def cca_training_arguments(
         "max_steps": steps,
         "per_device_train_batch_size": batch_size,
         "optim": OPTIMIZERS[optimizer],
-        "lr_scheduler_type": "constant",
-        "warmup_steps": 0,
-        "weight_decay": 0.0,
-        "max_grad_norm": 0.0,
-        "logging_steps": 1,
         "save_strategy": "no",
         "report_to": "none",
         "seed": seed,
@@ -325,155 +95,7 @@ def cca_training_arguments(
         "use_cpu": not torch.cuda.is_available(),
     }
     settings.update(overrides)
-    return TrainingArguments(**settings)
-
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """CPU copies of the trainable parameters (the CCA deltas, or every weight for ``--no-mask all``): the
-    accelerator's memory stays for training."""
-    return {name: _whole(p).to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
-
-
-def _whole(param: torch.Tensor) -> torch.Tensor:
-    """The full value of a parameter: under FSDP2 a parameter is a DTensor holding one shard per process, and a
-    saved adapter must hold every row, so shards are gathered (a collective: every process calls this)."""
-    from torch.distributed.tensor import DTensor
-
-    return param.detach().full_tensor() if isinstance(param, DTensor) else param.detach()
-
-
-@torch.no_grad()
-def load_trainable_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Write full values (from :func:`trainable_state`) back; a sharded parameter takes its own shard of them."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
-
-    params = dict(model.named_parameters())
-    for name, value in state.items():
-        param = params[name]
-        if isinstance(param, DTensor):
-            value = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
-        param.copy_(value)
-
-
-@torch.no_grad()
-def reset_deltas(model: nn.Module) -> None:
-    """Zero every CCA delta: the model is the base model again, ready for another learning rate."""
-    for name, param in model.named_parameters():
-        if "cca_delta" in name:
-            param.zero_()
-
-
-class BestStepCallback(TrainerCallback):
-    """Validation at the scheduled steps; keeps the best step's trainable weights and restores them at the end.
-
-    Evaluates at the steps of ``schedule``, and with ``every`` also at each multiple of it and at the last
-    step (the LoRA baseline's "every N steps"). Ties keep the earlier step. Step 0 (the untouched model) is
-    evaluated for the curve when ``evaluate_at_start``, but the chosen step is always a trained one. With no
-    scheduled step reached, the final weights are evaluated and kept (never a score of -inf).
-
-    ``forgetting_fn`` (a :class:`~peft_cca.evaluation.forgetting.ForgettingMeter`) adds each step's forgetting
-    to the history. ``max_forgetting`` then keeps the best-validated step whose forgetting is at most that many
-    nats per token; the paper's rule (best validation, forgetting unseen) is still recorded as ``paper_step``.
-    When no trained step stays under the bound, the one that forgot least is kept and ``bound_met`` is False.
-    """
-
-    def __init__(
-        self,
-        evaluate_fn: EvaluateFn,
-        schedule: Iterable[int],
-        evaluate_at_start: bool = True,
-        save_dir: str | Path | None = None,
-        every: int | None = None,
-        forgetting_fn: ForgettingFn | None = None,
-        max_forgetting: float | None = None,
-    ) -> None:
-        if max_forgetting is not None and forgetting_fn is None:
-            raise ValueError("max_forgetting needs a forgetting_fn to measure each step with")
-        self.evaluate_fn = evaluate_fn
-        self.schedule = set(schedule)
-        self.every = every
-        self.evaluate_at_start = evaluate_at_start
-        self.save_dir = Path(save_dir) if save_dir is not None else None
-        self.forgetting_fn = forgetting_fn
-        self.max_forgetting = max_forgetting
-        self.history: list[dict[str, float]] = []
-        self.best_step: int | None = None
-        self.best_score = -math.inf
-        self.paper_step: int | None = None
-        self.paper_score = -math.inf
-        self.bound_met: bool | None = None if max_forgetting is None else True
-        self._best_state: dict[str, torch.Tensor] | None = None
-        self._least_forgetting: tuple[float, int, float, dict[str, torch.Tensor]] | None = None
-
-    def _evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        entry = {"step": step, "score": float(self.evaluate_fn(model))}
-        if self.forgetting_fn is not None:
-            reading = self.forgetting_fn(model)
-            entry["forgetting"], entry["forgetting_stderr"] = reading.delta, reading.stderr
-        model.train(was_training)
-        self.history.append(entry)
-        logger.info("step %d: validation %.4f%s", step, entry["score"], _forgetting_note(entry))
-        return entry
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if self.evaluate_at_start:
-            self._evaluate(model, 0)
-
-    def _due(self, step: int, max_steps: int) -> bool:
-        periodic = self.every is not None and (step % self.every == 0 or step == max_steps)
-        return step in self.schedule or periodic
-
-    def _within_bound(self, entry: Mapping[str, float]) -> bool:
-        return self.max_forgetting is None or entry["forgetting"] <= self.max_forgetting
-
-    def _consider(self, model: nn.Module, entry: Mapping[str, float]) -> None:
-        step, score = int(entry["step"]), entry["score"]
-        if score > self.paper_score:
-            self.paper_score, self.paper_step = score, step
-        if self._within_bound(entry):
-            if score > self.best_score:
-                self.best_score, self.best_step = score, step
-                self._best_state = trainable_state(model)
-        elif self._best_state is None and (
-            self._least_forgetting is None or entry["forgetting"] < self._least_forgetting[0]
-        ):  # the fallback, kept only while no step has met the bound
-            self._least_forgetting = (entry["forgetting"], step, score, trainable_state(model))
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self._due(state.global_step, state.max_steps):
-            self._consider(model, self._evaluate(model, state.global_step))
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        if self._best_state is None and self._least_forgetting is None:  # no scheduled step reached (or NaN)
-            entry = self._evaluate(model, state.global_step)
-            self._consider(model, entry)
-            if self._best_state is None and self._least_forgetting is None:  # a NaN score compares to nothing
-                self.best_step, self.best_score = state.global_step, entry["score"]
-                self._best_state = trainable_state(model)
-        if self._best_state is None:  # every trained step forgot more than the bound
-            forgot, self.best_step, self.best_score, self._best_state = self._least_forgetting
-            self._least_forgetting, self.bound_met = None, False
-            logger.warning(
-                "no step stayed within --max-forgetting %g nats/token: keeping step %d, which forgot least (%.4f)",
-                self.max_forgetting,
-                self.best_step,
-                forgot,
-            )
-        load_trainable_state(model, self._best_state)
-        if self.save_dir is not None and state.is_world_process_zero:
-            model.save_pretrained(self.save_dir)
-
-    @property
-    def best_state(self) -> dict[str, torch.Tensor] | None:
-        return self._best_state
-
-
-def _forgetting_note(entry: Mapping[str, float]) -> str:
-    if "forgetting" not in entry:
-        return ""
-    return f", forgetting {entry['forgetting']:+.4f} ± {entry['forgetting_stderr']:.4f} nats/token"
+    return CCATrainingArguments(**settings)
 
 
 @dataclass
@@ -582,7 +204,7 @@ def train_one(
         # the Trainer runs where the runtime placed the model (a CPU placement on a GPU machine, MPS on a Mac)
         use_cpu = trainer_use_cpu(model)
         args = cca_training_arguments(output_dir or scratch, lr, steps, batch_size, optimizer, seed, use_cpu=use_cpu)
-        trainer = CCATrainer(model, args, records, pad_token_id, callbacks=[callback])
+        trainer = CCATrainer(model, args, train_dataset=records, pad_token_id=pad_token_id, callbacks=[callback])
         trainer.train()
     run = RunResult.from_training(lr, trainer, callback, evaluate_at_start)
     run.micro_batch = batch_size

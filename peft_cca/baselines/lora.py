@@ -24,18 +24,15 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import PrinterCallback
 
+from peft_cca.amplify.callbacks import BestStepCallback, EvaluateFn, ForgettingFn, load_trainable_state
+from peft_cca.amplify.micro_batch import auto_micro_batch
 from peft_cca.amplify.trainer import (
     AmplifyResult,
-    BestStepCallback,
-    EvaluateFn,
-    ForgettingFn,
     RunResult,
     add_run,
-    auto_micro_batch,
     best_run,
     check_schedule,
     forgetting_meter,
-    load_trainable_state,
     meter_tokens,
     save_result,
 )

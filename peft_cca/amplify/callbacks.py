@@ -1,0 +1,212 @@
+"""Callbacks any ``transformers.Trainer`` can take: validation at the paper's steps, the best step kept, and the
+forgetting bound; and the trainable-state helpers they (and the lr sweep) use.
+
+``BestStepCallback`` is what ``peft-cca amplify`` and the LoRA baseline run. Used with a plain ``Trainer`` or
+:class:`~peft_cca.CCATrainer`, it reads its schedule from ``args.validation_steps`` and its bound from
+``args.max_forgetting`` when :class:`~peft_cca.CCATrainingArguments` carries them and the callback was not told.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from peft_cca.amplify.arguments import eval_schedule
+
+logger = logging.getLogger(__name__)
+
+EvaluateFn = Callable[[nn.Module], float]
+ForgettingFn = Callable[[nn.Module], Any]  # -> evaluation.forgetting.Forgetting (delta, stderr)
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copies of the trainable parameters (the CCA deltas, or every weight for ``--no-mask all``): the
+    accelerator's memory stays for training."""
+    return {name: _whole(p).to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _whole(param: torch.Tensor) -> torch.Tensor:
+    """The full value of a parameter: under FSDP2 a parameter is a DTensor holding one shard per process, and a
+    saved adapter must hold every row, so shards are gathered (a collective: every process calls this)."""
+    from torch.distributed.tensor import DTensor
+
+    return param.detach().full_tensor() if isinstance(param, DTensor) else param.detach()
+
+
+@torch.no_grad()
+def load_trainable_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Write full values (from :func:`trainable_state`) back; a sharded parameter takes its own shard of them."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    params = dict(model.named_parameters())
+    for name, value in state.items():
+        param = params[name]
+        if isinstance(param, DTensor):
+            value = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+        param.copy_(value)
+
+
+@torch.no_grad()
+def reset_deltas(model: nn.Module) -> None:
+    """Zero every CCA delta: the model is the base model again, ready for another learning rate."""
+    for name, param in model.named_parameters():
+        if "cca_delta" in name:
+            param.zero_()
+
+
+class BestStepCallback(TrainerCallback):
+    """Validation at the scheduled steps; keeps the best step's trainable weights and restores them at the end.
+
+    Evaluates at the steps of ``schedule``, and with ``every`` also at each multiple of it and at the last
+    step (the LoRA baseline's "every N steps"). Ties keep the earlier step. Step 0 (the untouched model) is
+    evaluated for the curve when ``evaluate_at_start``, but the chosen step is always a trained one. With no
+    scheduled step reached, the final weights are evaluated and kept (never a score of -inf).
+
+    ``forgetting_fn`` (a :class:`~peft_cca.evaluation.forgetting.ForgettingMeter`) adds each step's forgetting
+    to the history. ``max_forgetting`` then keeps the best-validated step whose forgetting is at most that many
+    nats per token; the paper's rule (best validation, forgetting unseen) is still recorded as ``paper_step``.
+    When no trained step stays under the bound, the one that forgot least is kept and ``bound_met`` is False.
+    """
+
+    def __init__(
+        self,
+        evaluate_fn: EvaluateFn,
+        schedule: Iterable[int] | None = None,
+        evaluate_at_start: bool = True,
+        save_dir: str | Path | None = None,
+        every: int | None = None,
+        forgetting_fn: ForgettingFn | None = None,
+        max_forgetting: float | None = None,
+    ) -> None:
+        if max_forgetting is not None and forgetting_fn is None:
+            raise ValueError("max_forgetting needs a forgetting_fn to measure each step with")
+        self.evaluate_fn = evaluate_fn
+        self.schedule = None if schedule is None else set(schedule)
+        self.every = every
+        self.evaluate_at_start = evaluate_at_start
+        self.save_dir = Path(save_dir) if save_dir is not None else None
+        self.forgetting_fn = forgetting_fn
+        self.max_forgetting = max_forgetting
+        self.history: list[dict[str, float]] = []
+        self.best_step: int | None = None
+        self.best_score = -math.inf
+        self.paper_step: int | None = None
+        self.paper_score = -math.inf
+        self.bound_met: bool | None = None if max_forgetting is None else True
+        self._best_state: dict[str, torch.Tensor] | None = None
+        self._least_forgetting: tuple[float, int, float, dict[str, torch.Tensor]] | None = None
+
+    def _settle(self, args, state, model: nn.Module, tokenizer) -> None:
+        """What the constructor left open, from the training arguments: the schedule (``validation_steps``, else
+        the paper's) and the forgetting bound (``max_forgetting``, measured against the model as it starts)."""
+        if self.schedule is None:
+            steps = getattr(args, "validation_steps", None)
+            self.schedule = set(eval_schedule(state.max_steps) if steps is None else steps)
+        bound = getattr(args, "max_forgetting", None)
+        if self.max_forgetting is None and bound is not None:
+            if self.forgetting_fn is None:
+                if tokenizer is None:
+                    raise ValueError("args.max_forgetting needs the trainer's processing_class to measure forgetting")
+                from peft_cca.evaluation.forgetting import ForgettingMeter
+
+                self.forgetting_fn = ForgettingMeter.of_base(model, tokenizer)
+            self.max_forgetting, self.bound_met = bound, True
+
+    def _evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        entry = {"step": step, "score": float(self.evaluate_fn(model))}
+        if self.forgetting_fn is not None:
+            reading = self.forgetting_fn(model)
+            entry["forgetting"], entry["forgetting_stderr"] = reading.delta, reading.stderr
+        model.train(was_training)
+        self.history.append(entry)
+        logger.info("step %d: validation %.4f%s", step, entry["score"], _forgetting_note(entry))
+        return entry
+
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        self._settle(args, state, model, processing_class)
+        if self.evaluate_at_start:
+            self._evaluate(model, 0)
+
+    def _due(self, step: int, max_steps: int) -> bool:
+        periodic = self.every is not None and (step % self.every == 0 or step == max_steps)
+        return step in self.schedule or periodic
+
+    def _within_bound(self, entry: Mapping[str, float]) -> bool:
+        return self.max_forgetting is None or entry["forgetting"] <= self.max_forgetting
+
+    def _consider(self, model: nn.Module, entry: Mapping[str, float]) -> None:
+        step, score = int(entry["step"]), entry["score"]
+        if score > self.paper_score:
+            self.paper_score, self.paper_step = score, step
+        if self._within_bound(entry):
+            if score > self.best_score:
+                self.best_score, self.best_step = score, step
+                self._best_state = trainable_state(model)
+        elif self._best_state is None and (
+            self._least_forgetting is None or entry["forgetting"] < self._least_forgetting[0]
+        ):  # the fallback, kept only while no step has met the bound
+            self._least_forgetting = (entry["forgetting"], step, score, trainable_state(model))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self._due(state.global_step, state.max_steps):
+            self._consider(model, self._evaluate(model, state.global_step))
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self._best_state is None and self._least_forgetting is None:  # no scheduled step reached (or NaN)
+            entry = self._evaluate(model, state.global_step)
+            self._consider(model, entry)
+            if self._best_state is None and self._least_forgetting is None:  # a NaN score compares to nothing
+                self.best_step, self.best_score = state.global_step, entry["score"]
+                self._best_state = trainable_state(model)
+        if self._best_state is None:  # every trained step forgot more than the bound
+            forgot, self.best_step, self.best_score, self._best_state = self._least_forgetting
+            self._least_forgetting, self.bound_met = None, False
+            logger.warning(
+                "no step stayed within --max-forgetting %g nats/token: keeping step %d, which forgot least (%.4f)",
+                self.max_forgetting,
+                self.best_step,
+                forgot,
+            )
+        load_trainable_state(model, self._best_state)
+        if self.save_dir is not None and state.is_world_process_zero:
+            model.save_pretrained(self.save_dir)
+
+    @property
+    def best_state(self) -> dict[str, torch.Tensor] | None:
+        return self._best_state
+
+
+def _forgetting_note(entry: Mapping[str, float]) -> str:
+    if "forgetting" not in entry:
+        return ""
+    return f", forgetting {entry['forgetting']:+.4f} ± {entry['forgetting_stderr']:.4f} nats/token"
+
+
+def exact_match_callback(
+    tokenizer,
+    problems: Iterable[Any],
+    *,
+    prompt_style: str = "auto",
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    save_dir: str | Path | None = None,
+    forgetting_fn: ForgettingFn | None = None,
+    max_forgetting: float | None = None,
+) -> BestStepCallback:
+    """A :class:`BestStepCallback` scored by macro exact match on ``problems`` (``peft_cca.tasks.Problem``, or
+    ``load_problems``' output): the paper's validation. Add it to any ``Trainer``'s ``callbacks``."""
+    from peft_cca.evaluation.exact_match import validation_scorer
+
+    score = validation_scorer(
+        tokenizer, list(problems), prompt_style=prompt_style, batch_size=batch_size, max_new_tokens=max_new_tokens
+    )
+    return BestStepCallback(score, save_dir=save_dir, forgetting_fn=forgetting_fn, max_forgetting=max_forgetting)
