@@ -30,12 +30,20 @@ _EXPORTS = {
     "CCALayer": "peft_cca.method.layer",
     "QuantizedMergeError": "peft_cca.method.layer",
     "CCAModel": "peft_cca.method.model",
+    "CCATrainer": "peft_cca.amplify.cca_trainer",
+    "CCATrainingArguments": "peft_cca.amplify.arguments",
+    "BestStepCallback": "peft_cca.amplify.callbacks",
+    "exact_match_callback": "peft_cca.amplify.callbacks",
+    "load_model": "peft_cca.runtime.loading",
 }
 __all__ = [
     "ArchSpec",
+    "BestStepCallback",
     "CCAConfig",
     "CCALayer",
     "CCAModel",
+    "CCATrainer",
+    "CCATrainingArguments",
     "Circuit",
     "CircuitShapeError",
     "Layout",
@@ -43,14 +51,20 @@ __all__ = [
     "QuantizedMergeError",
     "UnsupportedModelError",
     "describe",
+    "exact_match_callback",
+    "load_model",
 ]
 
 if TYPE_CHECKING:
+    from peft_cca.amplify.arguments import CCATrainingArguments
+    from peft_cca.amplify.callbacks import BestStepCallback, exact_match_callback
+    from peft_cca.amplify.cca_trainer import CCATrainer
     from peft_cca.method.arch import ArchSpec, Layout, ModelShape, UnsupportedModelError, describe
     from peft_cca.method.circuit import Circuit, CircuitShapeError
     from peft_cca.method.config import CCAConfig
     from peft_cca.method.layer import CCALayer, QuantizedMergeError
     from peft_cca.method.model import CCAModel
+    from peft_cca.runtime.loading import load_model
 
 
 def __getattr__(name: str) -> Any:
