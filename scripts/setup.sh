@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 TORCH_VERSION="2.13.0"
 stamp=".venv/.peft-cca-setup"
-want="$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+want="$(sha256sum pyproject.toml setup.py peft_cca_autoload.pth scripts/setup.sh | sha256sum | cut -d" " -f1)"
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0

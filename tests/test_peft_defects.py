@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ import torch
 from huggingface_hub import ModelCard
 from peft import LoraConfig, PeftModel, get_peft_model
 from tiny_models import tiny_model, tokens
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from peft_cca import CCAConfig, CCALayer, Circuit, describe
 from peft_cca.errors import UsageError
@@ -234,7 +236,7 @@ def test_saved_adapter_has_a_model_card_with_peft_fields_and_the_import(tmp_path
         assert card.data.pipeline_tag == "text-generation"
         assert "pip install peft-cca" in card.text
         assert 'import peft_cca  # registers the "cca" method' in card.text
-        assert "fails with `KeyError: 'CCA'`" in card.text
+        assert "work without the import too" in card.text
         assert 'AutoModelForCausalLM.from_pretrained("tiny/llama")' in card.text
     model.save_pretrained(tmp_path)  # saving again updates the card instead of adding a second section
     assert (tmp_path / "README.md").read_text().count("## Loading this CCA adapter") == 1
@@ -255,21 +257,50 @@ def test_sequence_classification_card_names_its_pipeline_and_class(tmp_path):
 LOAD_WITHOUT_PEFT_CCA = """
 import sys
 sys.path.insert(0, {tests!r})
-from peft import PeftModel
+import torch
+assert "peft_cca" not in sys.modules  # nothing imported it: the start-up hook waits for peft
+from peft import AutoPeftModelForCausalLM, PeftModel
 from tiny_models import tiny_model
-assert "peft_cca" not in sys.modules
-PeftModel.from_pretrained(tiny_model("llama"), {adapter!r})
+model = PeftModel.from_pretrained(tiny_model("llama"), {adapter!r})
+auto = AutoPeftModelForCausalLM.from_pretrained({adapter!r})
+assert type(auto).__name__ == "PeftModelForCausalLM", type(auto)
+ids = torch.tensor([[5, 6, 7]])
+torch.testing.assert_close(auto(ids).logits, model(ids).logits)
+print("loaded", type(model.peft_config["default"]).__name__)
 """
 
 
-def test_loading_without_import_peft_cca_fails_with_the_error_the_card_explains(tmp_path):
-    cca(tiny_model("llama")).save_pretrained(tmp_path / "adapter")
+def test_peft_loads_a_cca_adapter_with_no_import_of_peft_cca(tmp_path):
+    """The start-up hook (peft_cca_autoload.pth, installed with the package) registers "cca" when peft loads, for
+    PeftModel and AutoPeftModelForCausalLM alike; the adapter names a base that loads from its folder."""
+    tiny_model("llama").save_pretrained(tmp_path / "base")
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    peft_model = cca(base)
+    assert peft_model.peft_config["default"].task_type == "CAUSAL_LM"
+    peft_model.save_pretrained(tmp_path / "adapter")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["task_type"] == "CAUSAL_LM" and saved["base_model_name_or_path"] == str(tmp_path / "base")
     code = LOAD_WITHOUT_PEFT_CCA.format(tests=str(Path(__file__).parent), adapter=str(tmp_path / "adapter"))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1
-    last = done.stderr.strip().splitlines()[-1]
-    assert last == "KeyError: 'CCA'"
-    assert f"`{last}`" in (tmp_path / "adapter" / "README.md").read_text()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "loaded CCAConfig"
+
+
+def test_the_start_up_hook_imports_nothing_until_peft_does():
+    code = "import sys; print(sorted(m for m in sys.modules if m.startswith(('peft', 'torch', 'typing'))))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "['peft_cca_autoload']"
+
+
+def test_a_built_wheel_carries_the_start_up_hook(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path, root]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("peft_cca-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "peft_cca_autoload.pth" in names and "peft_cca_autoload.py" in names
+    line = zipfile.ZipFile(wheel).read("peft_cca_autoload.pth").decode().strip()
+    assert line == "import peft_cca_autoload; peft_cca_autoload.install()"
 
 
 # -- 5. add_weighted_adapter ----------------------------------------------------------------------------------------

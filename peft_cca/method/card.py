@@ -47,8 +47,11 @@ def task_of(task_type: str | None, architecture: str | None) -> str | None:
     return next((task for end, task in ARCHITECTURE_SUFFIXES.items() if architecture.endswith(end)), None)
 
 
-def loading_section(circuit: Circuit, mlp_targets: list[str], base_model: str | None, task: str | None) -> str:
-    """The card's section on what this adapter is and how to load it."""
+def loading_section(
+    circuit: Circuit, mlp_targets: list[str], base_model: str | None, task: str | None, weights_note: str | None
+) -> str:
+    """The card's section on what this adapter is and how to load it (and, for a quantized offline base, what it was
+    trained on: its deltas fit those weights, not the hub model's exactly)."""
     auto_class = TASKS.get(task, (None, "AutoModel"))[1]
     base = f'"{base_model}"' if base_model else '"<base model>"'
     return "\n".join(
@@ -71,15 +74,22 @@ def loading_section(circuit: Circuit, mlp_targets: list[str], base_model: str | 
             'model = PeftModel.from_pretrained(base, "path/to/this/adapter")',
             "```",
             "",
-            f"Without `import peft_cca`, `PeftModel.from_pretrained` fails with `{MISSING_IMPORT_ERROR}`: peft does "
-            "not know the method yet. Install and import `peft_cca` as above.",
+            "After `pip install peft-cca`, a start-up hook registers the method when peft is imported, so "
+            "`PeftModel.from_pretrained` and `AutoPeftModelForCausalLM.from_pretrained` work without the import too. "
+            f"Without the package, peft stops at `{MISSING_IMPORT_ERROR}`.",
             "",
+            *([f"**Trained on a quantized copy of the base.** {weights_note}", ""] if weights_note else []),
         ]
     )
 
 
 def write_model_card(
-    folder: str, config: PeftConfig, circuit: Circuit, mlp_targets: list[str], architecture: str | None
+    folder: str,
+    config: PeftConfig,
+    circuit: Circuit,
+    mlp_targets: list[str],
+    architecture: str | None,
+    weights_note: str | None = None,
 ) -> str:
     """Create or update ``folder/README.md`` for the CCA adapter whose ``config`` is saved there; returns its path."""
     filename = os.path.join(folder, CARD_NAME)
@@ -98,7 +108,7 @@ def write_model_card(
         card.data.pipeline_tag = TASKS[task][0]
     lines = card.text.splitlines()
     if HEADING not in lines:
-        section = loading_section(circuit, mlp_targets, base_model, task)
+        section = loading_section(circuit, mlp_targets, base_model, task, weights_note)
         # right under the title, above the template's many placeholder sections
         title = next((i for i, line in enumerate(lines) if line.startswith("# ")), None)
         at = 0 if title is None else title + 1

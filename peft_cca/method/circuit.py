@@ -133,6 +133,9 @@ class Circuit:
         path = Path(path)
         try:
             text = path.read_text()
+        except (FileNotFoundError, IsADirectoryError):
+            hint = "pass the circuit.json `peft-cca circuit` wrote"
+            raise UsageError(f"circuit file {path} does not exist; {hint}") from None
         except UnicodeDecodeError:
             raise UsageError(f"{path}: not a text file; pass the circuit.json written by `peft-cca circuit`") from None
         if not text.strip():

@@ -21,8 +21,9 @@ class CCAConfig(PeftConfig):
     """Configuration of a Constructive Circuit Amplification adapter.
 
     Args:
-        circuit: the components to update, a :class:`~peft_cca.Circuit` or its ``to_dict()`` form. It is
-            stored in ``adapter_config.json`` so that a saved adapter says exactly what it changed.
+        circuit: the components to update: a :class:`~peft_cca.Circuit`, its ``to_dict()`` form, or the path of a
+            ``circuit.json`` (what ``peft-cca circuit`` writes). It is stored in ``adapter_config.json`` so that a
+            saved adapter says exactly what it changed.
         mlp_targets: which weights of a selected MLP neuron get a trainable delta: ``"up"`` (the up
             projection row; the authors' choice), ``"gate"`` (the gate projection row) and/or ``"down"``
             (the down projection column).
@@ -44,6 +45,8 @@ class CCAConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = CCA_PEFT_TYPE
+        if isinstance(self.circuit, str | os.PathLike):
+            self.circuit = Circuit.load(self.circuit).to_dict()  # a missing or damaged file: one line naming it
         if isinstance(self.circuit, Circuit):
             self.circuit = self.circuit.to_dict()
         if self.circuit is None:
@@ -76,7 +79,8 @@ class CCAConfig(PeftConfig):
         """As peft's, plus a README.md model card saying that loading needs ``import peft_cca``."""
         super().save_pretrained(save_directory, **kwargs)
         architecture = getattr(self, "_base_architecture", None)  # set by CCAModel, for the pipeline tag
-        write_model_card(save_directory, self, self.get_circuit(), self.mlp_targets, architecture)
+        note = getattr(self, "_base_weights_note", None)  # set by CCAModel from peft_cca.load_model's model
+        write_model_card(save_directory, self, self.get_circuit(), self.mlp_targets, architecture, note)
 
     def config_file_hint(self) -> str:
         """Where this config was read from, for error messages."""

