@@ -35,6 +35,14 @@ _EXPORTS = {
     "BestStepCallback": "peft_cca.amplify.callbacks",
     "exact_match_callback": "peft_cca.amplify.callbacks",
     "load_model": "peft_cca.runtime.loading",
+    "LocalizeConfig": "peft_cca.localize.run",
+    "localize_errors": "peft_cca.localize.run",
+    "load_error_localization": "peft_cca.localize.dataset",
+    "DCMConfig": "peft_cca.dcm.train",
+    "find_circuit": "peft_cca.dcm.find",
+    "search_circuits": "peft_cca.dcm.find",
+    "load_problems": "peft_cca.tasks",
+    "Problem": "peft_cca.tasks.problem",
 }
 __all__ = [
     "ArchSpec",
@@ -46,25 +54,39 @@ __all__ = [
     "CCATrainingArguments",
     "Circuit",
     "CircuitShapeError",
+    "DCMConfig",
     "Layout",
+    "LocalizeConfig",
     "ModelShape",
+    "Problem",
     "QuantizedMergeError",
     "UnsupportedModelError",
     "describe",
     "exact_match_callback",
+    "find_circuit",
+    "load_error_localization",
     "load_model",
+    "load_problems",
+    "localize_errors",
+    "search_circuits",
 ]
 
 if TYPE_CHECKING:
     from peft_cca.amplify.arguments import CCATrainingArguments
     from peft_cca.amplify.callbacks import BestStepCallback, exact_match_callback
     from peft_cca.amplify.cca_trainer import CCATrainer
+    from peft_cca.dcm.find import find_circuit, search_circuits
+    from peft_cca.dcm.train import DCMConfig
+    from peft_cca.localize.dataset import load_error_localization
+    from peft_cca.localize.run import LocalizeConfig, localize_errors
     from peft_cca.method.arch import ArchSpec, Layout, ModelShape, UnsupportedModelError, describe
     from peft_cca.method.circuit import Circuit, CircuitShapeError
     from peft_cca.method.config import CCAConfig
     from peft_cca.method.layer import CCALayer, QuantizedMergeError
     from peft_cca.method.model import CCAModel
     from peft_cca.runtime.loading import load_model
+    from peft_cca.tasks import load_problems
+    from peft_cca.tasks.problem import Problem
 
 
 def __getattr__(name: str) -> Any:

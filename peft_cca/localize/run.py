@@ -421,6 +421,39 @@ def localize(
     return broadcast_object_list([summary])[0]
 
 
+def localize_errors(
+    model,
+    tokenizer,
+    problems: Sequence[Problem] | str,
+    out_dir: str | Path,
+    config: LocalizeConfig | None = None,
+    *,
+    model_name: str | None = None,
+    overwrite: bool = False,
+):
+    """Stage 1 as one call: the Error-Localization dataset of ``problems`` (a task spec such as
+    ``"rg:chain_sum?min_terms=2&max_terms=2&min_digits=1&max_digits=1"``, or ``Problem`` objects), built (or resumed)
+    in ``out_dir`` and returned as :func:`~peft_cca.localize.dataset.load_error_localization` gives it.
+
+    ``model_name`` is what the run folder records for later stages; by default the name ``peft_cca.load_model`` was
+    given, else the model's ``name_or_path``.
+    """
+    from dataclasses import replace
+
+    from peft_cca.localize.dataset import load_error_localization
+
+    config = config or LocalizeConfig()
+    if isinstance(problems, str):
+        from peft_cca.tasks import load_problems
+
+        config = replace(config, task=problems)
+        problems = load_problems(problems, limit=config.limit)
+    if model_name is None:
+        model_name = getattr(model, "peft_cca_name", None) or getattr(model, "name_or_path", "")
+    localize(model, tokenizer, problems, config, out_dir, model_name=model_name, overwrite=overwrite)
+    return load_error_localization(out_dir)
+
+
 def summarize(problems, greedy, accuracy, kept, writer: DatasetWriter) -> dict[str, Any]:
     """Counts, greedy accuracy per group, counterfactuals found and tokens the model processed."""
     progress = [writer.progress[p.id] for p in problems if writer.done(p.id)]

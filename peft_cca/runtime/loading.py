@@ -215,6 +215,7 @@ def load_model(
     model = AutoModelForCausalLM.from_pretrained(path, config=config, **{**runtime.load_kwargs(), **kwargs})
     runtime.place(model)
     model.eval()
+    model.peft_cca_name = name_or_path  # what run folders record, so later stages load the same weights
     spec = OFFLINE_MODELS.get(name_or_path)
     if spec is not None:
         # adapters saved from it name the hub model, which loads anywhere, not this machine's cache folder

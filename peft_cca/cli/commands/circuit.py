@@ -143,13 +143,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from peft_cca.dcm.data import load_records
-    from peft_cca.dcm.plot import plot_circuit, plot_history
-    from peft_cca.dcm.sweep import SELECTION_RULE, choose, sweep
+    from peft_cca.dcm.find import search_circuits
     from peft_cca.dcm.train import AUTHORS_STEP_LR, DCMConfig
     from peft_cca.errors import UsageError
     from peft_cca.runtime.loading import load_model
     from peft_cca.runtime.placement import record_runtime, runtime_from_args
-    from peft_cca.runtime.runfolder import atomic_write_json, ensure_output_dir
+    from peft_cca.runtime.runfolder import ensure_output_dir
     from peft_cca.tasks.protocol import setting
 
     out = ensure_output_dir(Path(args.out))
@@ -158,11 +157,6 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, runtime_from_args(args, training=True))
     vocab = model.get_input_embeddings().num_embeddings
     records = load_records(args.data, vocab_size=vocab, tokenizer=tokenizer)
-    train = [r for r in records if r.split == "train"]
-    validation = [r for r in records if r.split == "validation"]
-    if not train:
-        print(f"error: {args.data} has no records in the train split")
-        return 2
     # the DCM schedule follows the protocol of the task stage 1 localized (tasks/protocol.py)
     meta = Path(args.data) / "meta.json"
     task = json.loads(meta.read_text()).get("task") if meta.exists() else None
@@ -186,28 +180,17 @@ def run(args: argparse.Namespace) -> int:
         decay_every, decay_gamma = AUTHORS_STEP_LR if args.lr_schedule == "authors" else (None, config.decay_gamma)
         config = replace(config, decay_every=decay_every, decay_gamma=decay_gamma)
     record_runtime(out, model)
-    first = replace(config, lam=args.lambdas[0])
-    results = sweep(
-        model, train, validation, args.lambdas, first, out, args.resume, extra_settings={"model": args.model}
+    search = search_circuits(
+        model,
+        records,
+        args.lambdas,
+        config,
+        out_dir=out,
+        max_fraction=args.max_fraction,
+        resume=args.resume,
+        extra_settings={"model": args.model},
     )
-    chosen = choose(results, max_fraction=args.max_fraction)
-    for result in results:
-        folder = out / f"lambda_{result.lam:g}"
-        result.circuit.save(folder / "circuit.json")
-        plot_circuit(result.circuit, folder / "circuit.png", seed=args.seed, lam=result.lam)
-    chosen.circuit.save(out / "circuit.json")
-    atomic_write_json(out / "history.json", {"lambda": chosen.lam, **chosen.history})
-    atomic_write_json(
-        out / "sweep.json",
-        {
-            "rule": SELECTION_RULE,
-            "max_fraction": args.max_fraction,
-            "chosen_lambda": chosen.lam,
-            "rows": [r.row() for r in results],
-        },
-    )
-    plot_circuit(chosen.circuit, out / "circuit.png", seed=args.seed, lam=chosen.lam)
-    plot_history(chosen.history, out / "history.png")
+    chosen, results = search.chosen, search.results
     print(f"{'lambda':>10} {'% mask':>8} {'q':>5} {'k':>5} {'v':>5} {'mlp':>7} {'train LD':>9} {'val LD':>9}")
     for r in results:
         row = r.row()
