@@ -1,8 +1,9 @@
 """Stage 2 as one call: records in, a lambda sweep, the chosen :class:`Circuit` out (and its files when asked).
 
 :func:`find_circuit` is what a Python user calls; ``peft-cca circuit`` calls :func:`search_circuits`, the same code,
-and prints the sweep's table. A sweep whose every circuit is empty is refused in one line: amplifying nothing
-would fail later, far from the setting to change.
+and prints the sweep's table. A sweep whose pick is empty still writes its files (the table is what tells a user
+which lambda to try next); :func:`find_circuit` then refuses it in one line, and the CLI prints the same line as a
+warning, because amplifying nothing fails later, far from the setting to change.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class CircuitSearch:
 
     chosen: SweepResult
     results: list[SweepResult]
+    epochs: int
 
     @property
     def circuit(self) -> Circuit:
@@ -90,15 +92,21 @@ def search_circuits(
     out = Path(out_dir) if out_dir is not None else None
     results = sweep(model, train, validation, list(lambdas), config, out, resume, extra_settings=extra_settings)
     chosen = choose(results, max_fraction=max_fraction)
-    if len(chosen.circuit) == 0:
-        tried = ", ".join(f"{lam:g}" for lam in lambdas)
-        raise UsageError(
-            f"DCM selected no component at lambda {tried} after {config.epochs} epochs: lower lambda, train more "
-            "epochs, or sweep smaller values (--lambda 1e-3,1e-4)"
-        )
+    search = CircuitSearch(chosen, results, config.epochs)
     if out is not None:
-        _write(out, CircuitSearch(chosen, results), max_fraction, config.seed)
-    return CircuitSearch(chosen, results)
+        _write(out, search, max_fraction, config.seed)
+    return search
+
+
+def empty_circuit_advice(search: CircuitSearch) -> str | None:
+    """The one line that says what to change when the sweep's pick selects nothing; ``None`` when it selects some."""
+    if len(search.circuit):
+        return None
+    tried = ", ".join(f"{r.lam:g}" for r in search.results)
+    return (
+        f"DCM selected no component at lambda {tried} after {search.epochs} epochs: lower lambda, train more "
+        "epochs, or sweep smaller values (--lambda 1e-3,1e-4)"
+    )
 
 
 def _write(out: Path, search: CircuitSearch, max_fraction: float | None, seed: int) -> None:
@@ -130,5 +138,10 @@ def find_circuit(
     **options: Any,
 ) -> Circuit:
     """The circuit DCM finds for ``data`` (a stage-1 folder, ``load_error_localization``'s output, or rows):
-    one lambda, or the sweep's pick. ``options``: as :func:`search_circuits` (``out_dir``, ``max_fraction``, ...)."""
-    return search_circuits(model, data, lambdas, config, **options).circuit
+    one lambda, or the sweep's pick. ``options``: as :func:`search_circuits` (``out_dir``, ``max_fraction``, ...).
+    An empty pick is refused (:func:`empty_circuit_advice`): there would be nothing for CCA to train."""
+    search = search_circuits(model, data, lambdas, config, **options)
+    advice = empty_circuit_advice(search)
+    if advice is not None:
+        raise UsageError(advice)
+    return search.circuit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -143,7 +144,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from peft_cca.dcm.data import load_records
-    from peft_cca.dcm.find import search_circuits
+    from peft_cca.dcm.find import empty_circuit_advice, search_circuits
     from peft_cca.dcm.train import AUTHORS_STEP_LR, DCMConfig
     from peft_cca.errors import UsageError
     from peft_cca.runtime.loading import load_model
@@ -202,4 +203,7 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"base model: train LD {chosen.base_train_logit_diff:.3f}, val LD {chosen.base_validation_logit_diff:.3f}")
     print(f"wrote {out / 'circuit.json'} ({chosen.circuit})")
+    advice = empty_circuit_advice(search)
+    if advice is not None:  # the files stand (the table above is what to read); amplify would refuse this circuit
+        print(f"warning: {advice}", file=sys.stderr)
     return 0
