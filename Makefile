@@ -13,12 +13,12 @@ demo-full: setup
 
 # pytest exit code 5 ("no tests collected") counts as a failure, not as success
 test: setup
-	.venv/bin/ruff check peft_cca tests benchmarks recipes
+	.venv/bin/ruff check peft_cca tests benchmarks recipes examples scripts peft_cca_autoload.py setup.py
 	.venv/bin/python -m pytest -ra; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
 
 lint: setup
-	.venv/bin/ruff check peft_cca tests benchmarks recipes
-	.venv/bin/ruff format --check peft_cca tests benchmarks recipes
+	.venv/bin/ruff check peft_cca tests benchmarks recipes examples scripts peft_cca_autoload.py setup.py
+	.venv/bin/ruff format --check peft_cca tests benchmarks recipes examples scripts peft_cca_autoload.py setup.py
 
 bench: setup
 	.venv/bin/python benchmarks/adapter.py
