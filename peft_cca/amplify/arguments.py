@@ -23,6 +23,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from peft_cca.amplify.objective import OBJECTIVES_HELP, Objective
 from peft_cca.defaults import DEFAULT_STEPS
 from peft_cca.errors import UsageError
 
@@ -46,6 +47,8 @@ class CCATrainingArguments(TrainingArguments):
             model; ``None`` is the paper's schedule, 2, 4, 6, 8, 10, then every 10.
         max_forgetting: keep the best-validated step whose forgetting (cross-entropy rise on held-out text, nats
             per token) is at most this; ``None`` is the paper's rule (best validation, forgetting unseen).
+        objective: ``"paper"`` (the default) or ``"margin:M"``: a record stops contributing once its desired
+            token leads by ``M`` logits (:class:`~peft_cca.amplify.loss.Objective`).
     """
 
     learning_rate: float = field(default=1e-3, metadata={"help": "SGD learning rate (the paper sweeps 1e-2..1e-5)."})
@@ -69,6 +72,7 @@ class CCATrainingArguments(TrainingArguments):
     max_forgetting: float | None = field(
         default=None, metadata={"help": "Keep the best-validated step within this forgetting (nats/token)."}
     )
+    objective: str = field(default="paper", metadata={"help": OBJECTIVES_HELP})
 
     def __post_init__(self) -> None:
         problem = next(iter(refusals(self)), None)
@@ -117,5 +121,10 @@ def refusals(args: Any) -> Iterable[str]:
             "remove_unused_columns=True would drop the record columns CCATrainer trains on (prompt/desired/undesired "
             "or prefix_ids/desired_token_id/undesired_token_id); leave it False"
         )
+    objective = getattr(args, "objective", "paper")
+    try:
+        Objective.parse(objective)
+    except UsageError as err:
+        yield str(err)
     if getattr(args, "max_forgetting", None) is not None and not args.max_forgetting >= 0:
         yield f"max_forgetting={args.max_forgetting}: give a bound >= 0 in nats per token, or None"

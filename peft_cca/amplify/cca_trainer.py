@@ -7,7 +7,8 @@ Used as ``SFTTrainer`` and ``DPOTrainer`` are::
                          peft_config=CCAConfig(circuit="runs/x/circuit/circuit.json"))
     trainer.train()
 
-The loss is the paper's, ``-(logit[desired] - logit[undesired])`` at the last position of each prefix. What this
+The loss is the paper's, ``-(logit[desired] - logit[undesired])`` at the last position of each prefix, or with
+``objective="margin:M"`` the hinge ``max(0, M - diff)`` (:mod:`~peft_cca.amplify.loss`). What this
 class changes in ``Trainer`` and why:
 
 - rows are text or token ids (:mod:`~peft_cca.amplify.records`), batched by its own collator, which left-pads so the
@@ -37,6 +38,7 @@ from transformers import EvalPrediction, PrinterCallback, Trainer, TrainingArgum
 
 from peft_cca.amplify.arguments import CCATrainingArguments
 from peft_cca.amplify.loss import logit_difference
+from peft_cca.amplify.objective import Objective
 from peft_cca.amplify.records import RECORD_FIELDS, TEXT_FIELDS, PivotCollator, PivotDataset, training_rows
 from peft_cca.errors import UsageError
 
@@ -200,11 +202,12 @@ class CCATrainer(Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, dict]:
         diff = logit_difference(model, inputs)
         weight = inputs["weight"]
+        per_record = Objective.parse(self.args.objective).per_record(diff) * weight
         if self.args.full_batch and model.training:
             # sum / N on each process, x processes because DDP averages: the gradient is the exact dataset mean
-            loss = -(diff * weight).sum() * (self.accelerator.num_processes / self.train_dataset.num_records)
+            loss = per_record.sum() * (self.accelerator.num_processes / self.train_dataset.num_records)
         else:
-            loss = -(diff * weight).sum() / weight.sum().clamp(min=1.0)
+            loss = per_record.sum() / weight.sum().clamp(min=1.0)
         return (loss, {"logit_difference": diff}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -212,7 +215,7 @@ class CCATrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             diff = logit_difference(model, inputs).detach()
-        loss = -diff.mean()
+        loss = Objective.parse(self.args.objective).per_record(diff).mean()
         if prediction_loss_only:
             return loss, None, None
         return loss, diff, inputs["weight"]

@@ -1,4 +1,5 @@
-"""The paper's stage-3 loss: ``-(logit[desired] - logit[undesired])`` at the last position of each prefix."""
+"""Stage 3's quantity: ``logit[desired] - logit[undesired]`` at the last position of each prefix; the loss made
+of it is :class:`~peft_cca.amplify.objective.Objective`'s."""
 
 from __future__ import annotations
 

@@ -39,6 +39,7 @@ from peft_cca.amplify.callbacks import (
 )
 from peft_cca.amplify.cca_trainer import CCATrainer
 from peft_cca.amplify.micro_batch import resolve_micro_batch
+from peft_cca.amplify.objective import Objective
 from peft_cca.defaults import DEFAULT_LRS, DEFAULT_STEPS, NO_MASK_LABELS, OPTIMIZERS
 from peft_cca.errors import UsageError
 from peft_cca.method.circuit import Circuit
@@ -185,6 +186,7 @@ def train_one(
     evaluate_at_start: bool = True,
     forgetting_fn: ForgettingFn | None = None,
     max_forgetting: float | None = None,
+    objective: str = "paper",
 ) -> RunResult:
     """Train ``model``'s trainable weights from their current values at one ``lr``; leaves the best step loaded.
 
@@ -203,7 +205,9 @@ def train_one(
     with tempfile.TemporaryDirectory() as scratch:
         # the Trainer runs where the runtime placed the model (a CPU placement on a GPU machine, MPS on a Mac)
         use_cpu = trainer_use_cpu(model)
-        args = cca_training_arguments(output_dir or scratch, lr, steps, batch_size, optimizer, seed, use_cpu=use_cpu)
+        args = cca_training_arguments(
+            output_dir or scratch, lr, steps, batch_size, optimizer, seed, use_cpu=use_cpu, objective=objective
+        )
         trainer = CCATrainer(model, args, train_dataset=records, pad_token_id=pad_token_id, callbacks=[callback])
         trainer.train()
     run = RunResult.from_training(lr, trainer, callback, evaluate_at_start)
@@ -366,6 +370,7 @@ def amplify(
     prompt_options: PromptOptions | None = None,
     forgetting_tokens: int | None = None,
     max_forgetting: float | None = None,
+    objective: str = "paper",
 ) -> AmplifyResult:
     """Learning-rate sweep of CCA; the best run (by validation macro exact match) is loaded and saved.
 
@@ -376,9 +381,11 @@ def amplify(
     ``prompt_options``: stage 1's template and exemplars, so validation prompts as the pivots were found.
     ``forgetting_tokens``: measure forgetting (cross-entropy rise on that many tokens of held-out Wikipedia) at
     every validation step; ``max_forgetting`` (nats per token; measured on 5,000 tokens unless given) keeps the
-    best-validated step within it instead of the paper's best-validated step.
+    best-validated step within it instead of the paper's best-validated step. ``objective``: ``"paper"`` or
+    ``"margin:M"`` (:class:`~peft_cca.amplify.loss.Objective`).
     """
     check_schedule(lrs, steps)
+    objective = Objective.parse(objective).name
     if no_mask not in (None, *NO_MASK_LABELS):
         raise UsageError(f"no_mask is {no_mask!r}; choose one of {', '.join(NO_MASK_LABELS)} (--no-mask)")
     records = [r for r in records if split_of(r) == "train"]
@@ -428,6 +435,7 @@ def amplify(
             evaluate_at_start=base_score is None,
             forgetting_fn=meter,
             max_forgetting=max_forgetting,
+            objective=objective,
         )
         base_score = add_run(runs, run, base_score)
         logger.info("lr %g: best validation %.4f at step %d", lr, run.best_score, run.best_step)
@@ -435,6 +443,7 @@ def amplify(
     load_trainable_state(trained, best.state)
     result = AmplifyResult(model=trained, best=best, runs=runs, max_forgetting=max_forgetting)
     extra: dict[str, Any] = {"micro_batch": micro_batch, "no_mask": no_mask, "forgetting_tokens": meter_tokens(meter)}
+    extra["objective"] = objective
     if no_mask is not None:
         extra["label"] = NO_MASK_LABELS[no_mask]
     if no_mask == "all":

@@ -12,6 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from peft_cca.cli.commands.options import (
         add_training_run_arguments,
         non_negative_int,
+        objective_spec,
         positive_float,
         positive_int,
         positive_int_or_auto,
@@ -41,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rows per forward pass, or auto: the largest that fits (steps are always full-batch: the gradient "
         "is the same for every size)",
     )
+    parser.add_argument(
+        "--objective",
+        type=objective_spec,
+        default="paper",
+        help="the loss: paper, -(logit_d - logit_u) (the default); margin:M, max(0, M - (logit_d - logit_u)): a "
+        "record stops pushing once its desired token leads by M logits (beyond the paper)",
+    )
     parser.add_argument("--mlp-targets", nargs="+", default=["up"], choices=["up", "gate", "down"])
     parser.add_argument("--task", help="task spec for validation problems (default: the one in meta.json)")
     parser.add_argument("--split-seed", type=non_negative_int, help="split seed (default: the one in meta.json)")
@@ -57,7 +65,7 @@ def output_settings(args: argparse.Namespace, model: str, circuit: Path | None, 
     """What the adapter depends on (not the micro-batch or evaluation batch: they change speed only)."""
     keys = ("no_mask", "lr", "steps", "optimizer", "mlp_targets", "task", "split_seed", "val_limit")
     keys += ("prompt_style", "prompt_template", "num_fewshot", "fewshot_seed", "max_new_tokens", "seed")
-    keys += ("forgetting_tokens", "max_forgetting")
+    keys += ("forgetting_tokens", "max_forgetting", "objective")
     return {
         **{key: getattr(args, key) for key in keys},
         "model": model,
@@ -131,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         prompt_options=options,
         forgetting_tokens=args.forgetting_tokens,
         max_forgetting=args.max_forgetting,
+        objective=args.objective,
     )
     if result.selection is not None:
         from peft_cca.reports.step_choice import describe_selection

@@ -130,6 +130,7 @@ def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
                     "kept": {"lr": best["lr"], "step": best["best_step"]} if "best_step" in best else None,
                     "train_problems": data.get("train_problems"),
                     "selection": data.get("selection"),
+                    "objective": data.get("objective"),
                 }
                 if name == "amplify.json":
                     method = meta.get("method") or meta.get("config", {}).get("method")
@@ -218,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
     result = {"name": args.name or (args.adapter.parent.name if args.adapter else "base"), **info, **result}
     if whole_model:  # every parameter was trainable: the "w/o mask" row, whose label amplify.json gave
         result.update(config="CCA w/o mask", mask_percent=100.0)
+    if result.get("objective") not in (None, "paper") and result["config"] == "CCA w/ mask":
+        result["config"] = f"CCA w/ mask, {result['objective']}"  # its own row, beside the paper's loss
     result["runtime"] = runtime.record()
     result["prompt"] = options.to_dict()
     on_main(lambda: (atomic_write_json(out, result), shutil.rmtree(cache, ignore_errors=True)))

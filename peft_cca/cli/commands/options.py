@@ -53,6 +53,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def objective_spec(text: str) -> str:
+    """``paper`` or ``margin:M`` (``--objective``), normalised (``margin:2.0`` is ``margin:2``)."""
+    from peft_cca.amplify.objective import Objective
+    from peft_cca.errors import UsageError
+
+    try:
+        return Objective.parse(text).name
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("objective ")) from err
+
+
 def non_negative_float(text: str) -> float:
     """A finite number >= 0 (lambdas, weight decay)."""
     value = finite_float(text)
