@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 EvaluateFn = Callable[[nn.Module], float]
 ForgettingFn = Callable[[nn.Module], Any]  # -> evaluation.forgetting.Forgetting (delta, stderr)
+SelectionFn = Callable[[nn.Module], Any]  # -> evaluation.selection.SelectionScore (accuracy, gain, stderrs, n)
+SCORE_KEYS = {"validation": "score", "selection": "selection_accuracy"}
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -73,6 +75,10 @@ class BestStepCallback(TrainerCallback):
     to the history. ``max_forgetting`` then keeps the best-validated step whose forgetting is at most that many
     nats per token; the paper's rule (best validation, forgetting unseen) is still recorded as ``paper_step``.
     When no trained step stays under the bound, the one that forgot least is kept and ``bound_met`` is False.
+
+    ``selection_fn`` (a :class:`~peft_cca.evaluation.selection.SelectionMeter`) scores every evaluated step on the
+    selection split too (``selection_accuracy``, ``selection_gain`` and their stderrs): the sweep's frontier.
+    ``select_on="selection"`` then picks the step by that score instead of validation (the bound still applies).
     """
 
     def __init__(
@@ -84,9 +90,17 @@ class BestStepCallback(TrainerCallback):
         every: int | None = None,
         forgetting_fn: ForgettingFn | None = None,
         max_forgetting: float | None = None,
+        selection_fn: SelectionFn | None = None,
+        select_on: str = "validation",
     ) -> None:
         if max_forgetting is not None and forgetting_fn is None:
             raise ValueError("max_forgetting needs a forgetting_fn to measure each step with")
+        if select_on not in SCORE_KEYS:
+            raise ValueError(f"select_on is {select_on!r}; choose from {sorted(SCORE_KEYS)}")
+        if select_on == "selection" and selection_fn is None:
+            raise ValueError("select_on='selection' needs a selection_fn to score each step with")
+        self.selection_fn = selection_fn
+        self.score_key = SCORE_KEYS[select_on]
         self.evaluate_fn = evaluate_fn
         self.schedule = None if schedule is None else set(schedule)
         self.every = every
@@ -126,9 +140,12 @@ class BestStepCallback(TrainerCallback):
         if self.forgetting_fn is not None:
             reading = self.forgetting_fn(model)
             entry["forgetting"], entry["forgetting_stderr"] = reading.delta, reading.stderr
+        if self.selection_fn is not None:
+            entry.update(self.selection_fn(model).fields())
         model.train(was_training)
         self.history.append(entry)
-        logger.info("step %d: validation %.4f%s", step, entry["score"], _forgetting_note(entry))
+        notes = _selection_note(entry) + _forgetting_note(entry)
+        logger.info("step %d: validation %.4f%s", step, entry["score"], notes)
         return entry
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
@@ -144,9 +161,9 @@ class BestStepCallback(TrainerCallback):
         return self.max_forgetting is None or entry["forgetting"] <= self.max_forgetting
 
     def _consider(self, model: nn.Module, entry: Mapping[str, float]) -> None:
-        step, score = int(entry["step"]), entry["score"]
-        if score > self.paper_score:
-            self.paper_score, self.paper_step = score, step
+        step, score = int(entry["step"]), entry[self.score_key]
+        if entry["score"] > self.paper_score:  # the paper's rule reads validation whatever picks the step
+            self.paper_score, self.paper_step = entry["score"], step
         if self._within_bound(entry):
             if score > self.best_score:
                 self.best_score, self.best_step = score, step
@@ -165,7 +182,7 @@ class BestStepCallback(TrainerCallback):
             entry = self._evaluate(model, state.global_step)
             self._consider(model, entry)
             if self._best_state is None and self._least_forgetting is None:  # a NaN score compares to nothing
-                self.best_step, self.best_score = state.global_step, entry["score"]
+                self.best_step, self.best_score = state.global_step, entry[self.score_key]
                 self._best_state = trainable_state(model)
         if self._best_state is None:  # every trained step forgot more than the bound
             forgot, self.best_step, self.best_score, self._best_state = self._least_forgetting
@@ -183,6 +200,15 @@ class BestStepCallback(TrainerCallback):
     @property
     def best_state(self) -> dict[str, torch.Tensor] | None:
         return self._best_state
+
+
+def _selection_note(entry: Mapping[str, float]) -> str:
+    if "selection_accuracy" not in entry:
+        return ""
+    return (
+        f", selection {entry['selection_accuracy']:.3f} (gain {entry['selection_gain']:+.3f} ± "
+        f"{entry['selection_gain_stderr']:.3f}, n={entry['selection_n']})"
+    )
 
 
 def _forgetting_note(entry: Mapping[str, float]) -> str:

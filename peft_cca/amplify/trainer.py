@@ -33,6 +33,7 @@ from peft_cca.amplify.callbacks import (
     BestStepCallback,
     EvaluateFn,
     ForgettingFn,
+    SelectionFn,
     load_trainable_state,
     reset_deltas,
     trainable_state,
@@ -187,11 +188,13 @@ def train_one(
     forgetting_fn: ForgettingFn | None = None,
     max_forgetting: float | None = None,
     objective: str = "paper",
+    selection_fn: SelectionFn | None = None,
+    select_on: str = "validation",
 ) -> RunResult:
     """Train ``model``'s trainable weights from their current values at one ``lr``; leaves the best step loaded.
 
-    ``batch_size`` is the micro-batch: a number or ``"auto"`` (:func:`auto_micro_batch`). ``forgetting_fn`` and
-    ``max_forgetting``: as :class:`BestStepCallback`'s.
+    ``batch_size`` is the micro-batch: a number or ``"auto"`` (:func:`auto_micro_batch`). ``forgetting_fn``,
+    ``max_forgetting``, ``selection_fn`` and ``select_on``: as :class:`BestStepCallback`'s.
     """
     check_schedule([lr], steps)
     batch_size = resolve_micro_batch(batch_size, model, records, pad_token_id)
@@ -201,6 +204,8 @@ def train_one(
         evaluate_at_start=evaluate_at_start,
         forgetting_fn=forgetting_fn,
         max_forgetting=max_forgetting,
+        selection_fn=selection_fn,
+        select_on=select_on,
     )
     with tempfile.TemporaryDirectory() as scratch:
         # the Trainer runs where the runtime placed the model (a CPU placement on a GPU machine, MPS on a Mac)
@@ -316,6 +321,29 @@ def forgetting_meter(
     return ForgettingMeter.of_base(model, tokenizer, max_tokens=tokens)
 
 
+def selection_meter(model: nn.Module, tokenizer, problems: Sequence | None, **scoring: Any) -> SelectionFn | None:
+    """A :class:`~peft_cca.evaluation.selection.SelectionMeter` on ``model`` as it is now (the base), or None."""
+    if not problems:
+        return None
+    from peft_cca.evaluation.selection import SelectionMeter
+
+    logger.info("selection: measuring the base on %d held-out problems", len(problems))
+    return SelectionMeter.of_base(model, tokenizer, problems, **scoring)
+
+
+def selection_info(meter: SelectionFn | None) -> dict[str, Any]:
+    """The selection split a summary records: its size, ids and the base's accuracy (empty without one)."""
+    if meter is None:
+        return {}
+    return {
+        "selection_split": {
+            "n": len(meter.problems),
+            "base_accuracy": meter.base_accuracy,
+            "ids": [p.id for p in meter.problems],
+        }
+    }
+
+
 def meter_tokens(meter: ForgettingFn | None) -> int | None:
     """How many tokens each forgetting reading scores (None without a meter), for the run's summary."""
     return None if meter is None else meter.base.n_tokens
@@ -371,6 +399,8 @@ def amplify(
     forgetting_tokens: int | None = None,
     max_forgetting: float | None = None,
     objective: str = "paper",
+    selection_problems: Sequence | None = None,
+    select_on: str = "validation",
 ) -> AmplifyResult:
     """Learning-rate sweep of CCA; the best run (by validation macro exact match) is loaded and saved.
 
@@ -382,7 +412,9 @@ def amplify(
     ``forgetting_tokens``: measure forgetting (cross-entropy rise on that many tokens of held-out Wikipedia) at
     every validation step; ``max_forgetting`` (nats per token; measured on 5,000 tokens unless given) keeps the
     best-validated step within it instead of the paper's best-validated step. ``objective``: ``"paper"`` or
-    ``"margin:M"`` (:class:`~peft_cca.amplify.loss.Objective`).
+    ``"margin:M"`` (:class:`~peft_cca.amplify.objective.Objective`). ``selection_problems`` (at least 40, none a
+    stage-1 problem): every validated step is also scored on them, with its gain over the base (the frontier);
+    ``select_on="selection"`` picks the step by that score.
     """
     check_schedule(lrs, steps)
     objective = Objective.parse(objective).name
@@ -415,6 +447,8 @@ def amplify(
     if no_mask != "all":
         reset_deltas(trained)  # the reference is the base model, also when a trained PeftModel was passed
     meter = forgetting_meter(trained, tokenizer, forgetting_tokens, max_forgetting)
+    scoring = {"prompt_style": prompt_style, "batch_size": eval_batch_size, "max_new_tokens": max_new_tokens}
+    selection = selection_meter(trained, tokenizer, selection_problems, prompt_options=prompt_options, **scoring)
     runs: list[RunResult] = []
     base_score: float | None = None
     for lr in lrs:
@@ -436,6 +470,8 @@ def amplify(
             forgetting_fn=meter,
             max_forgetting=max_forgetting,
             objective=objective,
+            selection_fn=selection,
+            select_on=select_on,
         )
         base_score = add_run(runs, run, base_score)
         logger.info("lr %g: best validation %.4f at step %d", lr, run.best_score, run.best_step)
@@ -443,7 +479,7 @@ def amplify(
     load_trainable_state(trained, best.state)
     result = AmplifyResult(model=trained, best=best, runs=runs, max_forgetting=max_forgetting)
     extra: dict[str, Any] = {"micro_batch": micro_batch, "no_mask": no_mask, "forgetting_tokens": meter_tokens(meter)}
-    extra["objective"] = objective
+    extra.update(objective=objective, select_on=select_on, **selection_info(selection))
     if no_mask is not None:
         extra["label"] = NO_MASK_LABELS[no_mask]
     if no_mask == "all":

@@ -24,7 +24,14 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import PrinterCallback
 
-from peft_cca.amplify.callbacks import BestStepCallback, EvaluateFn, ForgettingFn, load_trainable_state
+from peft_cca.amplify.arguments import PAPER_VALIDATION_STEPS
+from peft_cca.amplify.callbacks import (
+    BestStepCallback,
+    EvaluateFn,
+    ForgettingFn,
+    SelectionFn,
+    load_trainable_state,
+)
 from peft_cca.amplify.micro_batch import auto_micro_batch
 from peft_cca.amplify.trainer import (
     AmplifyResult,
@@ -35,6 +42,8 @@ from peft_cca.amplify.trainer import (
     forgetting_meter,
     meter_tokens,
     save_result,
+    selection_info,
+    selection_meter,
 )
 from peft_cca.defaults import DEFAULT_LORA_LRS, LoraSettings
 from peft_cca.errors import UsageError
@@ -210,18 +219,23 @@ def train_lora_once(
     max_length: int | None = None,
     forgetting_fn: ForgettingFn | None = None,
     max_forgetting: float | None = None,
+    selection_fn: SelectionFn | None = None,
+    select_on: str = "validation",
 ) -> RunResult:
     """One SFT run at ``lr``; the best validation step's LoRA weights are left loaded (within ``max_forgetting``
-    when given: the same rule as CCA's, for a fair comparison)."""
+    when given: the same rule as CCA's, for a fair comparison). With a ``selection_fn`` (the frontier) the paper's
+    early steps 2, 4, 6, 8, 10 are scored too, so LoRA's curve reaches down to the small gains CCA makes."""
     from trl import SFTTrainer
 
     callback = BestStepCallback(
         evaluate_fn,
-        (),
+        PAPER_VALIDATION_STEPS if selection_fn is not None else (),
         evaluate_at_start=evaluate_at_start,
         every=settings.eval_every,
         forgetting_fn=forgetting_fn,
         max_forgetting=max_forgetting,
+        selection_fn=selection_fn,
+        select_on=select_on,
     )
     with tempfile.TemporaryDirectory() as scratch:
         args = _sft_config(scratch, lr, settings, seed, trainer_use_cpu(peft_model), micro_batch, max_length)
@@ -256,12 +270,14 @@ def lora_sft(
     prompt_options: PromptOptions | None = None,
     forgetting_tokens: int | None = None,
     max_forgetting: float | None = None,
+    selection_problems: Sequence[Problem] | None = None,
+    select_on: str = "validation",
 ) -> AmplifyResult:
     """Learning-rate sweep of the LoRA baseline; the best run (validation macro exact match) is loaded and saved.
 
     ``model`` is a bare transformers model; it is wrapped per run and unwrapped between runs. ``prompt_options``
-    (stage 1's template and exemplars) prompt its training rows and its validation alike. ``forgetting_tokens``
-    and ``max_forgetting``: as :func:`peft_cca.amplify.trainer.amplify`'s.
+    (stage 1's template and exemplars) prompt its training rows and its validation alike. ``forgetting_tokens``,
+    ``max_forgetting``, ``selection_problems`` and ``select_on``: as :func:`peft_cca.amplify.trainer.amplify`'s.
     """
     settings = settings or LoraSettings()
     if settings.max_steps == 0 or settings.epochs <= 0:
@@ -287,6 +303,8 @@ def lora_sft(
     max_length = sequence_limit(lengths, settings.max_length)
     micro_batch = lora_micro_batch(model, tokenizer, dataset, lengths, settings)
     meter = forgetting_meter(model, tokenizer, forgetting_tokens, max_forgetting)  # the bare base model
+    scoring = {"prompt_style": prompt_style, "batch_size": eval_batch_size, "max_new_tokens": max_new_tokens}
+    selection = selection_meter(model, tokenizer, selection_problems, prompt_options=prompt_options, **scoring)
     runs: list[RunResult] = []
     base_score: float | None = None
     for lr in lrs:
@@ -305,6 +323,8 @@ def lora_sft(
             max_length=max_length,
             forgetting_fn=meter,
             max_forgetting=max_forgetting,
+            selection_fn=selection,
+            select_on=select_on,
         )
         base_score = add_run(runs, run, base_score)
         logger.info("LoRA lr %g: best validation %.4f at step %d", lr, run.best_score, run.best_step)
@@ -326,5 +346,7 @@ def lora_sft(
         longest_example_tokens=max(lengths),
         max_length=max_length,
         forgetting_tokens=meter_tokens(meter),
+        select_on=select_on,
+        **selection_info(selection),
     )
     return result

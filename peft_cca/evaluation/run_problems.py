@@ -120,6 +120,19 @@ def stage_problems(
     return split_problems(found.spec, split, seed=found.split_seed, limit=limit)
 
 
+def selection_problems(
+    run_dir: str | Path, n: int, *, task: str | None = None, selection_task: str | None = None
+) -> list[Problem]:
+    """``n`` held-out problems for the frontier (:mod:`~peft_cca.evaluation.selection`): from ``selection_task``
+    (default: the run's spec), none of them one of the problems stage 1 loaded and split, by id or question."""
+    from peft_cca.evaluation.selection import held_out_problems
+    from peft_cca.tasks.sources import load_problems
+
+    found = run_task(run_dir, task)
+    used = load_problems(found.spec, limit=found.task_limit)
+    return held_out_problems(load_problems(selection_task or found.spec), used, n)
+
+
 def stage_prompt_options(
     run_dir: str | Path,
     *,

@@ -65,7 +65,10 @@ def output_settings(args: argparse.Namespace, model: str, circuit: Path | None, 
     """What the adapter depends on (not the micro-batch or evaluation batch: they change speed only)."""
     keys = ("no_mask", "lr", "steps", "optimizer", "mlp_targets", "task", "split_seed", "val_limit")
     keys += ("prompt_style", "prompt_template", "num_fewshot", "fewshot_seed", "max_new_tokens", "seed")
-    keys += ("forgetting_tokens", "max_forgetting", "objective")
+    keys += ("forgetting_tokens", "max_forgetting")
+    from peft_cca.cli.commands.options import settings_set_later
+
+    keys += settings_set_later(args)
     return {
         **{key: getattr(args, key) for key in keys},
         "model": model,
@@ -94,10 +97,11 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.runtime.loading import resolve
 
     resolve(model_name)  # a mistyped --model is refused before settings.json records it and blocks the fixed rerun
-    from peft_cca.cli.commands.options import prompt_options_from_args
+    from peft_cca.cli.commands.options import prompt_options_from_args, selection_from_args
 
     # before settings.json records anything: a refused task spec or template must not block the fixed rerun
     options = prompt_options_from_args(args)
+    selection = selection_from_args(args)  # a request it cannot meet is refused before settings.json
     check_settings(out, output_settings(args, model_name, circuit_path, runtime.record()), overwrite=args.overwrite)
     if args.overwrite:
         clear_outputs(out, ("adapter", "model", "amplify.json"))
@@ -139,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         prompt_options=options,
         forgetting_tokens=args.forgetting_tokens,
         max_forgetting=args.max_forgetting,
+        selection_problems=selection,
+        select_on=args.select_on,
         objective=args.objective,
     )
     if result.selection is not None:

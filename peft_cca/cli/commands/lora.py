@@ -56,6 +56,9 @@ def output_settings(args: argparse.Namespace, model: str, runtime: dict) -> dict
     keys += ("rank", "alpha", "dropout", "train_limit", "val_limit", "prompt_style", "prompt_template", "num_fewshot")
     keys += ("fewshot_seed", "max_new_tokens", "seed")
     keys += ("forgetting_tokens", "max_forgetting")
+    from peft_cca.cli.commands.options import settings_set_later
+
+    keys += settings_set_later(args)
     return {**{key: getattr(args, key) for key in keys}, "model": model, "runtime": runtime}
 
 
@@ -76,10 +79,11 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.runtime.loading import resolve
 
     resolve(model_name)  # a mistyped --model is refused before settings.json records it and blocks the fixed rerun
-    from peft_cca.cli.commands.options import prompt_options_from_args
+    from peft_cca.cli.commands.options import prompt_options_from_args, selection_from_args
 
     # before settings.json records anything: a refused task spec or template must not block the fixed rerun
     options = prompt_options_from_args(args)
+    selection = selection_from_args(args)  # a request it cannot meet is refused before settings.json
     check_settings(out, output_settings(args, model_name, runtime.record()), overwrite=args.overwrite)
     if args.overwrite:
         clear_outputs(out, ("adapter", "lora.json"))
@@ -125,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         prompt_options=options,
         forgetting_tokens=args.forgetting_tokens,
         max_forgetting=args.max_forgetting,
+        selection_problems=selection,
+        select_on=args.select_on,
     )
     if result.selection is not None:
         from peft_cca.reports.step_choice import describe_selection

@@ -146,6 +146,32 @@ def add_step_choice_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--selection-problems``, ``--selection-task`` and ``--select-on``: the frontier's held-out split."""
+    parser.add_argument(
+        "--selection-problems",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="score every validated (lr, step) on N held-out problems (at least 40; none a stage-1 problem by id or "
+        "question), with the gain over the base and its paired stderr: the points of compare's frontier "
+        "(default: 0, off)",
+    )
+    parser.add_argument(
+        "--selection-task",
+        metavar="SPEC",
+        help="task spec the selection problems are drawn from (default: the run's own; for reasoning-gym give a "
+        "larger size= so problems beyond stage 1's exist)",
+    )
+    parser.add_argument(
+        "--select-on",
+        choices=["validation", "selection"],
+        default="validation",
+        help="which score picks the step: validation (the paper's) or the selection split (with --max-forgetting: "
+        "the best selection gain within the bound)",
+    )
+
+
 def add_training_run_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
     """The flags ``amplify`` and ``lora`` share after their own: validation, output folder, seed, placement."""
     from peft_cca.runtime.placement import add_runtime_arguments
@@ -154,10 +180,38 @@ def add_training_run_arguments(parser: argparse.ArgumentParser, out_help: str) -
     add_generation_arguments(parser)
     parser.add_argument("--eval-batch-size", type=positive_int, default=16)
     add_step_choice_arguments(parser)
+    add_selection_arguments(parser)
     parser.add_argument("--out", type=Path, help=out_help)
     parser.add_argument("--overwrite", action="store_true", help="train afresh into an --out made with other settings")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     add_runtime_arguments(parser, training=True)
+
+
+# training settings added after 0.1, with their defaults: recorded in settings.json only when set, so a folder
+# made before they existed still resumes
+LATER_SETTINGS = {"objective": "paper", "selection_problems": 0, "selection_task": None, "select_on": "validation"}
+
+
+def settings_set_later(args: argparse.Namespace) -> tuple[str, ...]:
+    """The later settings ``args`` sets to something other than their default."""
+    return tuple(key for key, default in LATER_SETTINGS.items() if getattr(args, key, default) != default)
+
+
+def selection_from_args(args: argparse.Namespace) -> list | None:
+    """The selection problems ``--selection-problems`` asks for (None when off); refused in one line when the
+    request cannot be met (fewer than 40, or not enough new problems)."""
+    from peft_cca.errors import UsageError
+
+    if args.select_on == "selection" and not args.selection_problems:
+        raise UsageError("--select-on selection needs a selection split: give --selection-problems N (N >= 40)")
+    if not args.selection_problems:
+        return None
+    from peft_cca.evaluation.run_problems import selection_problems
+    from peft_cca.evaluation.selection import MIN_SELECTION
+
+    if args.selection_problems < MIN_SELECTION:
+        raise UsageError(f"--selection-problems {args.selection_problems}: give at least {MIN_SELECTION}")
+    return selection_problems(args.run, args.selection_problems, task=args.task, selection_task=args.selection_task)
 
 
 def prompt_options_from_args(args: argparse.Namespace):
