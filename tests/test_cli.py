@@ -79,8 +79,10 @@ def test_nonsense_numbers_are_refused_at_parse_time(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"peft-cca {argv[0]}: error: argument {argv[-2]}")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines  # the error and a pointer to --help, no usage block above it
+    assert lines[0].startswith(f"peft-cca {argv[0]}: error: argument {argv[-2]}")
+    assert lines[0].endswith(f"(see `peft-cca {argv[0]} --help`)")
 
 
 def test_sensible_numbers_parse():

@@ -16,8 +16,15 @@ import sys
 COMMANDS: tuple[str, ...] = ("localize", "circuit", "amplify", "evaluate", "compare", "lora", "calibrate", "demo")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument error is one line and a pointer to ``--help``, not 20 lines of usage above it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="peft-cca",
         description="Constructive Circuit Amplification: raise one skill of a language model by updating only "
         "the attention heads and MLP neurons that push it toward the right token.",

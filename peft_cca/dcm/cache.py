@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from peft_cca.errors import UsageError
 from peft_cca.method.arch import describe
+from peft_cca.runtime.generation import cache_argument
 
 logger = logging.getLogger(__name__)
 
@@ -129,9 +130,9 @@ def _forward_kv(model: nn.Module, ids: torch.Tensor, attention: torch.Tensor, pa
     model(
         input_ids=ids.to(device),
         attention_mask=attention.to(device),
-        past_key_values=cache,
         use_cache=True,
         logits_to_keep=1,
+        **{cache_argument(model): cache},
     )
     return [(layer.keys, layer.values) for layer in cache.layers]
 

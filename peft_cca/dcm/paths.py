@@ -23,6 +23,7 @@ from peft_cca.dcm.cache import Overflow, PrefixCache
 from peft_cca.dcm.data import Record
 from peft_cca.dcm.interventions import MaskIntervention
 from peft_cca.errors import UsageError
+from peft_cca.runtime.generation import cache_argument
 
 PathName = Literal["fast", "full"]
 
@@ -158,8 +159,8 @@ class OneTokenPath:
             input_ids=last_ids.to(self.device),
             attention_mask=attention.to(self.device),
             position_ids=positions.to(self.device),
-            past_key_values=past,
             use_cache=past is not None,
+            **{cache_argument(self.model): past},
         ).logits[:, -1]
         return self.targets.diff(logits, torch.tensor(list(indices), device=logits.device))
 

@@ -25,7 +25,7 @@ import torch
 from transformers import DynamicCache
 
 from peft_cca.localize.traces import DecodeSettings, Trace
-from peft_cca.runtime.generation import TokenCounter, cut_at_stop, generate, stack_caches
+from peft_cca.runtime.generation import TokenCounter, cache_argument, cut_at_stop, generate, stack_caches
 from peft_cca.tasks.answers import answer_is_final
 from peft_cca.tasks.problem import Problem
 
@@ -151,7 +151,7 @@ class _LazyPrefix:
         keep = end - max(self.fed, self.prompt_len - 1)  # positions from len(P)-1 on predict s
         kwargs = {"logits_to_keep": keep} if self.keep_logits else {}
         with torch.no_grad():
-            out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True, **kwargs)
+            out = self.model(input_ids=ids, use_cache=True, **{cache_argument(self.model): self.cache}, **kwargs)
         self.argmax += out.logits[0, -keep:].argmax(-1).tolist()
         if self.counter is not None:
             self.counter.add(end - self.fed, 0, "fast-prefill")

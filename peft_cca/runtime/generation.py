@@ -253,8 +253,8 @@ def prefill_caches(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
-            past_key_values=DynamicCache(),
             use_cache=True,
+            **{cache_argument(model): DynamicCache()},
             **kwargs,
         )
         width = input_ids.shape[1]
@@ -262,7 +262,7 @@ def prefill_caches(
             pad = width - lengths[i]
             layers = [
                 (layer.keys[row : row + 1, :, pad:], layer.values[row : row + 1, :, pad:])
-                for layer in out.past_key_values.layers
+                for layer in _output_cache(out).layers
             ]
             caches[i] = DynamicCache(layers)
             if counters is not None:
@@ -311,6 +311,19 @@ def _supports(model, argument: str) -> bool:
     return argument in inspect.signature(model.forward).parameters
 
 
+def cache_argument(model) -> str:
+    """The name this transformers gives the KV-cache argument: ``cache`` from 5.2x (``past_key_values`` warns
+    there), ``past_key_values`` before. A PeftModel forwards it to the model it wraps."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if _supports(base, "cache") else "past_key_values"
+
+
+def _output_cache(output):
+    """The KV cache of a forward pass's output, under either name."""
+    cache = output.get("cache") if hasattr(output, "get") else None
+    return cache if cache is not None else output.past_key_values
+
+
 def _shared_prefill(model, input_ids: torch.LongTensor, mask: torch.LongTensor):
     """The cache of every input but its last token, computed once (to be repeated for each sample).
 
@@ -325,7 +338,7 @@ def _shared_prefill(model, input_ids: torch.LongTensor, mask: torch.LongTensor):
         use_cache=True,
         **kwargs,
     )
-    return out.past_key_values
+    return _output_cache(out)
 
 
 def _sampling_processors(
@@ -435,7 +448,7 @@ def generate(
                 generation_config=config,
                 logits_processor=processors,
                 stopping_criteria=StoppingCriteriaList([stops]),
-                past_key_values=cache,
+                **{cache_argument(model): cache},
             ).cpu()
         cached = width - 1 if past_key_values is not None or prompt_caches is not None else 0
         per_row: list[Generation] = []
