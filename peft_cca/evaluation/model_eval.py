@@ -83,8 +83,9 @@ def evaluate_model(
 
     held_out = retention_problems(retention_tasks, retention_size) if retention_tasks else []  # a bad name fails now
     result: dict[str, Any] = {**adapter_summary(model)}
+    # per-problem results kept: a change against the base gets its paired standard error (compare's Table 1)
     result["test"] = evaluate_exact_match(
-        model, tokenizer, test_problems, **section("test"), prompt_options=prompt_options
+        model, tokenizer, test_problems, **section("test"), prompt_options=prompt_options, return_completions=True
     )
     if val_problems:
         result["validation"] = evaluate_exact_match(

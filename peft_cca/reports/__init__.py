@@ -1,5 +1,6 @@
-"""Side-by-side reports of evaluated runs: the paper's Tables 1, 2 and 7 (:mod:`~peft_cca.reports.tables`) and
-figures (:mod:`~peft_cca.reports.plots`), written by :func:`write_report` for ``peft-cca compare``."""
+"""Side-by-side reports of evaluated runs: the paper's Tables 1, 2 and 7 (:mod:`~peft_cca.reports.tables`),
+figures (:mod:`~peft_cca.reports.plots`) and target gain against forgetting at matched gain
+(:mod:`~peft_cca.reports.frontier`), written by :func:`write_report` for ``peft-cca compare``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from peft_cca.reports.frontier import (
+    frontier_points,
+    frontier_section,
+    matched_gain_rows,
+    matched_gain_table,
+    plot_frontier,
+)
 from peft_cca.reports.plots import kept_step, lr_colors, plot_circuits, plot_curves, plot_general
 from peft_cca.reports.step_choice import step_choice_rows, step_choice_table
 from peft_cca.reports.tables import (
@@ -33,13 +41,17 @@ __all__ = [
     "NOMASK_ALL",
     "NOMASK_SITES",
     "config_label",
+    "frontier_points",
     "general_metrics",
     "kept_step",
     "load_runs",
     "lr_colors",
+    "matched_gain_rows",
+    "matched_gain_table",
     "paired_deltas",
     "plot_circuits",
     "plot_curves",
+    "plot_frontier",
     "plot_general",
     "render_markdown",
     "table1",
@@ -52,7 +64,7 @@ __all__ = [
 
 
 def write_report(runs: Sequence[Mapping[str, Any]], out_dir: str | Path) -> dict[str, Any]:
-    """Write ``report.md``, ``report.json`` and the figures (curves, circuits, general); returns the tables."""
+    """Write ``report.md``, ``report.json`` and the figures (curves, circuits, general, frontier); returns tables."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables = {
@@ -70,10 +82,16 @@ def write_report(runs: Sequence[Mapping[str, Any]], out_dir: str | Path) -> dict
             "step each rule keeps (replayed from the curves); cost: validation given up against the paper's pick."
             "\n\n" + step_choice_table(step_rows)
         )
+    points = frontier_points(runs)
+    if points:
+        matched, section = frontier_section(points)
+        tables["frontier"] = {"points": points, "matched": matched}
+        markdown += "\n" + section
     figures = {
         "curves": plot_curves(runs, out / "curves.png"),
         "circuits": plot_circuits(runs, out / "circuits.png"),
         "general": plot_general(tables["table2"], out / "general.png"),
+        "frontier": plot_frontier(points, out / "frontier.png"),
     }
     for name, figure in figures.items():
         if figure is not None:

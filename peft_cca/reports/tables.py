@@ -12,6 +12,7 @@ across them.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,10 +57,6 @@ def _read_run(file: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"{file} holds a {type(data).__name__}, not a run written by `peft-cca evaluate`: drop it")
     return data
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def config_label(run: Mapping[str, Any]) -> str:
@@ -111,8 +108,102 @@ def paired_deltas(
     return [value(m) - by_seed.get(m.get("seed"), fallback) for m in members]
 
 
+def scored_n(run: Mapping[str, Any]) -> int | None:
+    """How many test problems a run was scored on (its groups' sum where ``n`` is missing); None when unknown."""
+    test = run["test"]
+    if test.get("n"):
+        return int(test["n"])
+    sizes = [g.get("n") for g in test.get("groups", {}).values()]
+    return sum(sizes) if sizes and all(sizes) else None
+
+
+def accuracy_stderr(run: Mapping[str, Any]) -> float | None:
+    """Binomial standard error of the macro test accuracy: per group ``sqrt(a(1-a)/n)``, combined as the macro
+    mean combines the groups; None when the run does not say how many problems it scored."""
+    test = run["test"]
+    groups = list(test.get("groups", {}).values())
+    if groups and all(g.get("n") for g in groups):
+        return math.sqrt(sum(g["accuracy"] * (1 - g["accuracy"]) / g["n"] for g in groups)) / len(groups)
+    n = scored_n(run)
+    return math.sqrt(test["macro"] * (1 - test["macro"]) / n) if n else None
+
+
+def _per_problem(run: Mapping[str, Any]) -> dict[str, tuple[str, bool]] | None:
+    """``{problem id: (group, correct)}`` from ``test.completions`` (``evaluate_exact_match(...,
+    return_completions=True)``); None where the eval JSON keeps only per-group accuracies."""
+    completions = run["test"].get("completions")
+    if not completions:
+        return None
+    return {str(c["id"]): (c["group_id"], bool(c["correct"])) for c in completions}
+
+
+def paired_stderr(run: Mapping[str, Any], base: Mapping[str, Any]) -> float | None:
+    """Paired standard error of the macro change against ``base``: per group the stdev of per-problem differences
+    over sqrt(n), combined as the macro mean combines groups. None unless both runs kept per-problem results on
+    the same problems (two or more per group)."""
+    mine, theirs = _per_problem(run), _per_problem(base)
+    if mine is None or theirs is None or set(mine) != set(theirs):
+        return None
+    diffs: dict[str, list[float]] = defaultdict(list)
+    for pid, (group, ok) in mine.items():
+        diffs[group].append(float(ok) - float(theirs[pid][1]))
+    if any(len(d) < 2 for d in diffs.values()):
+        return None
+    return math.sqrt(sum(statistics.variance(d) / len(d) for d in diffs.values())) / len(diffs)
+
+
+def _delta_stderr(member: Mapping[str, Any], base_runs: Sequence[Mapping[str, Any]]) -> tuple[float | None, str]:
+    """One run's change against the base of its seed: its standard error and which it is ("paired" per problem,
+    else "unpaired" ``sqrt(se_run^2 + se_base^2)``; against the mean base where the seed has none)."""
+    same = [b for b in base_runs if b.get("seed") == member.get("seed")]
+    if same:
+        paired = paired_stderr(member, same[0])
+        if paired is not None:
+            return paired, "paired"
+    refs = same[:1] or base_runs
+    errors = [accuracy_stderr(member), *(accuracy_stderr(b) for b in refs)]
+    if any(e is None for e in errors):
+        return None, "unpaired"
+    base_se = math.sqrt(sum(e * e for e in errors[1:])) / len(refs)
+    return math.hypot(errors[0], base_se), "unpaired"
+
+
+def _mean_error(errors: Sequence[float | None]) -> float | None:
+    """Standard error of a mean over seeds from each seed's own; None when any is unknown."""
+    if not errors or any(e is None for e in errors):
+        return None
+    return math.sqrt(sum(e * e for e in errors)) / len(errors)
+
+
+def _delta_fields(
+    members: Sequence[Mapping[str, Any]], base_runs: Sequence[Mapping[str, Any]], is_base: bool
+) -> dict[str, Any]:
+    """Table 1's change columns: mean paired delta, its spread over seeds, its measurement stderr and kind."""
+    if not base_runs:
+        return {"delta": None, "delta_std": None, "delta_stderr": None, "delta_stderr_kind": None}
+    deltas = paired_deltas(members, base_runs, lambda r: r["test"]["macro"])
+    if is_base:  # each base run against itself: zero by construction, no noise to state
+        errors, kind = [], "reference"
+    else:
+        measured = [_delta_stderr(m, base_runs) for m in members]
+        errors, kinds = [e for e, _ in measured], {k for _, k in measured}
+        kind = "paired" if kinds == {"paired"} else "unpaired"
+    return {
+        "delta": statistics.fmean(deltas),
+        "delta_std": statistics.stdev(deltas) if len(deltas) > 1 else None,
+        "delta_stderr": _mean_error(errors),
+        "delta_stderr_kind": kind,
+    }
+
+
 def table1(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Configuration, method, dataset size, % mask, test accuracy (mean, std over seeds), paired delta vs the base."""
+    """Configuration, method, dataset size, % mask, test accuracy, paired delta vs the base, and their noise.
+
+    Several seeds: mean and std over seeds (``test_std``, ``delta_std``). One seed: no spread is known
+    (``test_std``/``delta_std`` None), so its noise is the measurement's own: ``test_stderr`` (binomial over the
+    ``n_problems`` scored) and ``delta_stderr`` (paired per problem where the eval JSON kept per-problem results,
+    else unpaired, ``delta_stderr_kind`` says which). Both stderrs are also given, over seeds, for several seeds.
+    """
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for run in runs:
         groups[row_key(run)].append(run)
@@ -120,10 +211,9 @@ def table1(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for key in sorted(groups, key=row_order):
         members = groups[key]
-        mean, std = _mean_std([r["test"]["macro"] for r in members])
+        scores = [r["test"]["macro"] for r in members]
         masks = [r["mask_percent"] for r in members if r.get("mask_percent") is not None]
         sizes = [trained_on(r)[0] for r in members if trained_on(r)[0] is not None]
-        deltas = paired_deltas(members, base_runs, lambda r: r["test"]["macro"]) if base_runs else None
         rows.append(
             {
                 "config": key[0],
@@ -132,10 +222,11 @@ def table1(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "dataset_size": statistics.fmean(sizes) if sizes else None,
                 "dataset_unit": trained_on(members[0])[1],
                 "mask_percent": statistics.fmean(masks) if masks else None,
-                "test_mean": mean,
-                "test_std": std,
-                "delta": None if deltas is None else statistics.fmean(deltas),
-                "delta_std": None if deltas is None else _mean_std(deltas)[1],
+                "n_problems": sorted({n for n in map(scored_n, members) if n is not None}),
+                "test_mean": statistics.fmean(scores),
+                "test_std": statistics.stdev(scores) if len(scores) > 1 else None,
+                "test_stderr": _mean_error([accuracy_stderr(r) for r in members]),
+                **_delta_fields(members, base_runs, key[0] == BASE),
             }
         )
     return rows
@@ -218,28 +309,73 @@ def _markdown(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _n_text(sizes: Sequence[int]) -> str:
+    if not sizes:
+        return "n unknown"
+    return f"n={sizes[0]}" if len(sizes) == 1 else f"n={sizes[0]}–{sizes[-1]}"
+
+
+def _plus_minus(value: str, spread: float | None) -> str:
+    return value if spread is None else f"{value} ± {_fmt(spread, 100)}"
+
+
+def noise_note(row: Mapping[str, Any]) -> str:
+    """What a Table 1 row's ± is: the spread over its seeds, or (one seed) the binomial and paired/unpaired
+    stderr, with the number of test problems each seed scored."""
+    n = _n_text(row["n_problems"])
+    if row["seeds"] > 1:
+        return f"std over {row['seeds']} seeds, {n} each"
+    text = f"binomial stderr, {n}" if row["test_stderr"] is not None else f"stderr unknown ({n})"
+    kind = row.get("delta_stderr_kind")
+    if row["delta_stderr"] is not None and kind in ("paired", "unpaired"):
+        text += f"; Δ: {kind} stderr"
+    return text
+
+
+def _table1_cells(r: Mapping[str, Any]) -> list[str]:
+    several = r["seeds"] > 1
+    test = _plus_minus(_fmt(r["test_mean"], 100), r["test_std"] if several else r["test_stderr"])
+    if r["delta_stderr_kind"] == "reference":
+        delta = "0 (reference)"
+    else:
+        delta = _plus_minus(_fmt(r["delta"], 100, signed=True), r["delta_std"] if several else r["delta_stderr"])
+    return [
+        r["config"],
+        r["method"],
+        str(r["seeds"]),
+        "-" if r["dataset_size"] is None else f"{r['dataset_size']:.0f} {r['dataset_unit']}",
+        _fmt(r["mask_percent"], digits=3),
+        test,
+        delta,
+        noise_note(r),
+    ]
+
+
+TABLE1_NOTE = (
+    "Δ is each seed's run minus the base model on that seed's own test split. ± is the std over seeds where a "
+    "row has several; with one seed no spread is known, so ± is the measurement's standard error: binomial for "
+    "the accuracy, and for Δ paired per problem where the eval JSON keeps per-problem results "
+    "(`test.completions`), else unpaired, sqrt(se_run² + se_base²), which overstates the noise when both models "
+    "tend to solve the same problems. The last column says which, with the test problems per seed. "
+    "CCA trains on pivots (one record per localized error), LoRA on the training problems."
+)
+
+
 def render_markdown(tables: Mapping[str, list[dict[str, Any]]]) -> str:
     t1 = _markdown(
-        ["Configuration", "Localization", "Seeds", "Trained on", "% Mask", "Test accuracy (%)", "Δ (paired)"],
-        (
-            [
-                r["config"],
-                r["method"],
-                str(r["seeds"]),
-                "-" if r["dataset_size"] is None else f"{r['dataset_size']:.0f} {r['dataset_unit']}",
-                _fmt(r["mask_percent"], digits=3),
-                f"{_fmt(r['test_mean'], 100)} ± {_fmt(r['test_std'], 100)}",
-                f"{_fmt(r['delta'], 100, signed=True)} ± {_fmt(r['delta_std'], 100)}",
-            ]
-            for r in tables["table1"]
-        ),
+        [
+            "Configuration",
+            "Localization",
+            "Seeds",
+            "Trained on",
+            "% Mask",
+            "Test accuracy (%)",
+            "Δ vs base (points)",
+            "± is",
+        ],
+        map(_table1_cells, tables["table1"]),
     )
-    parts = [
-        "## Table 1: target task (test split, macro exact match)",
-        "Mean ± std over seeds; Δ is each seed's run minus the base model on that seed's own test split. "
-        "CCA trains on pivots (one record per localized error), LoRA on the training problems.",
-        t1,
-    ]
+    parts = ["## Table 1: target task (test split, macro exact match)", TABLE1_NOTE, t1]
     if any(row["groups"] > 1 for row in tables.get("templates", [])):  # one group: Table 1 says it all
         shown = _markdown(
             [
