@@ -129,3 +129,27 @@ def test_the_frontier_flags_refuse_what_they_cannot_do(tmp_path, capsys):
     ):
         assert main(["amplify", "--run", str(run), "--out", str(tmp_path / "out"), *extra]) == 2
         assert message in capsys.readouterr().err
+
+
+class CountingMeter(ScriptedSelection):
+    """A meter that knows the base's reading, counting the generations it is asked for."""
+
+    calls = 0
+
+    def __call__(self, model) -> SelectionScore:
+        CountingMeter.calls += 1
+        return super().__call__(model)
+
+    def base_reading(self) -> SelectionScore:
+        return SelectionScore(0.5, 0.05, 0.0, 0.0, 48)
+
+
+def test_step_zero_reads_the_base_the_meter_measured_instead_of_generating_again(tmp_path):
+    model = tiny_model("llama")
+    peft_model = get_peft_model(model, CCAConfig(circuit=circuit_of(model)))
+    CountingMeter.calls = 0
+    run = train_one(
+        peft_model, id_rows(), lambda _m: 0.5, 0.1, PAD, steps=2, schedule=[2], output_dir=tmp_path,
+        selection_fn=CountingMeter([0.7]),
+    )  # fmt: skip
+    assert CountingMeter.calls == 1 and [e["selection_gain"] for e in run.history] == [0.0, pytest.approx(0.2)]

@@ -140,8 +140,9 @@ class BestStepCallback(TrainerCallback):
         if self.forgetting_fn is not None:
             reading = self.forgetting_fn(model)
             entry["forgetting"], entry["forgetting_stderr"] = reading.delta, reading.stderr
-        if self.selection_fn is not None:
-            entry.update(self.selection_fn(model).fields())
+        if self.selection_fn is not None:  # step 0 is the base the meter measured when it was made
+            at_base = step == 0 and hasattr(self.selection_fn, "base_reading")
+            entry.update((self.selection_fn.base_reading() if at_base else self.selection_fn(model)).fields())
         model.train(was_training)
         self.history.append(entry)
         notes = _selection_note(entry) + _forgetting_note(entry)

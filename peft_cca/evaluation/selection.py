@@ -90,6 +90,10 @@ class SelectionMeter:
     def base_accuracy(self) -> float:
         return sum(self.base) / len(self.base)
 
+    def base_reading(self) -> SelectionScore:
+        """The untouched model's reading, from the answers measured at the start (no second generation)."""
+        return score_against(self.base, self.base)
+
 
 def answers(model: nn.Module, tokenizer, problems: Sequence[Problem], **scoring: Any) -> list[bool]:
     """Each problem's greedy exact match, in order."""
