@@ -41,6 +41,7 @@ from peft_cca.amplify.loss import logit_difference
 from peft_cca.amplify.objective import Objective
 from peft_cca.amplify.records import RECORD_FIELDS, TEXT_FIELDS, PivotCollator, PivotDataset, training_rows
 from peft_cca.errors import UsageError
+from peft_cca.method.config import CCAConfig
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +182,14 @@ class CCATrainer(Trainer):
         )
         if args.disable_tqdm:
             self.remove_callback(PrinterCallback)  # library code logs; the loss curve is in state.log_history
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """Trainer's card (training results, hyperparameters), then the CCA sections it would overwrite: how to
+        load the adapter, the circuit, the base's hub id (``push_to_hub`` writes its card over the adapter's)."""
+        super().create_model_card(*args, **kwargs)
+        config = getattr(self.model, "peft_config", {}).get("default")
+        if self.is_world_process_zero() and isinstance(config, CCAConfig):
+            config.write_card(self.args.output_dir)
 
     @property
     def loss_is_scaled_for_ga(self) -> bool:

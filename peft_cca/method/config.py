@@ -78,9 +78,13 @@ class CCAConfig(PeftConfig):
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
         """As peft's, plus a README.md model card saying that loading needs ``import peft_cca``."""
         super().save_pretrained(save_directory, **kwargs)
+        self.write_card(save_directory)
+
+    def write_card(self, save_directory: str) -> str:
+        """Create or update the adapter's ``README.md`` model card (also after ``Trainer`` writes its own)."""
         architecture = getattr(self, "_base_architecture", None)  # set by CCAModel, for the pipeline tag
         note = getattr(self, "_base_weights_note", None)  # set by CCAModel from peft_cca.load_model's model
-        write_model_card(save_directory, self, self.get_circuit(), self.mlp_targets, architecture, note)
+        return write_model_card(save_directory, self, self.get_circuit(), self.mlp_targets, architecture, note)
 
     def config_file_hint(self) -> str:
         """Where this config was read from, for error messages."""
