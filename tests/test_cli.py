@@ -112,3 +112,21 @@ def test_the_optional_cpu_kernel_warning_of_bitsandbytes_is_dropped_unless_verbo
         assert logger.filter(record("another warning from the same module"))
     finally:
         logger.filters[:] = saved
+
+
+def test_only_the_main_process_prints_but_every_process_reports_its_error(tmp_path):
+    import os
+    from pathlib import Path
+
+    def peft_cca(rank: str, *argv: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "RANK": rank}
+        command = [sys.executable, "-m", "peft_cca.cli", *argv]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    runs = str(Path(__file__).resolve().parents[1] / "results" / "smollm2-quick" / "eval")
+    main_process = peft_cca("0", "compare", "--runs", runs, "--out", str(tmp_path / "a"))
+    other = peft_cca("1", "compare", "--runs", runs, "--out", str(tmp_path / "b"))
+    assert main_process.returncode == other.returncode == 0
+    assert "Table 1" in main_process.stdout and other.stdout == ""
+    failed = peft_cca("1", "amplify", "--run", str(tmp_path / "missing"))
+    assert failed.returncode == 2 and "has no meta.json" in failed.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # The order of the method: localize -> circuit -> amplify -> evaluate -> compare, then the extras.
@@ -40,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_main_process() -> bool:
+    """Rank 0 of a launch, read from the environment torchrun and accelerate set (no torch import)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
@@ -56,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     for bad options, files and run folders, 1 for other expected failures, 130 for Ctrl-C (rerun to resume)."""
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    main_process = _is_main_process()
+    if not main_process:  # under accelerate launch one process tells the story; errors still reach stderr
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else (logging.INFO if main_process else logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
