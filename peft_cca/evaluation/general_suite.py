@@ -30,15 +30,16 @@ from peft_cca.evaluation.offline_tasks import (
 logger = logging.getLogger(__name__)
 
 LOGITS_BUDGET = 4 * 2**30  # bytes of logits one batch of a standard task may hold (see task_batch_size)
-# Documents per task for a CPU. The standard tasks (the default suite) get about the same time each: SmolLM2-135M
-# (fp32, batch 16, OMP_WAIT_POLICY=PASSIVE) spent, in CPU seconds per document over 100 documents of each,
-# HellaSwag 0.53, ARC-Easy 0.38, ARC-Challenge 0.47, PIQA 0.24, Winogrande 0.14, BoolQ 0.81, SciQ 0.98 (its support
-# paragraphs), OpenBookQA 0.16, CommonsenseQA 0.24, SocialIQA 0.27, LAMBADA 0.22; these limits make about 150 CPU
-# seconds (DEFAULT_SUITE_SECONDS below: what the whole default suite took on the two cores). Gemma-3-270M costs
-# about 2-3x as much. The paper's tasks (per subject for the MMLU groups, 19 and 13 subjects): SmolLM2-135M on two
-# shared cores took about 1.5 min per MMLU group, 8 min for 100 closed-book questions, 20 min for 30 TruthfulQA
-# MC1 questions (MC2 has about twice the choices) and a few minutes per GSM8K problem (up to 256 generated tokens);
-# those were measured before OMP_WAIT_POLICY=PASSIVE, with other jobs on the cores (see the README).
+# Documents per task for a CPU. The standard tasks (the default suite) get about the same time each: SmolLM2-135M (fp32,
+# batch 16, OMP_WAIT_POLICY=PASSIVE) spent, in CPU seconds per document over 100 documents of each, HellaSwag 0.53,
+# ARC-Easy 0.38, ARC-Challenge 0.47, PIQA 0.24, Winogrande 0.14, BoolQ 0.81, SciQ 0.98 (its support paragraphs),
+# OpenBookQA 0.16, CommonsenseQA 0.24, SocialIQA 0.27, LAMBADA 0.22. With these limits the whole default suite took 168
+# s wall, 148 CPU seconds, on the two cores (another job on them part of the time; 535 documents). Gemma-3-270M costs
+# 1-2x as much a document. The paper's tasks (per subject for the MMLU groups, 19 and 13 subjects): SmolLM2-135M on two
+# shared cores took about 1.5 min per MMLU group, 8 min for 100 closed-book questions, 20 min for 30 TruthfulQA MC1
+# questions (MC2 has about twice the choices) and a few minutes per GSM8K problem (up to 256 generated tokens); those
+# were measured with other jobs on the cores and without OMP_WAIT_POLICY=PASSIVE, under which two spinning OpenMP
+# threads beside another job run a forward pass 4-8x slower than one thread.
 CPU_LIMITS: dict[str, int] = {
     "cca_hellaswag_val": 30,
     "cca_arc_easy_val": 40,
