@@ -75,8 +75,8 @@ def build_records(n: int, shots: int, new_tokens: int, seed: int) -> list[dict]:
 
 def worker(args: argparse.Namespace) -> None:
     """One path in a fresh process: time of 5 epochs (cache included) and peak RSS."""
-    from peft_cca.dcm.data import load_records
     from peft_cca.dcm.train import DCMConfig, train_mask
+    from peft_cca.localize.records import load_records
     from peft_cca.runtime.loading import load_model
 
     torch.set_num_threads(args.threads)

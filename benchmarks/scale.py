@@ -136,9 +136,9 @@ def measure_decode(args, way: str, device: str, dtype: torch.dtype) -> dict:
 
 
 def measure_dcm(args, way: str, device: str, dtype: torch.dtype) -> dict:
-    from peft_cca.dcm.data import Record
     from peft_cca.dcm.paths import make_path
     from peft_cca.dcm.train import DCMConfig, train_mask
+    from peft_cca.localize.records import Record
 
     model = build_model(args.shape, args.layers, args.vocab, dtype, device)
     vocab, built = model.config.vocab_size, peak_mb(device)

@@ -112,7 +112,7 @@ def test_no_mask_all_restarts_every_lr_from_the_base_and_keeps_only_the_best_sta
 
 def test_cli_no_mask_all_writes_a_loadable_model_and_its_label(tmp_path, capsys):
     from peft_cca.cli import main
-    from peft_cca.dcm.data import tokenizer_fingerprint
+    from peft_cca.localize.records import tokenizer_fingerprint
 
     model, tokenizer = tiny_model("llama"), tiny_tokenizer()
     model.save_pretrained(tmp_path / "base")

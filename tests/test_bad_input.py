@@ -29,8 +29,8 @@ from transformers.utils import logging as hf_logging
 
 import peft_cca
 from peft_cca.cli import main
-from peft_cca.dcm.data import load_records, tokenizer_fingerprint
 from peft_cca.errors import UsageError
+from peft_cca.localize.records import load_records, tokenizer_fingerprint
 from peft_cca.runtime.loading import load_adapter, resolve
 from peft_cca.tasks import load_problems
 
@@ -170,7 +170,7 @@ RUN_ARGUMENTS: dict[str, Callable[[World], list[str]]] = {
 # bad input still ends in seconds, and the case fails on its exit code rather than on time.
 CHEAP: dict[str, list[str]] = {
     "localize": ["--limit", "2", "--max-new-tokens", "4", "--n-samples", "1"],
-    "circuit": ["--epochs", "1"],
+    "circuit": ["--epochs", "3", "--batch-size", "3", "--lambda", "0", "--lr", "0.2"],  # never an empty circuit
     "amplify": ["--steps", "1", "--lr", "1e-3", "--val-limit", "1", "--max-new-tokens", "2"],
     "lora": ["--max-steps", "1", "--lr", "1e-4", "--train-limit", "2", "--val-limit", "1", "--max-new-tokens", "2"],
     "evaluate": ["--test-limit", "1", "--val-limit", "0", "--no-kl", "--max-new-tokens", "2", "--retention-tasks"],
@@ -591,6 +591,18 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
             str(w.tmp / "a"),
         ],
         "edited-circuit.json",
+    ),
+    "amplify-circuit-of-no-component": (
+        lambda w: [
+            "amplify",
+            "--run",
+            str(w.run),
+            "--circuit",
+            str(w.circuit(lambda d: d.update(layers={}))),
+            "--out",
+            str(w.tmp / "a"),
+        ],
+        "selects no component",
     ),
     "amplify-circuit-of-another-shape": (
         lambda w: [

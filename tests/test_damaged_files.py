@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 from tiny_models import tiny_model
 
 from peft_cca import Circuit, describe
-from peft_cca.dcm.data import load_records
 from peft_cca.errors import CCAError, UsageError
+from peft_cca.localize.records import load_records
 from peft_cca.method.arch import ModelShape
 from peft_cca.runtime.loading import check_adapter_folder, load_adapter
 from peft_cca.tasks.sources import load_problems
@@ -165,7 +165,7 @@ DEEP = "[" * 100_000  # json and tomllib recurse: a RecursionError, never a one-
 def test_deeply_nested_json_in_any_input_file_is_one_line_within_a_second(tmp_path):
     import time
 
-    from peft_cca.evaluation.run_problems import stage_problems
+    from peft_cca.localize.problems import stage_problems
     from peft_cca.tasks.templates import TemplateError, read_templates
 
     files = {

@@ -9,10 +9,10 @@ from tiny_models import ARCHITECTURES, VOCAB, tiny_model
 
 from peft_cca.dcm import cache as cache_module
 from peft_cca.dcm.cache import PrefixCache, auto_device_budget, compute_prefix_kv, free_bytes, group_by_shared_prefix
-from peft_cca.dcm.data import Record
 from peft_cca.dcm.interventions import ComponentMask, MaskIntervention
 from peft_cca.dcm.paths import FullSequencePath, OneTokenPath
 from peft_cca.dcm.train import DCMConfig, train_mask
+from peft_cca.localize.records import Record
 from peft_cca.method.arch import describe
 
 

@@ -11,9 +11,9 @@ from test_dcm_paths import random_records, tiny_model
 
 import peft_cca.runtime.loading
 from peft_cca.cli import main
-from peft_cca.dcm.data import tokenizer_fingerprint
 from peft_cca.dcm.train import DCMConfig
 from peft_cca.errors import UsageError
+from peft_cca.localize.records import tokenizer_fingerprint
 from peft_cca.method.circuit import Circuit
 
 
@@ -122,7 +122,7 @@ def tiny_data(tmp_path, monkeypatch):
 
 def _circuit(data, out, *extra):
     argv = ["circuit", "--data", str(data), "--model", "tiny", "--epochs", "2", "--batch-size", "3", "--out", str(out)]
-    return main([*argv, "--lr", "0.2", *extra])
+    return main([*argv, "--lr", "0.2", "--lambda", "0", *extra])  # lambda 0: a circuit, never an empty pick
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1", "1e-2,nan"])
@@ -154,7 +154,7 @@ def test_resume_with_other_settings_is_refused_and_json_is_strict(tiny_data, tmp
     assert history["lr_schedule"] == {"scheduler": "StepLR", "step_size": 5, "gamma": 0.9, "unit": "epoch"}
     sweep = _strict(out / "sweep.json")  # no validation records: their logit differences are null, not NaN
     assert sweep["rows"][0]["base_validation_logit_diff"] is None
-    assert (out / "lambda_0.01" / "settings.json").exists()
+    assert (out / "lambda_0" / "settings.json").exists()
     assert _circuit(data, out, "--lr-schedule", "authors", "--resume") == 0  # same settings: resumes
     capsys.readouterr()
     for drift, named in (

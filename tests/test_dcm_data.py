@@ -10,7 +10,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 from transformers import PreTrainedTokenizerFast
 
-from peft_cca.dcm.data import DatasetError, load_records, tokenizer_fingerprint
+from peft_cca.localize.records import DatasetError, load_records, tokenizer_fingerprint
 
 
 def _tokenizer(words: list[str]) -> PreTrainedTokenizerFast:

@@ -16,10 +16,10 @@ from transformers import (
     Qwen3Config,
 )
 
-from peft_cca.dcm.data import Record
 from peft_cca.dcm.interventions import ComponentMask, MaskIntervention
 from peft_cca.dcm.paths import FullSequencePath, OneTokenPath
 from peft_cca.dcm.train import DCMConfig, batch_loss, train_mask
+from peft_cca.localize.records import Record
 from peft_cca.method.arch import describe
 
 VOCAB = 97

@@ -9,11 +9,11 @@ import torch
 from test_dcm_paths import random_records, tiny_model
 
 from peft_cca.dcm.checkpoint import CHECKPOINT
-from peft_cca.dcm.data import Record
 from peft_cca.dcm.paths import OneTokenPath
 from peft_cca.dcm.sweep import SweepResult, choose, sweep
 from peft_cca.dcm.train import DCMConfig, train_mask
 from peft_cca.errors import CCAError, UsageError
+from peft_cca.localize.records import Record
 from peft_cca.method.arch import COMPONENT_KINDS, describe
 from peft_cca.method.circuit import Circuit
 

@@ -195,7 +195,7 @@ def test_half_precision_bases_evaluate_with_fp32_deltas(dtype):
 
 
 def test_training_covers_the_kept_templates_while_validation_and_test_cover_every_template(tmp_path):
-    from peft_cca.evaluation.run_problems import stage_problems
+    from peft_cca.localize.problems import stage_problems
 
     task = f"template:{ROOT / 'tests' / 'fixtures' / 'templates_sample.json'}?size=10&seed=3"
     run = tmp_path / "localize"
@@ -211,7 +211,7 @@ def test_training_covers_the_kept_templates_while_validation_and_test_cover_ever
 
 
 def test_a_damaged_meta_json_is_one_line_naming_the_file_and_line(tmp_path):
-    from peft_cca.evaluation.run_problems import stage_problems
+    from peft_cca.localize.problems import stage_problems
 
     (tmp_path / "meta.json").write_text('{"task": "rg:chain_sum",\n"seed": }')
     with pytest.raises(UsageError, match=r"meta\.json: line 2: not valid JSON"):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from peft_cca.dcm.data import DatasetError
 from peft_cca.errors import UsageError
 from peft_cca.jsonfiles import parse_object, read_object
+from peft_cca.localize.records import DatasetError
 
 
 @pytest.mark.parametrize(

@@ -68,9 +68,9 @@ def test_two_processes_write_the_files_of_one_and_resume(tmp_path):
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
     if "LOCALIZE_DIE_AFTER" in os.environ:  # the main process is killed after writing that many problems
-        from peft_cca.localize import dataset
+        from peft_cca.localize import records
 
-        finish, calls = dataset.DatasetWriter.finish, []
+        finish, calls = records.DatasetWriter.finish, []
 
         def dying_finish(self, *args):
             if len(calls) == int(os.environ["LOCALIZE_DIE_AFTER"]):
@@ -78,5 +78,5 @@ if __name__ == "__main__":
             calls.append(1)
             finish(self, *args)
 
-        dataset.DatasetWriter.finish = dying_finish
+        records.DatasetWriter.finish = dying_finish
     run_localize(Path(sys.argv[1]))

@@ -3,11 +3,13 @@
 import json
 
 import pytest
-from tiny_models import tiny_model
-from tiny_tokenizer import tiny_tokenizer
+from tiny_models import VOCAB, tiny_model
+from tiny_tokenizer import CHARS, tiny_tokenizer
 
-from peft_cca.localize import dataset as dataset_module
-from peft_cca.localize.dataset import load_dataset
+from peft_cca.localize import records as records_module
+from peft_cca.localize.dataset import load_dataset, load_error_localization
+from peft_cca.localize.folder import FORMAT_VERSION, read_meta
+from peft_cca.localize.records import DatasetError, load_records
 from peft_cca.localize.run import LocalizeConfig, localize
 from peft_cca.tasks.problem import Problem
 
@@ -61,13 +63,39 @@ def test_dataset_schema_and_summary(full_run, lm):
         assert record["method"] == "branching" and record["correct_trace"] in ("greedy", "sample")
         assert record["split"] in ("train", "validation", "test")
     assert len(load_dataset(out)) == len(records)
-    meta = json.loads((out / "meta.json").read_text())
-    assert meta["model"] == "tiny" and meta["tokenizer"]["vocab_size"] == len(tokenizer)
+    meta = read_meta(out)
+    assert meta.model == "tiny" and meta.tokenizer["vocab_size"] == len(tokenizer)
+    assert meta.format_version == FORMAT_VERSION and meta.split_seed == CONFIG.seed
+
+
+def test_a_real_run_records_the_vocabulary_that_a_doctored_one_fails(full_run, lm):
+    """Stage 1 writes the vocabulary's sha256 and stage 2's loader compares it: a tokenizer of the same size whose
+    ids mean other characters is refused, where the size check alone would pass it."""
+    out, _ = full_run
+    assert len(read_meta(out).tokenizer["sha256"]) == 64
+    assert load_records(out, vocab_size=VOCAB, tokenizer=lm[1])
+    doctored = tiny_tokenizer(CHARS[1] + CHARS[0] + CHARS[2:])  # "0" and "1" trade ids
+    assert len(doctored) == len(lm[1])
+    with pytest.raises(DatasetError, match="vocabulary differs"):
+        load_records(out, vocab_size=VOCAB, tokenizer=doctored)
+
+
+def test_zero_records_say_why_with_counts(lm, tmp_path):
+    """Every group above the accuracy cap: localize writes no record, and the summary, the Python loader and the
+    records reader all name the reason with its count."""
+    from dataclasses import replace
+
+    summary = localize(*lm, _problems(), replace(CONFIG, max_group_accuracy=-1.0), tmp_path, model_name="tiny")
+    assert summary["records"] == 0 and summary["kept_groups"] == []
+    with pytest.raises(DatasetError, match=r"2 of 2 groups above --max-group-accuracy -1"):
+        load_records(tmp_path)
+    with pytest.raises(Exception, match=r"2 of 2 groups above --max-group-accuracy -1"):
+        load_error_localization(tmp_path)
 
 
 def test_killed_run_resumes_to_the_same_dataset(full_run, lm, tmp_path, monkeypatch):
     out, summary = full_run
-    original = dataset_module.DatasetWriter.finish
+    original = records_module.DatasetWriter.finish
     calls = {"n": 0}
 
     def dying_finish(self, problem_id, status, record):
@@ -78,12 +106,12 @@ def test_killed_run_resumes_to_the_same_dataset(full_run, lm, tmp_path, monkeypa
         calls["n"] += 1
         original(self, problem_id, status, record)
 
-    monkeypatch.setattr(dataset_module.DatasetWriter, "finish", dying_finish)
+    monkeypatch.setattr(records_module.DatasetWriter, "finish", dying_finish)
     with pytest.raises(KeyboardInterrupt):
         localize(*lm, _problems(), CONFIG, tmp_path, model_name="tiny")
     with (tmp_path / "records.jsonl").open("a") as handle:
         handle.write('{"problem_id": "torn')  # a line cut by the kill
-    monkeypatch.setattr(dataset_module.DatasetWriter, "finish", original)
+    monkeypatch.setattr(records_module.DatasetWriter, "finish", original)
     resumed = localize(*lm, _problems(), CONFIG, tmp_path, model_name="tiny")
     assert (tmp_path / "records.jsonl").read_text() == (out / "records.jsonl").read_text()
     assert resumed == summary

@@ -17,7 +17,7 @@ from peft_cca.baselines.lora import sft_dataset
 from peft_cca.cli import main
 from peft_cca.cli.demo_plan import DemoSettings, plan
 from peft_cca.errors import UsageError
-from peft_cca.evaluation.run_problems import run_task, stage_problems, stage_prompt_options
+from peft_cca.localize.problems import run_task, stage_problems, stage_prompt_options
 from peft_cca.tasks import answer_target, assign_splits, build_prompt, load_problems, prompt_options
 
 TEMPLATE = "Topic {topic}: {question}\nAnswer:"

@@ -164,7 +164,7 @@ def test_a_bf16_base_through_dcm_gives_fp32_logit_differences_and_records_its_pl
     from tiny_tokenizer import tiny_tokenizer
 
     from peft_cca.cli import main
-    from peft_cca.dcm.data import tokenizer_fingerprint
+    from peft_cca.localize.records import tokenizer_fingerprint
 
     model_dir = _saved_tiny_model(tmp_path / "model")
     data = tmp_path / "data"
@@ -197,7 +197,7 @@ def test_a_bf16_base_through_amplify_and_lora_trains_fp32_deltas_and_records_its
 
     import peft_cca
     from peft_cca.cli import main
-    from peft_cca.dcm.data import tokenizer_fingerprint
+    from peft_cca.localize.records import tokenizer_fingerprint
 
     model_dir = _saved_tiny_model(tmp_path / "model")
     run = tmp_path / "run"

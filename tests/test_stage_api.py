@@ -46,7 +46,7 @@ def test_load_error_localization_says_what_is_missing(tmp_path):
         peft_cca.load_error_localization(tmp_path)
     (tmp_path / "records.jsonl").write_text("")
     (tmp_path / "meta.json").write_text("{}")
-    with pytest.raises(UsageError, match=r"found no pivot .*summary\.json"):
+    with pytest.raises(UsageError, match=r"holds no records: .*no summary\.json yet"):
         peft_cca.load_error_localization(tmp_path)
 
 
@@ -68,10 +68,12 @@ def test_an_empty_pick_is_refused_by_find_circuit_and_written_by_search(localize
     assert empty_circuit_advice(some) is None
 
 
-def test_circuit_command_warns_in_one_line_on_an_empty_pick(localized, tmp_path, monkeypatch, capsys):
+def test_circuit_command_refuses_an_empty_pick_in_one_line(localized, tmp_path, monkeypatch, capsys):
+    """Exit 2 and one line naming what to change; no circuit.json, so amplify says stage 2 has none to give."""
     model, tokenizer, out, _ = localized
     monkeypatch.setattr(peft_cca.runtime.loading, "load_model", lambda name, *a, **kw: (model, tokenizer))
     argv = ["circuit", "--data", str(out), "--model", "tiny", "--lambda", "1000", "--epochs", "3", "--lr", "0.2"]
-    assert main([*argv, "--batch-size", "3", "--out", str(tmp_path / "circuit")]) == 0
-    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and "selected no component" in warnings[0]
+    assert main([*argv, "--batch-size", "3", "--out", str(tmp_path / "circuit")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # tqdm's bars aside
+    assert len(errors) == 1 and "selected no component" in errors[0] and "lower lambda" in errors[0]
+    assert (tmp_path / "circuit" / "sweep.json").exists() and not (tmp_path / "circuit" / "circuit.json").exists()

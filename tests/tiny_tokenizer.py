@@ -16,8 +16,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {token: i for i, token in enumerate(SPECIALS + list(CHARS))}
+def tiny_tokenizer(chars: str = CHARS) -> PreTrainedTokenizerFast:
+    """The tokenizer; ``chars`` in another order gives one of the same size whose vocabulary differs."""
+    vocab = {token: i for i, token in enumerate(SPECIALS + list(chars))}
     assert len(vocab) <= VOCAB
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")

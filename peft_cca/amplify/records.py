@@ -29,7 +29,7 @@ ROW_HELP = (
 
 
 def as_row(record: Mapping[str, Any] | Any) -> dict[str, Any]:
-    """The token fields of a token-id record: a JSON dict of records.jsonl or a ``peft_cca.dcm.data.Record``."""
+    """The token fields of a token-id record: a JSON dict of records.jsonl or a ``peft_cca.localize.records.Record``."""
     if isinstance(record, Mapping):
         return {name: record[name] for name in RECORD_FIELDS}
     return {

@@ -211,7 +211,7 @@ def plan(settings: DemoSettings) -> list[tuple[str, list[str]]]:
     decay = [] if c.dcm_decay_every is None else ["--decay-every", str(c.dcm_decay_every)]
     decay += [] if c.dcm_decay_every is None else ["--decay-gamma", f"{c.dcm_decay_gamma:g}"]
     test_limit = [] if c.test_limit is None else ["--test-limit", str(c.test_limit)]
-    from peft_cca.evaluation.run_problems import names_code
+    from peft_cca.localize.problems import names_code
 
     # a spec with scorer= imports code, which later stages run only when the command names it (never from meta.json)
     trusted = ["--task", settings.target()] if names_code(settings.target()) else []

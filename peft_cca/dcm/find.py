@@ -15,11 +15,11 @@ from typing import Any
 
 from torch import nn
 
-from peft_cca.dcm.data import Record, load_records
 from peft_cca.dcm.plot import plot_circuit, plot_history
 from peft_cca.dcm.sweep import SELECTION_RULE, SweepResult, choose, sweep
 from peft_cca.dcm.train import DCMConfig
 from peft_cca.errors import UsageError
+from peft_cca.localize.records import Record, load_records
 from peft_cca.method.circuit import Circuit
 from peft_cca.runtime.runfolder import atomic_write_json
 
@@ -115,7 +115,10 @@ def _write(out: Path, search: CircuitSearch, max_fraction: float | None, seed: i
         result.circuit.save(folder / "circuit.json")
         plot_circuit(result.circuit, folder / "circuit.png", seed=seed, lam=result.lam)
     chosen = search.chosen
-    chosen.circuit.save(out / "circuit.json")
+    if len(chosen.circuit):
+        chosen.circuit.save(out / "circuit.json")
+    else:  # no circuit.json a later stage could take for a circuit (nor a stale one of an earlier run)
+        (out / "circuit.json").unlink(missing_ok=True)
     atomic_write_json(out / "history.json", {"lambda": chosen.lam, **chosen.history})
     atomic_write_json(
         out / "sweep.json",

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from peft_cca.dcm.cache import Overflow, PrefixCache
-from peft_cca.dcm.data import Record
 from peft_cca.dcm.interventions import MaskIntervention
 from peft_cca.errors import UsageError
+from peft_cca.localize.records import Record
 from peft_cca.runtime.generation import cache_argument
 
 PathName = Literal["fast", "full"]

@@ -16,9 +16,9 @@ from typing import Any
 
 from torch import nn
 
-from peft_cca.dcm.data import Record
 from peft_cca.dcm.paths import make_path
 from peft_cca.dcm.train import RESTART_HINT, DCMConfig, DCMResult, mean_logit_diff, run_settings, train_mask
+from peft_cca.localize.records import Record
 from peft_cca.method.arch import describe
 from peft_cca.method.circuit import Circuit
 from peft_cca.runtime.runfolder import check_settings

@@ -33,10 +33,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from peft_cca.dcm.checkpoint import CHECKPOINT, load_checkpoint, refuse_legacy, save_checkpoint
-from peft_cca.dcm.data import Record
 from peft_cca.dcm.interventions import FORMS, ComponentMask, FixedScales, MaskIntervention
 from peft_cca.dcm.paths import FullSequencePath, OneTokenPath, make_path
 from peft_cca.errors import UsageError
+from peft_cca.localize.records import Record
 from peft_cca.method.arch import COMPONENT_KINDS, ArchSpec, describe
 from peft_cca.method.circuit import Circuit
 from peft_cca.runtime.runfolder import check_settings

@@ -7,7 +7,6 @@ and the tasks, never a stage. Importing the package is cheap: names load on firs
 - :mod:`~peft_cca.evaluation.retention`: exact match on reasoning-gym tasks that are not the target;
 - :mod:`~peft_cca.evaluation.drift`: KL(base || updated) on neutral text;
 - :mod:`~peft_cca.evaluation.lm_eval_bridge`: lm-eval's ``simple_evaluate`` on the model object;
-- :mod:`~peft_cca.evaluation.run_problems`: the problems of a stage 1 run per split;
 - :mod:`~peft_cca.evaluation.model_eval`: all of it for one model (what ``peft-cca evaluate`` writes).
 """
 
@@ -27,9 +26,6 @@ _EXPORTS = {
     "NEUTRAL_TEXTS": "drift",
     "kl_drift": "drift",
     "lm_eval_bridge": "lm_eval_bridge",
-    "run_problems": "run_problems",
-    "split_problems": "run_problems",
-    "stage_problems": "run_problems",
     "adapter_summary": "model_eval",
     "evaluate_model": "model_eval",
 }

@@ -16,10 +16,10 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
-from peft_cca.errors import UsageError
-from peft_cca.localize.dataset import PROGRESS, RECORDS, DatasetWriter, _read_jsonl
+from peft_cca.localize.folder import META, SUMMARY, read_raw_meta, tokenizer_fingerprint, write_meta, write_summary
 from peft_cca.localize.pivots import Pivot, branching_pivot_naive, branching_pivots_fast, prefix_pivot
 from peft_cca.localize.profile import pivot_profile
+from peft_cca.localize.records import PROGRESS, RECORDS, DatasetWriter, _read_jsonl
 from peft_cca.localize.traces import (
     TEMPERATURE_WHEN_GREEDY_RIGHT,
     TEMPERATURE_WHEN_GREEDY_WRONG,
@@ -49,7 +49,7 @@ from peft_cca.tasks.splits import DEFAULT_ACCURACY_THRESHOLD, assign_splits, gro
 logger = logging.getLogger(__name__)
 GREEDY = "greedy.jsonl"
 # what localize writes into its folder; --overwrite removes exactly these
-RUN_FILES = (GREEDY, RECORDS, PROGRESS, "meta.json", "summary.json", SETTINGS_FILE)
+RUN_FILES = (GREEDY, RECORDS, PROGRESS, META, SUMMARY, SETTINGS_FILE)
 
 
 @dataclass
@@ -143,22 +143,14 @@ def prepare_folder(out_dir: Path, settings: dict[str, Any], overwrite: bool, sta
 def _legacy_settings(out_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     """The settings of a folder written before settings.json existed, read from its meta.json; those meta.json
     does not hold (the problems' hash) are taken as ``settings`` has them, as they cannot be checked."""
-    meta_path = out_dir / "meta.json"
-    if (out_dir / SETTINGS_FILE).exists() or not meta_path.exists():
+    if (out_dir / SETTINGS_FILE).exists() or not (out_dir / META).exists():
         return None
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{meta_path} is not JSON ({err}): delete {out_dir} or rerun with --overwrite") from None
+    meta = read_raw_meta(out_dir)
     config = meta.get("config") or {}
     recorded = {key: config[key] for key in settings if key in config}
     known = {"model": meta.get("model"), "prompt_style": meta.get("prompt_style")}
     known["dtype"] = (meta.get("runtime") or {}).get("dtype", settings["dtype"])
     return {**settings, **recorded, **known, "splits": list(recorded.get("splits", settings["splits"]))}
-
-
-def tokenizer_info(tokenizer) -> dict[str, Any]:
-    return {"name": getattr(tokenizer, "name_or_path", ""), "vocab_size": len(tokenizer)}
 
 
 def find_pivots(
@@ -317,7 +309,7 @@ def localize(
     kept = groups_below({g: v["accuracy"] for g, v in accuracy.items()}, config.max_group_accuracy)
     meta = {
         "model": model_name,
-        "tokenizer": tokenizer_info(tokenizer),
+        "tokenizer": tokenizer_fingerprint(tokenizer),  # load_records checks it
         "task": config.task,
         "seed": config.seed,
         "split_seed": config.seed,
@@ -336,7 +328,7 @@ def localize(
         "runtime": placement(model),  # device, dtype, attention kernel the traces were decoded with
     }
     if main:
-        atomic_write_json(out_dir / "meta.json", meta)
+        write_meta(out_dir, meta)
 
     writer = DatasetWriter(out_dir) if main else None  # cleans what a kill left; only the main process writes
     state.wait_for_everyone()
@@ -417,7 +409,8 @@ def localize(
     summary = None
     if writer is not None:
         summary = summarize(problems, greedy, accuracy, kept, writer)
-        atomic_write_json(out_dir / "summary.json", summary)
+        summary["max_group_accuracy"] = config.max_group_accuracy  # why_no_records names the cap
+        write_summary(out_dir, summary)
     return broadcast_object_list([summary])[0]
 
 
@@ -462,7 +455,7 @@ def summarize(problems, greedy, accuracy, kept, writer: DatasetWriter) -> dict[s
     for row in progress:
         for kind, n in row["tokens"].items():
             tokens[kind] += n
-    records = _read_jsonl(writer.path("records.jsonl"))
+    records = _read_jsonl(writer.path(RECORDS))
     by_split: dict[str, int] = defaultdict(int)
     for record in records:
         by_split[record["split"]] += 1

@@ -79,21 +79,19 @@ def output_settings(args: argparse.Namespace, model: str, circuit: Path | None, 
 
 def run(args: argparse.Namespace) -> int:
     from peft_cca.errors import UsageError
+    from peft_cca.localize.folder import read_meta
     from peft_cca.runtime.placement import runtime_from_args
-    from peft_cca.runtime.runfolder import check_settings, ensure_output_dir
+    from peft_cca.runtime.runfolder import check_settings, clear_outputs, ensure_output_dir
 
-    meta_path = args.run / "meta.json"
-    if not meta_path.is_file():
-        raise UsageError(f"--run {args.run} has no meta.json: give the folder stage 1 (localize) wrote")
-    from peft_cca.runtime.runfolder import clear_outputs, read_json_object  # a damaged meta.json is one line naming it
-
-    meta = read_json_object(meta_path)
+    meta = read_meta(args.run)  # a missing or damaged meta.json is one line naming it
     circuit_path = None if args.no_mask else (args.circuit or args.run / "circuit.json")
     if circuit_path is not None and not circuit_path.is_file():
         raise UsageError(f"circuit {circuit_path} does not exist: run stage 2 (circuit) or pass --circuit")
     runtime = runtime_from_args(args, training=True)
     out = ensure_output_dir(args.out or default_out(args))  # before the model loads: no work lost at save
-    model_name = args.model or meta["model"]
+    model_name = args.model or meta.model
+    if model_name is None:
+        raise UsageError(f"{meta.path} records no model: pass --model")
     from peft_cca.runtime.loading import resolve
 
     resolve(model_name)  # a mistyped --model is refused before settings.json records it and blocks the fixed rerun
@@ -107,14 +105,19 @@ def run(args: argparse.Namespace) -> int:
         clear_outputs(out, ("adapter", "model", "amplify.json"))
 
     from peft_cca.amplify.trainer import amplify
-    from peft_cca.dcm.data import load_records
-    from peft_cca.evaluation.run_problems import stage_problems
+    from peft_cca.localize.problems import stage_problems
+    from peft_cca.localize.records import load_records
     from peft_cca.method.circuit import Circuit
     from peft_cca.runtime.loading import load_model
     from peft_cca.runtime.placement import record_runtime
     from peft_cca.tasks.protocol import setting
 
     circuit = Circuit.load(circuit_path) if circuit_path is not None else None  # a damaged one: refused in seconds
+    if circuit is not None and not len(circuit):
+        raise UsageError(
+            f"circuit {circuit_path} selects no component: rerun stage 2 (circuit) with a lower --lambda, more "
+            "--epochs or a sweep of smaller values"
+        )
     model, tokenizer = load_model(model_name, runtime)
     records = load_records(
         args.run, vocab_size=model.get_input_embeddings().num_embeddings, tokenizer=tokenizer, splits=("train",)
@@ -134,8 +137,8 @@ def run(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         batch_size=args.micro_batch,
         mlp_targets=args.mlp_targets,
-        prompt_style=args.prompt_style or meta.get("prompt_style", "auto"),
-        max_new_tokens=setting(args.max_new_tokens, args.task or meta.get("task"), "eval_max_new_tokens"),
+        prompt_style=args.prompt_style or meta.prompt_style or "auto",
+        max_new_tokens=setting(args.max_new_tokens, args.task or meta.task, "eval_max_new_tokens"),
         eval_batch_size=args.eval_batch_size,
         output_dir=out,
         seed=args.seed,

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -143,10 +141,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_cca.dcm.data import load_records
     from peft_cca.dcm.find import empty_circuit_advice, search_circuits
     from peft_cca.dcm.train import AUTHORS_STEP_LR, DCMConfig
     from peft_cca.errors import UsageError
+    from peft_cca.localize.folder import has_meta, read_meta
+    from peft_cca.localize.records import load_records
     from peft_cca.runtime.loading import load_model
     from peft_cca.runtime.placement import record_runtime, runtime_from_args
     from peft_cca.runtime.runfolder import ensure_output_dir
@@ -159,8 +158,7 @@ def run(args: argparse.Namespace) -> int:
     vocab = model.get_input_embeddings().num_embeddings
     records = load_records(args.data, vocab_size=vocab, tokenizer=tokenizer)
     # the DCM schedule follows the protocol of the task stage 1 localized (tasks/protocol.py)
-    meta = Path(args.data) / "meta.json"
-    task = json.loads(meta.read_text()).get("task") if meta.exists() else None
+    task = read_meta(args.data).task if has_meta(args.data) else None
     config = DCMConfig(
         form=args.form,
         epochs=args.epochs,
@@ -202,8 +200,8 @@ def run(args: argparse.Namespace) -> int:
             f"{row['train_logit_diff']:>9.3f} {row['validation_logit_diff']:>9.3f}{mark}"
         )
     print(f"base model: train LD {chosen.base_train_logit_diff:.3f}, val LD {chosen.base_validation_logit_diff:.3f}")
-    print(f"wrote {out / 'circuit.json'} ({chosen.circuit})")
     advice = empty_circuit_advice(search)
-    if advice is not None:  # the files stand (the table above is what to read); amplify would refuse this circuit
-        print(f"warning: {advice}", file=sys.stderr)
+    if advice is not None:  # the sweep's files stand (the table above is what to read), but no circuit.json
+        raise UsageError(f"{advice}; the sweep is in {out / 'sweep.json'}")
+    print(f"wrote {out / 'circuit.json'} ({chosen.circuit})")
     return 0

@@ -112,10 +112,11 @@ def _split_of(records: Path, number: int, line: str) -> Any:
 def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
     """Localization method, seed, dataset size and validation curves, read from the files the stages wrote."""
     from peft_cca.jsonfiles import read_object
-    from peft_cca.runtime.runfolder import read_json_object  # a damaged meta.json is one line naming it
+    from peft_cca.localize.folder import read_meta
+    from peft_cca.localize.records import RECORDS
 
-    meta = read_json_object(run_dir / "meta.json")
-    records = run_dir / "records.jsonl"
+    meta = read_meta(run_dir)  # a missing or damaged meta.json is one line naming it
+    records = run_dir / RECORDS
     lines = records.read_text().splitlines() if records.exists() else []
     size = sum(1 for n, line in enumerate(lines, 1) if line.strip() and _split_of(records, n, line) == "train")
     curves = []
@@ -136,13 +137,13 @@ def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
                     "objective": data.get("objective"),
                 }
                 if name == "amplify.json":
-                    method = meta.get("method") or meta.get("config", {}).get("method")
+                    method = meta.method
     return {
         "method": method,
-        "seed": meta.get("seed"),
+        "seed": meta.split_seed,
         "dataset_size": size,
         "curves": curves,
-        "model": meta.get("model"),
+        "model": meta.model,
         **trained,
     }
 
@@ -156,10 +157,10 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.evaluation.model_eval import evaluate_model
     from peft_cca.evaluation.offline_tasks import available_tasks, check_task_data
     from peft_cca.evaluation.retention import retention_problems
-    from peft_cca.evaluation.run_problems import stage_problems
+    from peft_cca.localize.problems import stage_problems
     from peft_cca.runtime.loading import check_adapter_folder, load_adapter, load_model, resolve
     from peft_cca.runtime.placement import runtime_from_args
-    from peft_cca.runtime.runfolder import atomic_write_json, ensure_output_file, read_json_object
+    from peft_cca.runtime.runfolder import atomic_write_json, ensure_output_file
     from peft_cca.tasks.protocol import setting
 
     out = args.out or (args.adapter.parent / "eval.json" if args.adapter else args.run / "eval-base.json")
@@ -191,7 +192,9 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(model_name, runtime)
     if args.adapter is not None and not whole_model:
         model = load_adapter(model, args.adapter)
-    meta = read_json_object(args.run / "meta.json")
+    from peft_cca.localize.folder import read_meta
+
+    meta = read_meta(args.run)
 
     def problems(split: str, limit: int | None) -> list:
         return stage_problems(args.run, split, task=args.task, split_seed=args.split_seed, limit=limit)
@@ -213,8 +216,8 @@ def run(args: argparse.Namespace) -> int:
         general_tasks=offline,
         general_limit=args.general_limit,
         forgetting_tokens=args.forgetting_tokens if args.general != "none" else None,
-        prompt_style=args.prompt_style or meta.get("prompt_style", "auto"),
-        max_new_tokens=setting(args.max_new_tokens, args.task or meta.get("task"), "eval_max_new_tokens"),
+        prompt_style=args.prompt_style or meta.prompt_style or "auto",
+        max_new_tokens=setting(args.max_new_tokens, args.task or meta.task, "eval_max_new_tokens"),
         batch_size=args.batch_size,
         cache=cache,
         prompt_options=options,

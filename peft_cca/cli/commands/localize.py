@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 HELP = "stage 1: find pivotal tokens and write the Error-Localization dataset"
@@ -134,6 +135,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from peft_cca.localize.folder import why_no_records
+    from peft_cca.localize.records import RECORDS
     from peft_cca.localize.run import LocalizeConfig, config_settings, localize
     from peft_cca.runtime.loading import load_model
     from peft_cca.runtime.placement import runtime_from_args
@@ -170,5 +173,8 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, runtime_from_args(args))
     summary = localize(model, tokenizer, problems, config, args.out, model_name=args.model, overwrite=args.overwrite)
     print(json.dumps({k: v for k, v in summary.items() if k != "accuracy_by_group"}, indent=2))
-    print(f"wrote {summary['records']} records to {args.out / 'records.jsonl'}")
+    print(f"wrote {summary['records']} records to {args.out / RECORDS}")
+    why = why_no_records(summary)
+    if why:  # a finished run, but nothing a later stage can learn from: say why, with the counts
+        print(f"warning: no Error-Localization record: {why}", file=sys.stderr)
     return 0

@@ -64,18 +64,16 @@ def output_settings(args: argparse.Namespace, model: str, runtime: dict) -> dict
 
 def run(args: argparse.Namespace) -> int:
     from peft_cca.errors import UsageError
+    from peft_cca.localize.folder import read_meta
     from peft_cca.runtime.placement import runtime_from_args
-    from peft_cca.runtime.runfolder import check_settings, ensure_output_dir
+    from peft_cca.runtime.runfolder import check_settings, clear_outputs, ensure_output_dir
 
-    meta_path = args.run / "meta.json"
-    if not meta_path.is_file():
-        raise UsageError(f"--run {args.run} has no meta.json: give the folder stage 1 (localize) wrote")
-    from peft_cca.runtime.runfolder import clear_outputs, read_json_object  # a damaged meta.json is one line naming it
-
-    meta = read_json_object(meta_path)
+    meta = read_meta(args.run)  # a missing or damaged meta.json is one line naming it
     runtime = runtime_from_args(args, training=True)
     out = ensure_output_dir(args.out or args.run / "lora")  # before the model loads: no work lost at save
-    model_name = args.model or meta["model"]
+    model_name = args.model or meta.model
+    if model_name is None:
+        raise UsageError(f"{meta.path} records no model: pass --model")
     from peft_cca.runtime.loading import resolve
 
     resolve(model_name)  # a mistyped --model is refused before settings.json records it and blocks the fixed rerun
@@ -90,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     from peft_cca.baselines.lora import lora_sft, target_kind
     from peft_cca.defaults import LoraSettings
-    from peft_cca.evaluation.run_problems import stage_problems
+    from peft_cca.localize.problems import stage_problems
     from peft_cca.runtime.loading import load_model
     from peft_cca.runtime.placement import record_runtime
     from peft_cca.tasks.protocol import setting
@@ -121,8 +119,8 @@ def run(args: argparse.Namespace) -> int:
         val,
         lrs=args.lr,
         settings=settings,
-        prompt_style=args.prompt_style or meta.get("prompt_style", "auto"),
-        max_new_tokens=setting(args.max_new_tokens, args.task or meta.get("task"), "eval_max_new_tokens"),
+        prompt_style=args.prompt_style or meta.prompt_style or "auto",
+        max_new_tokens=setting(args.max_new_tokens, args.task or meta.task, "eval_max_new_tokens"),
         eval_batch_size=args.eval_batch_size,
         output_dir=out,
         seed=args.seed,

@@ -206,8 +206,8 @@ def selection_from_args(args: argparse.Namespace) -> list | None:
         raise UsageError("--select-on selection needs a selection split: give --selection-problems N (N >= 40)")
     if not args.selection_problems:
         return None
-    from peft_cca.evaluation.run_problems import selection_problems
     from peft_cca.evaluation.selection import MIN_SELECTION
+    from peft_cca.localize.problems import selection_problems
 
     if args.selection_problems < MIN_SELECTION:
         raise UsageError(f"--selection-problems {args.selection_problems}: give at least {MIN_SELECTION}")
@@ -216,7 +216,7 @@ def selection_from_args(args: argparse.Namespace) -> list | None:
 
 def prompt_options_from_args(args: argparse.Namespace):
     """The prompt options of a later stage (amplify, lora, evaluate): its flags over what stage 1 recorded."""
-    from peft_cca.evaluation.run_problems import stage_prompt_options
+    from peft_cca.localize.problems import stage_prompt_options
 
     return stage_prompt_options(
         args.run,

@@ -1,4 +1,5 @@
-"""Which problems a stage 1 run folder holds per split, and its prompt options, re-drawn from what it recorded.
+"""Which problems a stage 1 run folder holds per split, and its prompt options, re-drawn from what it recorded
+(:func:`~peft_cca.localize.folder.read_meta`).
 
 A task spec with ``scorer=`` names code to import; a later stage imports it only when the user names the spec on
 the command line (``--task``), never because a run folder's meta.json says so.
@@ -6,13 +7,12 @@ the command line (``--task``), never because a run folder's meta.json says so.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from peft_cca.errors import UsageError
-from peft_cca.runtime.runfolder import read_json_object
+from peft_cca.localize.folder import Stage1Meta, read_meta
 from peft_cca.tasks.problem import Problem
 from peft_cca.tasks.prompts import PromptOptions
 
@@ -40,10 +40,6 @@ def split_problems(
     return chosen[:limit] if limit is not None else chosen
 
 
-def _first(data: Mapping[str, Any], *keys: str) -> Any:
-    return next((data[k] for k in keys if data.get(k) is not None), None)
-
-
 def names_code(task: str) -> bool:
     """Whether any part of a task spec has ``scorer=`` (a module the checker imports)."""
     from peft_cca.tasks.sources import parse_spec
@@ -61,32 +57,24 @@ class RunTask:
     task_limit: int | None
     groups: list[str] | None
     own: bool
-    meta: dict[str, Any]
+    meta: Stage1Meta
 
 
 def run_task(run_dir: str | Path, task: str | None = None, split_seed: int | None = None) -> RunTask:
     """What the stage 1 run in ``run_dir`` recorded, or ``task`` split with ``split_seed`` when a command names
     another spec. ``task`` equal to the recorded spec is the run's own problems (its split seed, limit and groups);
     a recorded spec with ``scorer=`` must be named so, or it is refused (its code is not imported from a file)."""
-    run_dir = Path(run_dir)
-    meta = read_json_object(run_dir / "meta.json")
-    recorded = _first(meta, "task", "task_spec")
-    if task and task != recorded:
+    meta = read_meta(run_dir)
+    if task and task != meta.task:
         return RunTask(task, split_seed or 0, None, None, own=False, meta=meta)
-    if recorded is None:
-        raise UsageError(f"{run_dir / 'meta.json'}: records no task spec; pass --task")
-    if task is None and names_code(recorded):
+    if meta.task is None:
+        raise UsageError(f"{meta.path}: records no task spec; pass --task")
+    if task is None and names_code(meta.task):
         raise UsageError(
-            f"{run_dir / 'meta.json'}: its task spec imports code (scorer=), which is run only when named on the "
-            f"command line: pass the same spec, --task '{recorded}'"
+            f"{meta.path}: its task spec imports code (scorer=), which is run only when named on the "
+            f"command line: pass the same spec, --task '{meta.task}'"
         )
-    summary_file = run_dir / "summary.json"
-    summary = read_json_object(summary_file) if summary_file.exists() else {}
-    # an empty list of kept groups is a filter too (nothing to train on), not its absence
-    groups = next((d[k] for d in (meta, summary) for k in ("groups", "kept_groups") if d.get(k) is not None), None)
-    seed = int(_first(meta, "split_seed", "seed") or 0)
-    task_limit = (meta.get("config") or {}).get("limit")
-    return RunTask(recorded, seed, task_limit, list(groups) if groups is not None else None, own=True, meta=meta)
+    return RunTask(meta.task, meta.split_seed, meta.task_limit, meta.groups, own=True, meta=meta)
 
 
 def run_problems(
@@ -95,14 +83,13 @@ def run_problems(
     """``split`` problems of a stage 1 run directory, from the task spec and split seed it recorded (``task``: the
     same spec, named on the command line, which a spec with ``scorer=`` needs; see :func:`run_task`).
 
-    Reads ``meta.json`` (``task``/``task_spec``, ``split_seed``/``seed``). Training problems are those of the groups
-    the accuracy filter kept (``groups`` in ``meta.json`` or ``summary.json``); validation and test cover every
+    Training problems are those of the groups the accuracy filter kept; validation and test cover every
     group, as in the paper, which filters only the training split: so the score also measures harm to the
     templates the base model already solves, and the best step is picked on the whole population.
     """
     found = run_task(run_dir, task)
     if not found.own:
-        raise UsageError(f"{run_dir}: --task {task!r} is not the run's task {found.meta.get('task')!r}")
+        raise UsageError(f"{run_dir}: --task {task!r} is not the run's task {found.meta.task!r}")
     groups = found.groups if split == "train" else None
     return split_problems(
         found.spec, split, seed=found.split_seed, groups=groups, limit=limit, task_limit=found.task_limit
@@ -150,12 +137,12 @@ def stage_prompt_options(
     from peft_cca.tasks.sources import load_problems
     from peft_cca.tasks.splits import assign_splits
 
-    meta = read_json_object(Path(run_dir) / "meta.json")
+    meta = read_meta(run_dir)
     # a recorded scorer= is refused here, before any model loads; a run recording no task needs one only to draw
-    found = run_task(run_dir, task, split_seed) if task or _first(meta, "task", "task_spec") else None
-    template = template if template is not None else meta.get("prompt_template")
-    shots = shots if shots is not None else int(meta.get("num_fewshot") or 0)
-    seed = seed if seed is not None else int(meta.get("fewshot_seed") or 0)
+    found = run_task(run_dir, task, split_seed) if task or meta.task else None
+    template = template if template is not None else meta.prompt_template
+    shots = shots if shots is not None else meta.num_fewshot
+    seed = seed if seed is not None else meta.fewshot_seed
     if template is None and not shots:  # the style's own prompt: nothing to draw
         return PromptOptions()
     found = found or run_task(run_dir, task, split_seed)
@@ -163,11 +150,11 @@ def stage_prompt_options(
     options = prompt_options(
         problems, assign_splits(problems, seed=found.split_seed), template=template, shots=shots, seed=seed
     )
-    recorded = meta.get("exemplar_ids")
-    same_draw = found.own and shots == meta.get("num_fewshot") and seed == meta.get("fewshot_seed")
+    recorded = meta.exemplar_ids
+    same_draw = found.own and shots == meta.raw.get("num_fewshot") and seed == meta.raw.get("fewshot_seed")
     if same_draw and recorded is not None and recorded != options.to_dict()["exemplar_ids"]:
         raise UsageError(
-            f"{Path(run_dir) / 'meta.json'}: the exemplars drawn now differ from those stage 1 drew "
+            f"{meta.path}: the exemplars drawn now differ from those stage 1 drew "
             f"({', '.join(recorded[:3])}, ...): the task's data changed since; rerun stage 1 (localize)"
         )
     return options

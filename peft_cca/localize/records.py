@@ -1,24 +1,110 @@
-"""Load and validate the Error-Localization records that DCM learns from.
+"""Stage 1's ``records.jsonl`` and ``progress.jsonl``: the writer that appends them and the reader every later stage
+uses, side by side.
 
-A dataset made with another tokenizer is the silent failure to fear here: token ids would still be
-valid integers and DCM would happily learn a circuit for nonsense prefixes. So the loader compares the
-tokenizer recorded in ``meta.json`` with the one in use, and without such a record it checks that the
-ids decode back to the stored ``prefix_text``.
+The writer is incremental and resumable. ``records.jsonl`` holds one record per pivot (the schema of DESIGN.md);
+``progress.jsonl`` one line per finished problem (greedy correctness, whether a counterfactual and a pivot were found,
+tokens spent). A problem counts as done only once its progress line is written, after its record; on restart, records
+of unfinished problems and a torn last line are dropped, so a killed run resumes to the same dataset; a damaged line
+anywhere else is refused with its file and line number.
+
+The reader guards against the silent failure to fear: a dataset made with another tokenizer still holds valid
+integers, and DCM would happily learn a circuit for nonsense prefixes. So :func:`load_records` compares the
+vocabulary fingerprint stage 1 recorded in ``meta.json`` (:mod:`~peft_cca.localize.folder`) with the tokenizer in
+use, and where a format-1 folder recorded none it checks that the ids decode back to the stored ``prefix_text``.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from peft_cca.errors import UsageError
-from peft_cca.jsonfiles import parse_object, read_object
+from peft_cca.jsonfiles import parse_object
+from peft_cca.localize.folder import has_meta, meta_path, read_meta, read_summary, tokenizer_fingerprint, why_no_records
+from peft_cca.runtime.runfolder import atomic_write_text
 
 logger = logging.getLogger(__name__)
+
+RECORDS = "records.jsonl"
+PROGRESS = "progress.jsonl"
+RECORD_FIELDS = (
+    "problem_id",
+    "group_id",
+    "split",
+    "method",
+    "prefix_text",
+    "prefix_ids",
+    "desired_token_id",
+    "desired_token",
+    "undesired_token_id",
+    "undesired_token",
+    "correct_trace",
+    "question",
+    "gold_answer",
+)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of ``path``. Only the last line may be torn (a killed writer stops before its newline): it is
+    dropped and its problem recomputed. A bad line anywhere else is damage no kill leaves: refuse, naming it."""
+    if not path.exists():
+        return []
+    *lines, last = path.read_bytes().split(b"\n")  # ``last`` is empty when the file ends with a newline
+    rows = [_row(path, number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    if last.strip():
+        with contextlib.suppress(UsageError):
+            rows.append(_row(path, len(lines) + 1, last))
+    return rows
+
+
+def _row(path: Path, number: int, line: bytes) -> dict[str, Any]:
+    remedy = f"the run folder is damaged: delete {path.parent} or rerun with --overwrite to start afresh"
+    row = parse_object(line, path, remedy, line=number)
+    if not isinstance(row.get("problem_id"), str):
+        raise UsageError(f"{path}: line {number}: the object has no problem_id; {remedy}")
+    return row
+
+
+class DatasetWriter:
+    """Appends records and progress lines, and knows which problems a previous run already finished."""
+
+    def __init__(self, out_dir: str | Path):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.progress: dict[str, dict[str, Any]] = {row["problem_id"]: row for row in _read_jsonl(self.path(PROGRESS))}
+        records = [r for r in _read_jsonl(self.path(RECORDS)) if r.get("problem_id") in self.progress]
+        # Rewrite both files clean: no torn lines, no records of problems that did not finish.
+        self._rewrite(RECORDS, records)
+        self._rewrite(PROGRESS, list(self.progress.values()))
+
+    def path(self, name: str) -> Path:
+        return self.out_dir / name
+
+    def _rewrite(self, name: str, rows: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.path(name), "".join(json.dumps(row) + "\n" for row in rows))
+
+    def done(self, problem_id: str) -> bool:
+        return problem_id in self.progress
+
+    def _append(self, name: str, row: dict[str, Any]) -> None:
+        with self.path(name).open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def finish(self, problem_id: str, status: dict[str, Any], record: dict[str, Any] | None) -> None:
+        """Write a problem's record (if any), then mark it done."""
+        if record is not None:
+            self._append(RECORDS, record)
+        row = {"problem_id": problem_id, **status}
+        self._append(PROGRESS, row)
+        self.progress[problem_id] = row
+
 
 REQUIRED = ("prefix_ids", "desired_token_id", "undesired_token_id")
 SPLITS = ("train", "validation", "test")
@@ -42,16 +128,6 @@ class Record:
     @property
     def length(self) -> int:
         return len(self.prefix_ids)
-
-
-def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
-    """Identity of a tokenizer that survives renames: its size and a hash of its vocabulary.
-
-    Stage 1 writes this as ``meta.json["tokenizer"]``; :func:`load_records` compares it.
-    """
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
-    return {"name": getattr(tokenizer, "name_or_path", ""), "vocab_size": len(tokenizer), "sha256": digest}
 
 
 _FIX = "repair or delete that line, or rebuild the dataset with `peft-cca localize` into a fresh --out"
@@ -90,26 +166,10 @@ def _parse(line: bytes, number: int, path: Path) -> tuple[Record, str | None]:
     ), (text if isinstance(text, str) else None)
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
-    return read_object(path, "rebuild the dataset with `peft-cca localize`", error=DatasetError)
-
-
-def _meta_tokenizer(meta: dict[str, Any]) -> dict[str, Any]:
-    """The tokenizer block of meta.json, accepting a bare name or a :func:`tokenizer_fingerprint` dict."""
-    tok = meta.get("tokenizer")
-    if isinstance(tok, dict):
-        return tok
-    found = {"name": tok} if isinstance(tok, str) else {}
-    for key in ("tokenizer_vocab_size", "vocab_size"):
-        if key in meta:
-            found["vocab_size"] = meta[key]
-    return found
-
-
-def _check_tokenizer(path: Path, meta: dict[str, Any], records: list[Record], texts: list[str | None], tokenizer):
-    recorded = _meta_tokenizer(meta)
+def _check_tokenizer(folder: Path, records: list[Record], texts: list[str | None], tokenizer) -> None:
+    recorded = read_meta(folder, error=DatasetError).tokenizer if has_meta(folder) else {}
     mine = tokenizer_fingerprint(tokenizer)
-    where = f"{path / 'meta.json'} records tokenizer {recorded.get('name', '?')!r}"
+    where = f"{meta_path(folder)} records tokenizer {recorded.get('name', '?')!r}"
     if "vocab_size" in recorded and int(recorded["vocab_size"]) != mine["vocab_size"]:
         raise DatasetError(
             f"dataset made with another tokenizer: {where} with {recorded['vocab_size']} tokens, "
@@ -122,7 +182,7 @@ def _check_tokenizer(path: Path, meta: dict[str, Any], records: list[Record], te
                 "Rebuild the dataset with this model (peft-cca localize)."
             )
         return
-    # No fingerprint: the ids must decode to the stored text for at least one of the first records.
+    # A format-1 folder (no fingerprint): the ids must decode to the stored text for one of the first records.
     pairs = [(r, t) for r, t in zip(records, texts, strict=True) if t][:DECODE_CHECKS]
     if pairs and not any(
         tokenizer.decode(list(r.prefix_ids), skip_special_tokens=False, clean_up_tokenization_spaces=False) == t
@@ -164,7 +224,7 @@ def load_records(
     ``vocab_size`` (the model's embedding rows) and a dataset made with another tokenizer.
     """
     path = Path(data)
-    file = path if path.suffix == ".jsonl" else path / "records.jsonl"
+    file = path if path.suffix == ".jsonl" else path / RECORDS
     if not file.exists():
         raise DatasetError(f"no Error-Localization dataset at {file}; run `peft-cca localize` first")
     # Parsed by hand rather than with `datasets` so every error names the file and line number.
@@ -178,7 +238,8 @@ def load_records(
             texts.append(text)
             lines.append(number)
     if not records:
-        raise DatasetError(f"{file} holds no records: the Error-Localization dataset is empty")
+        why = why_no_records(read_summary(file.parent, error=DatasetError))
+        raise DatasetError(f"{file} holds no records: stage 1 wrote none ({why})")
     if vocab_size is not None:
         for number, record in zip(lines, records, strict=True):
             bad = [i for i in (*record.prefix_ids, record.desired, record.undesired) if i >= vocab_size]
@@ -188,10 +249,8 @@ def load_records(
                     f"vocabulary of {vocab_size}: the dataset was made for another model; use that model, or rebuild "
                     "the dataset with `peft-cca localize` for this one"
                 )
-    meta_file = file.parent / "meta.json"
     if tokenizer is not None:
-        meta = _read_meta(meta_file) if meta_file.exists() else {}
-        _check_tokenizer(file.parent, meta, records, texts, tokenizer)
+        _check_tokenizer(file.parent, records, texts, tokenizer)
     if splits is not None:
         records = [r for r in records if r.split in splits]
         if not records:
