@@ -32,8 +32,8 @@ _EXPORTS = {
     "CCAModel": "peft_cca.method.model",
     "CCATrainer": "peft_cca.amplify.cca_trainer",
     "CCATrainingArguments": "peft_cca.amplify.arguments",
-    "BestStepCallback": "peft_cca.amplify.callbacks",
-    "exact_match_callback": "peft_cca.amplify.callbacks",
+    "BestStepCallback": "peft_cca.sweep.callbacks",
+    "exact_match_callback": "peft_cca.sweep.callbacks",
     "load_model": "peft_cca.runtime.loading",
     "LocalizeConfig": "peft_cca.localize.run",
     "localize_errors": "peft_cca.localize.run",
@@ -73,7 +73,6 @@ __all__ = [
 
 if TYPE_CHECKING:
     from peft_cca.amplify.arguments import CCATrainingArguments
-    from peft_cca.amplify.callbacks import BestStepCallback, exact_match_callback
     from peft_cca.amplify.cca_trainer import CCATrainer
     from peft_cca.dcm.find import find_circuit, search_circuits
     from peft_cca.dcm.train import DCMConfig
@@ -85,6 +84,7 @@ if TYPE_CHECKING:
     from peft_cca.method.layer import CCALayer, QuantizedMergeError
     from peft_cca.method.model import CCAModel
     from peft_cca.runtime.loading import load_model
+    from peft_cca.sweep.callbacks import BestStepCallback, exact_match_callback
     from peft_cca.tasks import load_problems
     from peft_cca.tasks.problem import Problem
 

@@ -13,10 +13,10 @@ from transformers import TrainingArguments
 
 import peft_cca
 from peft_cca import CCAConfig, CCATrainer, CCATrainingArguments, Circuit, describe
-from peft_cca.amplify.callbacks import trainable_state
 from peft_cca.amplify.loss import logit_difference
 from peft_cca.amplify.records import PivotCollator
 from peft_cca.errors import UsageError
+from peft_cca.sweep.callbacks import trainable_state
 
 PAD = 2
 N = 7

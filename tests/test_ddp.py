@@ -27,8 +27,8 @@ def update() -> dict[str, torch.Tensor]:
     from tiny_models import VOCAB, tiny_model
 
     from peft_cca import CCAConfig, Circuit, describe
-    from peft_cca.amplify.callbacks import trainable_state
     from peft_cca.amplify.trainer import train_one
+    from peft_cca.sweep.callbacks import trainable_state
 
     rng = random.Random(0)
     records = [

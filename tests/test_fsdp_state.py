@@ -20,7 +20,7 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    from peft_cca.amplify.callbacks import load_trainable_state, trainable_state
+    from peft_cca.sweep.callbacks import load_trainable_state, trainable_state
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

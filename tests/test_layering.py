@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("evaluation", ("peft_cca.evaluation",)),
     ("localize", ("peft_cca.localize",)),
     ("dcm", ("peft_cca.dcm",)),
+    ("sweep", ("peft_cca.sweep",)),  # the lr-by-step sweep every arm shares, below both arms
     ("amplify", ("peft_cca.amplify",)),
     ("baselines", ("peft_cca.baselines",)),
     ("reports", ("peft_cca.reports",)),
@@ -146,6 +147,13 @@ def test_the_method_package_imports_only_the_foundation():
     for source, targets in GRAPH.items():
         if layer_of(source) == method:
             assert all(layer_of(t) <= method for t in targets), (source, targets)
+
+
+def test_the_arms_share_the_sweep_and_not_each_other():
+    """The LoRA baseline trains through peft_cca.sweep, as CCA does, and imports nothing of CCA's stage 3."""
+    from_baselines = {t for s, targets in GRAPH.items() if s.startswith("peft_cca.baselines") for t in targets}
+    assert not [t for t in from_baselines if t.startswith("peft_cca.amplify")]
+    assert "peft_cca.sweep.runs" in from_baselines and "peft_cca.sweep.runs" in GRAPH["peft_cca.amplify.trainer"]
 
 
 def test_there_is_no_import_loop():

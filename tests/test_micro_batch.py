@@ -14,14 +14,15 @@ from tiny_tokenizer import tiny_tokenizer
 
 import peft_cca  # noqa: F401 - registers the "cca" method
 from peft_cca import CCAConfig, Circuit, describe
-from peft_cca.amplify.callbacks import trainable_state
 from peft_cca.amplify.loss import logit_difference
-from peft_cca.amplify.micro_batch import auto_micro_batch, cpu_token_budget, fit_micro_batch, resolve_micro_batch
+from peft_cca.amplify.micro_batch import resolve_micro_batch
 from peft_cca.amplify.records import PivotCollator
 from peft_cca.amplify.trainer import amplify, train_one
 from peft_cca.baselines.lora import example_lengths, lora_micro_batch, sft_dataset
 from peft_cca.defaults import CPU_TOKEN_BUDGET, LoraSettings
 from peft_cca.errors import UsageError
+from peft_cca.runtime.micro_batch import auto_micro_batch, cpu_token_budget, fit_micro_batch
+from peft_cca.sweep.callbacks import trainable_state
 from peft_cca.tasks.problem import Problem
 
 PAD = 2
@@ -137,7 +138,7 @@ def test_auto_on_cuda_sizes_from_free_memory_then_halves(monkeypatch):
     """The CUDA arithmetic with the memory figures faked: probes say a row costs 300 bytes beyond 1,000 fixed."""
     from types import SimpleNamespace
 
-    import peft_cca.amplify.micro_batch as trainer
+    import peft_cca.runtime.micro_batch as trainer
 
     weight = SimpleNamespace(device=torch.device("cuda"), requires_grad=True, numel=lambda: 100, element_size=lambda: 4)
     model = SimpleNamespace(parameters=lambda: iter([weight]))

@@ -11,7 +11,6 @@ from test_cca_trainer import PAD, circuit_of, id_rows
 from tiny_models import tiny_model
 
 from peft_cca import CCAConfig
-from peft_cca.amplify.callbacks import BestStepCallback
 from peft_cca.amplify.trainer import train_one
 from peft_cca.errors import UsageError
 from peft_cca.evaluation.selection import (
@@ -21,6 +20,7 @@ from peft_cca.evaluation.selection import (
     held_out_problems,
     score_against,
 )
+from peft_cca.sweep.callbacks import BestStepCallback
 from peft_cca.tasks.problem import Problem
 
 

@@ -18,10 +18,11 @@ from tiny_tokenizer import tiny_tokenizer
 
 import peft_cca  # noqa: F401 - registers the "cca" method
 from peft_cca import CCAConfig, Circuit, describe
-from peft_cca.amplify.callbacks import BestStepCallback
-from peft_cca.amplify.trainer import RunResult, amplify, best_run, selection_summary
+from peft_cca.amplify.trainer import amplify
 from peft_cca.evaluation.forgetting import ForgettingMeter
 from peft_cca.reports.step_choice import describe_selection, replay, step_choice_rows, step_choice_table
+from peft_cca.sweep.callbacks import BestStepCallback
+from peft_cca.sweep.runs import RunResult, best_run, selection_summary
 
 PAD = 2
 CORPUS = [
@@ -212,7 +213,7 @@ def test_lora_measures_forgetting_on_the_same_rule(tmp_path):
 
 
 def test_a_sweep_keeps_the_state_of_the_run_within_the_bound_over_a_better_scoring_one_outside_it():
-    from peft_cca.amplify.trainer import add_run
+    from peft_cca.sweep.runs import add_run
 
     def run(lr: float, score: float, met: bool) -> RunResult:
         history = [{"step": 0, "score": 0.5, "forgetting": 0.0}, {"step": 10, "score": score, "forgetting": 0.1}]
@@ -225,3 +226,22 @@ def test_a_sweep_keeps_the_state_of_the_run_within_the_bound_over_a_better_scori
     kept = best_run(runs)
     assert kept.lr == 2e-4 and kept.state is not None  # its weights were not dropped for the higher score
     assert runs[1].state is None
+
+
+def test_the_shared_sweep_scores_the_base_once_and_its_result_names_the_arm():
+    from peft_cca.sweep.runs import SweepResult, sweep_lrs
+
+    starts = []
+
+    def train_at(lr: float, evaluate_at_start: bool) -> RunResult:
+        starts.append(evaluate_at_start)
+        history = [{"step": 0, "score": 0.25}] if evaluate_at_start else []
+        history.append({"step": 10, "score": lr * 100})
+        base = 0.25 if evaluate_at_start else None  # as RunResult.from_training reads it
+        return RunResult(lr=lr, best_step=10, best_score=lr * 100, history=history, losses=[], base_score=base)
+
+    runs = sweep_lrs([1e-3, 5e-3], train_at, "test")
+    assert starts == [True, False]
+    assert [r.base_score for r in runs] == [0.25, 0.25] and runs[1].history[0] == {"step": 0, "score": 0.25}
+    result = SweepResult("lora", model=torch.nn.Linear(1, 1), best=best_run(runs), runs=runs)
+    assert result.best.lr == 5e-3 and result.to_dict()["arm"] == "lora"

@@ -13,12 +13,11 @@ from tiny_tokenizer import tiny_tokenizer
 
 import peft_cca  # noqa: F401 - registers the "cca" method
 from peft_cca import CCAConfig, Circuit, describe
-from peft_cca.amplify.arguments import eval_schedule
-from peft_cca.amplify.callbacks import BestStepCallback, trainable_state
 from peft_cca.amplify.loss import logit_difference
 from peft_cca.amplify.records import PivotCollator
 from peft_cca.amplify.trainer import amplify, train_one
 from peft_cca.method.arch import ModelShape
+from peft_cca.sweep.callbacks import BestStepCallback, eval_schedule, trainable_state
 from peft_cca.tasks.problem import Problem
 
 PAD = 2

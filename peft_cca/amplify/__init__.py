@@ -3,10 +3,10 @@
 One job per module: :mod:`~peft_cca.amplify.arguments` (``CCATrainingArguments``, the paper's defaults),
 :mod:`~peft_cca.amplify.records` (text or token-id rows, the padded dataset, the collator),
 :mod:`~peft_cca.amplify.loss` (the logit difference), :mod:`~peft_cca.amplify.micro_batch` (sizes that never change
-the gradient), :mod:`~peft_cca.amplify.cca_trainer` (``CCATrainer``), :mod:`~peft_cca.amplify.callbacks` (validation,
-the best step, the forgetting bound, for any ``Trainer``) and :mod:`~peft_cca.amplify.trainer` (the lr sweep that
-``peft-cca amplify`` runs). They import the method package, the runtime, the tasks and evaluation, never a later
-stage. Importing this package is cheap: names load on first use.
+the gradient), :mod:`~peft_cca.amplify.cca_trainer` (``CCATrainer``) and :mod:`~peft_cca.amplify.trainer` (CCA's lr
+sweep that ``peft-cca amplify`` runs, through :mod:`peft_cca.sweep`, which the LoRA baseline shares: validation,
+the best step and the forgetting bound, for any ``Trainer``). They import the method package, the runtime, the tasks,
+evaluation and the sweep, never a later stage. Importing this package is cheap: names load on first use.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 _EXPORTS = {
     "CCATrainer": "peft_cca.amplify.cca_trainer",
     "CCATrainingArguments": "peft_cca.amplify.arguments",
-    "BestStepCallback": "peft_cca.amplify.callbacks",
-    "exact_match_callback": "peft_cca.amplify.callbacks",
+    "BestStepCallback": "peft_cca.sweep.callbacks",
+    "exact_match_callback": "peft_cca.sweep.callbacks",
     "PivotCollator": "peft_cca.amplify.records",
     "PivotDataset": "peft_cca.amplify.records",
     "amplify": "peft_cca.amplify.trainer",

@@ -26,13 +26,7 @@ from transformers import TrainingArguments
 from peft_cca.amplify.objective import OBJECTIVES_HELP, Objective
 from peft_cca.defaults import DEFAULT_STEPS
 from peft_cca.errors import UsageError
-
-PAPER_VALIDATION_STEPS = (2, 4, 6, 8, 10)
-
-
-def eval_schedule(max_steps: int) -> list[int]:
-    """The authors' validation steps: 2, 4, 6, 8, 10, then every 10 (up to ``max_steps``)."""
-    return [s for s in PAPER_VALIDATION_STEPS if s <= max_steps] + list(range(20, max_steps + 1, 10))
+from peft_cca.sweep.callbacks import eval_schedule
 
 
 @dataclass

@@ -24,19 +24,22 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import PrinterCallback
 
-from peft_cca.amplify.arguments import PAPER_VALIDATION_STEPS
-from peft_cca.amplify.callbacks import (
+from peft_cca.defaults import DEFAULT_LORA_LRS, LoraSettings
+from peft_cca.errors import UsageError
+from peft_cca.method.arch import describe
+from peft_cca.runtime.micro_batch import auto_micro_batch
+from peft_cca.runtime.placement import trainer_use_cpu
+from peft_cca.sweep.callbacks import (
+    PAPER_VALIDATION_STEPS,
     BestStepCallback,
     EvaluateFn,
     ForgettingFn,
     SelectionFn,
     load_trainable_state,
 )
-from peft_cca.amplify.micro_batch import auto_micro_batch
-from peft_cca.amplify.trainer import (
-    AmplifyResult,
+from peft_cca.sweep.runs import (
     RunResult,
-    add_run,
+    SweepResult,
     best_run,
     check_schedule,
     forgetting_meter,
@@ -44,11 +47,8 @@ from peft_cca.amplify.trainer import (
     save_result,
     selection_info,
     selection_meter,
+    sweep_lrs,
 )
-from peft_cca.defaults import DEFAULT_LORA_LRS, LoraSettings
-from peft_cca.errors import UsageError
-from peft_cca.method.arch import describe
-from peft_cca.runtime.placement import trainer_use_cpu
 from peft_cca.tasks.problem import Problem
 from peft_cca.tasks.prompts import (
     DEFAULT_PROMPT_STYLE,
@@ -272,7 +272,7 @@ def lora_sft(
     max_forgetting: float | None = None,
     selection_problems: Sequence[Problem] | None = None,
     select_on: str = "validation",
-) -> AmplifyResult:
+) -> SweepResult:
     """Learning-rate sweep of the LoRA baseline; the best run (validation macro exact match) is loaded and saved.
 
     ``model`` is a bare transformers model; it is wrapped per run and unwrapped between runs. ``prompt_options``
@@ -305,9 +305,9 @@ def lora_sft(
     meter = forgetting_meter(model, tokenizer, forgetting_tokens, max_forgetting)  # the bare base model
     scoring = {"prompt_style": prompt_style, "batch_size": eval_batch_size, "max_new_tokens": max_new_tokens}
     selection = selection_meter(model, tokenizer, selection_problems, prompt_options=prompt_options, **scoring)
-    runs: list[RunResult] = []
-    base_score: float | None = None
-    for lr in lrs:
+
+    def train_at(lr: float, evaluate_at_start: bool) -> RunResult:
+        nonlocal model
         torch.manual_seed(seed)  # the same LoRA initialisation for every lr
         peft_model = get_peft_model(model, lora_config(model, settings))
         run = train_lora_once(
@@ -318,7 +318,7 @@ def lora_sft(
             lr,
             settings,
             seed,
-            evaluate_at_start=base_score is None,
+            evaluate_at_start=evaluate_at_start,
             micro_batch=micro_batch,
             max_length=max_length,
             forgetting_fn=meter,
@@ -326,13 +326,14 @@ def lora_sft(
             selection_fn=selection,
             select_on=select_on,
         )
-        base_score = add_run(runs, run, base_score)
-        logger.info("LoRA lr %g: best validation %.4f at step %d", lr, run.best_score, run.best_step)
         model = peft_model.unload()  # the base model without LoRA layers, weights untouched
+        return run
+
+    runs = sweep_lrs(lrs, train_at, "LoRA")
     best = best_run(runs)
     peft_model = get_peft_model(model, lora_config(model, settings))
     load_trainable_state(peft_model, best.state)
-    result = AmplifyResult(model=peft_model, best=best, runs=runs, max_forgetting=max_forgetting)
+    result = SweepResult("lora", model=peft_model, best=best, runs=runs, max_forgetting=max_forgetting)
     # train_problems: what LoRA trained on, for Table 1 (CCA trains on pivots, LoRA on problems)
     save_result(
         result,

@@ -371,7 +371,7 @@ def estimate_cost(settings: DemoSettings, trace: int | None = None) -> list[Stag
     Upper bound on the work, not a forecast: every localized problem is assumed to give a record, and every
     split at the paper's 26/4/20 proportions.
     """
-    from peft_cca.amplify.arguments import eval_schedule
+    from peft_cca.sweep.callbacks import eval_schedule
 
     c = settings.counts()
     style = protocol_for(settings.target()).prompt_style

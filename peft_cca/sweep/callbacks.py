@@ -1,5 +1,5 @@
 """Callbacks any ``transformers.Trainer`` can take: validation at the paper's steps, the best step kept, and the
-forgetting bound; and the trainable-state helpers they (and the lr sweep) use.
+forgetting bound; and the trainable-state helpers they (and the lr sweep of every arm) use.
 
 ``BestStepCallback`` is what ``peft-cca amplify`` and the LoRA baseline run. Used with a plain ``Trainer`` or
 :class:`~peft_cca.CCATrainer`, it reads its schedule from ``args.validation_steps`` and its bound from
@@ -18,14 +18,19 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from peft_cca.amplify.arguments import eval_schedule
-
 logger = logging.getLogger(__name__)
+
+PAPER_VALIDATION_STEPS = (2, 4, 6, 8, 10)
 
 EvaluateFn = Callable[[nn.Module], float]
 ForgettingFn = Callable[[nn.Module], Any]  # -> evaluation.forgetting.Forgetting (delta, stderr)
 SelectionFn = Callable[[nn.Module], Any]  # -> evaluation.selection.SelectionScore (accuracy, gain, stderrs, n)
 SCORE_KEYS = {"validation": "score", "selection": "selection_accuracy"}
+
+
+def eval_schedule(max_steps: int) -> list[int]:
+    """The authors' validation steps: 2, 4, 6, 8, 10, then every 10 (up to ``max_steps``)."""
+    return [s for s in PAPER_VALIDATION_STEPS if s <= max_steps] + list(range(20, max_steps + 1, 10))
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -53,14 +58,6 @@ def load_trainable_state(model: nn.Module, state: Mapping[str, torch.Tensor]) ->
         if isinstance(param, DTensor):
             value = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
         param.copy_(value)
-
-
-@torch.no_grad()
-def reset_deltas(model: nn.Module) -> None:
-    """Zero every CCA delta: the model is the base model again, ready for another learning rate."""
-    for name, param in model.named_parameters():
-        if "cca_delta" in name:
-            param.zero_()
 
 
 class BestStepCallback(TrainerCallback):
