@@ -183,3 +183,38 @@ def test_a_mistyped_model_name_fails_at_once_listing_the_offline_names(monkeypat
     assert main(["localize", "--model", "smollm2-135m-instrcut", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "smollm2-135m-instrcut" in err and "smollm2-135m-instruct" in err and "gemma3-270m" in err
+
+
+def test_a_folder_with_no_finished_work_gives_way_and_one_with_work_says_what_it_holds(tmp_path):
+    from peft_cca.runtime.runfolder import check_settings
+
+    folder = tmp_path / "run"
+    assert check_settings(folder, {"lr": 1e-3}) is False
+    (folder / "runtime.json").write_text("{}")  # bookkeeping, as a failed run leaves it
+    (folder / "records.jsonl").write_text("")  # an empty file is no work either
+    assert check_settings(folder, {"lr": 5e-3}) is False  # taken over: nothing to lose
+    assert json.loads((folder / "settings.json").read_text()) == {"lr": 5e-3}
+    (folder / "records.jsonl").write_text('{"problem_id": "p0"}\n')
+    with pytest.raises(UsageError, match=r"lr 0\.005 \(recorded\) vs 0\.01 \(now\)\. It holds records\.jsonl: rerun"):
+        check_settings(folder, {"lr": 1e-2})
+    assert check_settings(folder, {"lr": 5e-3}) is True  # the recorded settings continue it
+
+
+def test_a_failed_run_leaves_no_folder_but_keeps_one_with_work(monkeypatch, finished, tmp_path, capsys):
+    """amplify with a model that does not exist fails after --out was made: the new folder goes, with its
+    settings.json; a folder that already held work is left as it was."""
+    out = tmp_path / "new" / "amplify"
+    assert (
+        main(["amplify", "--run", str(finished), "--no-mask", "all", "--model", "no-such-model", "--out", str(out)])
+        == 2
+    )
+    assert "no-such-model" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "amplify.json").write_text("{}")
+    assert (
+        main(["amplify", "--run", str(finished), "--no-mask", "all", "--model", "no-such-model", "--out", str(kept)])
+        == 2
+    )
+    assert (kept / "amplify.json").read_text() == "{}"

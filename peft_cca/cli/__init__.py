@@ -57,6 +57,22 @@ def _not_about_optional_cpu_kernels(record: logging.LogRecord) -> bool:
     return "kernels-community" not in record.getMessage()
 
 
+def _run_command(args: argparse.Namespace, main_process: bool) -> int:
+    """The command's exit code. When it fails, the folders it created that hold no finished work are removed
+    (``runfolder.discard_unfinished``): a failed run leaves no empty folder, and a rerun finds none in its way."""
+    from peft_cca.runtime.runfolder import discard_unfinished
+
+    try:
+        code = int(args._run(args) or 0)
+    except BaseException:
+        if main_process:
+            discard_unfinished()
+        raise
+    if code and main_process:
+        discard_unfinished()
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a stage. A failure the user can act on is one line on stderr (``-v`` adds the traceback): exit code 2
     for bad options, files and run folders, 1 for other expected failures, 130 for Ctrl-C (rerun to resume)."""
@@ -76,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from peft_cca.errors import CCAError
 
     try:
-        return int(args._run(args) or 0)
+        return _run_command(args, main_process)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

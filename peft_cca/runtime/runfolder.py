@@ -3,14 +3,19 @@ writes that never leave a half-written file behind.
 
 Every stage writes into a folder of its own. The first run records the settings that determine its output
 in ``settings.json``; a later run into the same folder resumes only when its settings are the same, and
-otherwise stops before any work with one line naming each differing setting and how to start afresh.
+otherwise stops before any work with one line naming each differing setting, what the folder holds and how to
+continue or start afresh. A folder that holds no finished work (only this bookkeeping) blocks nothing: a rerun
+with other settings simply takes it over. And a folder a failed run made, holding no work, is removed
+(:func:`discard_unfinished`, called by the CLI when a command fails), so failures leave no empty folders behind.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +24,52 @@ from typing import Any
 from peft_cca.errors import UsageError
 from peft_cca.jsonfiles import read_object
 
+logger = logging.getLogger(__name__)
+
 SETTINGS_FILE = "settings.json"
+# what a run writes about itself before (or besides) any work: neither is a unit of finished work
+BOOKKEEPING = frozenset({SETTINGS_FILE, "runtime.json"})
+_MADE: list[Path] = []  # folders this process created, for discard_unfinished
+
+
+def finished_work(folder: Path) -> list[str]:
+    """The entries of ``folder`` that hold work: anything but bookkeeping, empty files and empty folders."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    held = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name in BOOKKEEPING or entry.name.startswith("."):
+            continue
+        if entry.is_dir() and any(f.is_file() and f.stat().st_size for f in entry.rglob("*")):
+            held.append(entry.name + "/")
+        elif entry.is_file() and entry.stat().st_size:
+            held.append(entry.name)
+    return held
+
+
+def _make_folder(path: Path) -> None:
+    """``mkdir -p``, remembering the topmost folder created, so a failed run can take it back."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    if missing:
+        _MADE.append(missing[-1])
+
+
+def discard_unfinished() -> list[Path]:
+    """Remove every folder this process created that holds no finished work (a failed run's leftovers); returns
+    them. A folder with any work in it stays, to be resumed."""
+    removed = []
+    while _MADE:
+        folder = _MADE.pop()
+        if folder.is_dir() and not any(finished_work(d) for d in (folder, *_subfolders(folder))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return [d for d in folder.rglob("*") if d.is_dir()]
 
 
 def json_safe(value: Any) -> Any:
@@ -66,7 +116,7 @@ def ensure_output_dir(path: Path, flag: str = "--out") -> Path:
     if path.exists() and not path.is_dir():
         raise UsageError(f"{flag} {path} is a file, not a folder: choose a folder path")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        _make_folder(path)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as err:
@@ -99,8 +149,10 @@ def check_settings(
     """Compare ``settings`` with those recorded in ``folder``; record them when there are none.
 
     Returns ``True`` when the folder already held the same settings (a resume), ``False`` when they were
-    recorded now. Raises :class:`UsageError` naming every differing setting unless ``overwrite``, in which
-    case the new settings replace the old (the caller clears the stale files). ``record=False`` only compares:
+    recorded now. Raises :class:`UsageError` naming every differing setting and what the folder holds unless
+    ``overwrite``, in which case the new settings replace the old (the caller clears the stale files), or the
+    folder holds no finished work (:func:`finished_work`): then nothing is lost and the new settings take over.
+    ``record=False`` only compares:
     the other processes of a launch check while the main one writes. ``partial=True`` compares only the keys of
     ``settings`` and records nothing: a check before the model loads, of the settings known without it.
     """
@@ -114,9 +166,18 @@ def check_settings(
             for key in sorted(set(wanted) if partial else set(recorded) | set(wanted))
             if recorded.get(key) != wanted.get(key)
         ]
-        if differing:
-            raise UsageError(f"{folder} was made with other settings: {'; '.join(differing)}; {restart_hint}")
-        return True
+        held = finished_work(folder) if differing else []
+        if held:
+            shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+            raise UsageError(
+                f"{folder} was made with other settings: {'; '.join(differing)}. It holds {shown}: rerun with the "
+                f"recorded settings to continue it, or {restart_hint}"
+            )
+        if not differing:
+            return True
+        logger.info("%s holds no finished work: its earlier settings give way to these", folder)
+    if not folder.exists():
+        _make_folder(folder)
     if record and not partial:
         atomic_write_json(recorded_path, wanted)
     return False
