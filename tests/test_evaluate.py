@@ -216,3 +216,20 @@ def test_a_damaged_meta_json_is_one_line_naming_the_file_and_line(tmp_path):
     (tmp_path / "meta.json").write_text('{"task": "rg:chain_sum",\n"seed": }')
     with pytest.raises(UsageError, match=r"meta\.json: line 2: not valid JSON"):
         stage_problems(tmp_path, "test")
+
+
+def test_long_evaluations_show_progress_in_problems_and_tokens_and_training_readings_stay_quiet(capsys):
+    """evaluate's exact match (test, retention) counts problems and its cross-entropy tokens; the same calls
+    inside training (no ``progress``) draw nothing."""
+    from peft_cca.evaluation.forgetting import cross_entropy
+
+    tokenizer, model = tiny_tokenizer(), tiny_model("llama")
+    problems = [Problem(id=f"p{i}", group_id="g", question=f"{i}?", answer="1") for i in range(5)]
+    evaluate_exact_match(model, tokenizer, problems, max_new_tokens=2, batch_size=2)
+    cross_entropy(model, tokenizer, max_tokens=200, max_length=64)
+    assert capsys.readouterr().err == ""
+    evaluate_exact_match(model, tokenizer, problems, max_new_tokens=2, batch_size=2, progress="test exact match")
+    ce = cross_entropy(model, tokenizer, max_tokens=200, max_length=64, progress="cross-entropy")
+    err = capsys.readouterr().err
+    assert "test exact match: 100%" in err and "5/5 [" in err and "problem" in err
+    assert "cross-entropy: 100%" in err and "token" in err and f"{ce.n_tokens + ce.n_docs}/" in err

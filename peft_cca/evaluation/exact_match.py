@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from peft_cca.errors import UsageError
 from peft_cca.runtime.generation import generate
@@ -72,11 +73,18 @@ def prepare_cache(folder: Path, settings: Mapping[str, Any]) -> Path:
 
 
 def _generate_units(
-    model: nn.Module, tokenizer, inputs: list[list[int]], unit: int, cache: Path | None, **generate_kwargs: Any
+    model: nn.Module,
+    tokenizer,
+    inputs: list[list[int]],
+    unit: int,
+    cache: Path | None,
+    progress: str | None = None,
+    **generate_kwargs: Any,
 ) -> list[str]:
     """Completions of ``inputs``, unit by unit (``unit`` inputs each), units shared out over the processes.
 
     A unit is generated as one batch whichever process takes it, so the texts do not depend on the process count.
+    ``progress`` names a bar (in problems, the main process's share) for a long evaluation; None: no bar.
     """
     # units of similar lengths pad least: inputs are sorted longest first (then by position) before cutting
     order = sorted(range(len(inputs)), key=lambda i: (-len(inputs[i]), i))
@@ -94,11 +102,14 @@ def _generate_units(
 
         process_state().wait_for_everyone()
     mine = [index for index in range(len(units)) if index not in done][rank::world]
-    for index in mine:
-        outputs = generate(model, tokenizer, units[index][1], batch_size=unit, **generate_kwargs)
-        done[index] = [generation.text for (generation,) in outputs]
-        if cache is not None:
-            atomic_write_json(cache / f"unit-{index:05d}.json", done[index])
+    total = sum(len(units[index][1]) for index in mine)
+    with tqdm(total=total, desc=progress, unit="problem", disable=progress is None or rank != 0 or not total) as bar:
+        for index in mine:
+            outputs = generate(model, tokenizer, units[index][1], batch_size=unit, **generate_kwargs)
+            done[index] = [generation.text for (generation,) in outputs]
+            if cache is not None:
+                atomic_write_json(cache / f"unit-{index:05d}.json", done[index])
+            bar.update(len(units[index][1]))
     if world > 1:
         from accelerate.utils import gather_object
 
@@ -119,6 +130,7 @@ def evaluate_exact_match(
     return_completions: bool = False,
     cache: Path | None = None,
     prompt_options: PromptOptions | None = None,
+    progress: str | None = None,
 ) -> dict[str, Any]:
     """Greedy exact match: ``{"macro", "micro", "n", "groups": {group: {"accuracy", "n"}}}``.
 
@@ -126,6 +138,7 @@ def evaluate_exact_match(
     score equals that of the full completion at a fraction of the tokens. Every process of a multi-process
     launch must call it (the work is split and gathered); ``cache`` (see :func:`prepare_cache`) keeps each
     finished batch for a resume. ``prompt_options`` are stage 1's template and exemplars (None: the style's own).
+    ``progress`` names a progress bar in problems (None, as in validation during training: no bar).
     """
     if not problems:
         raise ValueError("no problems to evaluate")
@@ -141,6 +154,7 @@ def evaluate_exact_match(
         inputs,
         batch_size,
         cache,
+        progress,
         max_new_tokens=max_new_tokens,
         stop_strings=stop_strings(prompt_style),
         stop_when=answer_is_final,

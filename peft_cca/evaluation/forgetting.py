@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from torch import nn
+from tqdm.auto import tqdm
 
 from peft_cca.errors import UsageError
 from peft_cca.evaluation.general_data import wikipedia_documents
@@ -92,12 +93,14 @@ def cross_entropy(
     max_tokens: int | None = DEFAULT_MAX_TOKENS,
     max_length: int = 512,
     batch_size: int = 8,
+    progress: str | None = None,
 ) -> CrossEntropy:
     """Mean next-token cross-entropy of ``model`` on ``corpus`` (default :func:`general_corpus`).
 
     Documents are taken in order until ``max_tokens`` tokens are scored (``None``: all), each cut to
     ``max_length`` tokens; every token after the first is scored (with the tokenizer's own special tokens, as
-    the model was trained). Batches hold documents of similar length, right-padded.
+    the model was trained). Batches hold documents of similar length, right-padded. ``progress`` names a bar in
+    tokens (None, as for the readings during training: no bar).
     """
     documents = _encode(tokenizer, general_corpus() if corpus is None else corpus, max_tokens, max_length)
     if not documents:
@@ -106,6 +109,7 @@ def cross_entropy(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     doc_nll = [0.0] * len(documents)
     order = sorted(range(len(documents)), key=lambda i: len(documents[i]))
+    bar = tqdm(total=sum(map(len, documents)), desc=progress, unit="token", disable=progress is None)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         width = max(len(documents[i]) for i in batch)
@@ -119,6 +123,8 @@ def cross_entropy(
         nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none") * mask[:, 1:]
         for row, total in zip(batch, nll.sum(dim=1).tolist(), strict=True):
             doc_nll[row] = total
+        bar.update(sum(len(documents[i]) for i in batch))
+    bar.close()
     doc_tokens = [len(ids) - 1 for ids in documents]
     n_tokens = sum(doc_tokens)
     return CrossEntropy(

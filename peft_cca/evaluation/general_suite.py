@@ -17,6 +17,7 @@ from typing import Any
 from unittest.mock import patch
 
 from torch import nn
+from tqdm.auto import tqdm
 
 from peft_cca.evaluation.offline_tasks import (
     MMLU_CATEGORIES,
@@ -159,7 +160,8 @@ def run_general_suite(
     harnesses: dict[int, HFLM] = {}  # one wrapper of the model per batch size
     manager = TaskManager(include_defaults=False)  # the configs are inline: no need to index lm-eval's ~10k YAMLs
     scores: dict[str, dict[str, float]] = {}
-    for task in tasks:
+    # lm-eval draws a bar per task (its requests); this one says how far the suite is, in tasks
+    for task in tqdm(tasks, desc="general suite", unit="task"):
         configs = task_configs(task, files)
         size = task_batch_size(task, batch_size, _vocab_size(model))
         if size not in harnesses:

@@ -85,15 +85,28 @@ def evaluate_model(
     result: dict[str, Any] = {**adapter_summary(model)}
     # per-problem results kept: a change against the base gets its paired standard error (compare's Table 1)
     result["test"] = evaluate_exact_match(
-        model, tokenizer, test_problems, **section("test"), prompt_options=prompt_options, return_completions=True
+        model,
+        tokenizer,
+        test_problems,
+        **section("test"),
+        prompt_options=prompt_options,
+        return_completions=True,
+        progress="test exact match",
     )
     if val_problems:
         result["validation"] = evaluate_exact_match(
-            model, tokenizer, val_problems, **section("validation"), prompt_options=prompt_options
+            model,
+            tokenizer,
+            val_problems,
+            **section("validation"),
+            prompt_options=prompt_options,
+            progress="validation",
         )
     general: dict[str, Any] = {}
     if retention_tasks:
-        general["retention"] = retention(model, tokenizer, problems=held_out, **section("retention"))
+        general["retention"] = retention(
+            model, tokenizer, problems=held_out, **section("retention"), progress="retention"
+        )
     if kl_texts:
         adapted = hasattr(model, "disable_adapter")
         general["kl"] = kl_drift(model, tokenizer, kl_texts, batch_size=batch_size) if adapted else 0.0
@@ -110,7 +123,9 @@ def evaluate_model(
     if forgetting_tokens:
         from peft_cca.evaluation.forgetting import cross_entropy
 
-        reading = on_main(lambda: asdict(cross_entropy(model, tokenizer, max_tokens=forgetting_tokens)))
+        reading = on_main(
+            lambda: asdict(cross_entropy(model, tokenizer, max_tokens=forgetting_tokens, progress="cross-entropy"))
+        )
         general["cross_entropy"] = reading
     result["general"] = general
     return result
