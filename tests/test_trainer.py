@@ -195,13 +195,17 @@ def test_rerun_with_other_settings_is_refused_naming_them_and_overwrite_starts_a
     base = [command, "--run", str(run_folder), "--out", str(run_folder / "out")]
     with pytest.raises(ModelLoadedError):
         main([*base, "--lr", "0.01"])
+    assert not (run_folder / "out").exists()  # it finished nothing: its folder went with it, blocking nothing
+    stale = run_folder / "out" / "adapter"
+    stale.mkdir(parents=True)
+    (stale / "adapter_model.safetensors").write_bytes(b"finished work")
+    with pytest.raises(ModelLoadedError):
+        main([*base, "--lr", "0.01"])
     with pytest.raises(ModelLoadedError):  # the same settings: a rerun is allowed
         main([*base, "--lr", "0.01", "--micro-batch", "3"])
     assert main([*base, "--lr", "0.02"]) == 2
     err = capsys.readouterr().err
-    assert "lr [0.01] (recorded) vs [0.02] (now)" in err and "--overwrite" in err
-    stale = run_folder / "out" / "adapter"
-    stale.mkdir()
+    assert "lr [0.01] (recorded) vs [0.02] (now)" in err and "It holds adapter/" in err and "--overwrite" in err
     with pytest.raises(ModelLoadedError):
         main([*base, "--lr", "0.02", "--overwrite"])
     assert not stale.exists()  # the old run's adapter cannot pass for the new one's

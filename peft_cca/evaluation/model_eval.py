@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -75,8 +77,16 @@ def evaluate_model(
     ``general_tasks`` run the offline suite (``general_limit`` documents per task, per subject for MMLU; default its
     CPU limits) and ``forgetting_tokens`` the cross-entropy on held-out Wikipedia text, both on the main process;
     the cross-entropy keeps its per-document sums so that the report pairs every arm with the base per document.
+    ``seconds`` holds each section's wall time (a resumed section counts only what it computed).
     """
     em = {"prompt_style": prompt_style, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    seconds: dict[str, float] = {}  # wall time per section, so a slow evaluation says where its time went
+
+    @contextmanager
+    def clock(name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        seconds[name] = round(time.perf_counter() - start, 1)
 
     def section(name: str) -> dict[str, Any]:
         return {**em, "cache": None if cache is None else Path(cache) / name}
@@ -84,48 +94,56 @@ def evaluate_model(
     held_out = retention_problems(retention_tasks, retention_size) if retention_tasks else []  # a bad name fails now
     result: dict[str, Any] = {**adapter_summary(model)}
     # per-problem results kept: a change against the base gets its paired standard error (compare's Table 1)
-    result["test"] = evaluate_exact_match(
-        model,
-        tokenizer,
-        test_problems,
-        **section("test"),
-        prompt_options=prompt_options,
-        return_completions=True,
-        progress="test exact match",
-    )
-    if val_problems:
-        result["validation"] = evaluate_exact_match(
+    with clock("test"):
+        result["test"] = evaluate_exact_match(
             model,
             tokenizer,
-            val_problems,
-            **section("validation"),
+            test_problems,
+            **section("test"),
             prompt_options=prompt_options,
-            progress="validation",
+            return_completions=True,
+            progress="test exact match",
         )
+    if val_problems:
+        with clock("validation"):
+            result["validation"] = evaluate_exact_match(
+                model,
+                tokenizer,
+                val_problems,
+                **section("validation"),
+                prompt_options=prompt_options,
+                progress="validation",
+            )
     general: dict[str, Any] = {}
     if retention_tasks:
-        general["retention"] = retention(
-            model, tokenizer, problems=held_out, **section("retention"), progress="retention"
-        )
+        with clock("retention"):
+            general["retention"] = retention(
+                model, tokenizer, problems=held_out, **section("retention"), progress="retention"
+            )
     if kl_texts:
         adapted = hasattr(model, "disable_adapter")
-        general["kl"] = kl_drift(model, tokenizer, kl_texts, batch_size=batch_size) if adapted else 0.0
+        with clock("kl"):
+            general["kl"] = kl_drift(model, tokenizer, kl_texts, batch_size=batch_size) if adapted else 0.0
     if lm_eval_tasks:
-        general["lm_eval"] = on_main(lambda: lm_eval_bridge(model, tokenizer, lm_eval_tasks, limit=lm_eval_limit))
+        with clock("lm_eval"):
+            general["lm_eval"] = on_main(lambda: lm_eval_bridge(model, tokenizer, lm_eval_tasks, limit=lm_eval_limit))
     if general_tasks:
         from peft_cca.evaluation.general_suite import run_general_suite
 
         limits = dict.fromkeys(general_tasks, general_limit) if general_limit else None
-        suite = on_main(
-            lambda: run_general_suite(model, tokenizer, general_tasks, limits=limits, batch_size=batch_size)
-        )
+        with clock("general_suite"):
+            suite = on_main(
+                lambda: run_general_suite(model, tokenizer, general_tasks, limits=limits, batch_size=batch_size)
+            )
         general["lm_eval"] = {**general.get("lm_eval", {}), **suite}
     if forgetting_tokens:
         from peft_cca.evaluation.forgetting import cross_entropy
 
-        reading = on_main(
-            lambda: asdict(cross_entropy(model, tokenizer, max_tokens=forgetting_tokens, progress="cross-entropy"))
-        )
+        with clock("cross_entropy"):
+            reading = on_main(
+                lambda: asdict(cross_entropy(model, tokenizer, max_tokens=forgetting_tokens, progress="cross-entropy"))
+            )
         general["cross_entropy"] = reading
+    result["seconds"] = seconds
     result["general"] = general
     return result

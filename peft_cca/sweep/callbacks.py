@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,14 @@ class BestStepCallback(TrainerCallback):
         self.bound_met: bool | None = None if max_forgetting is None else True
         self._best_state: dict[str, torch.Tensor] | None = None
         self._least_forgetting: tuple[float, int, float, dict[str, torch.Tensor]] | None = None
+        # wall seconds of each kind of reading, summed over the run: where a sweep's time goes besides training
+        self.seconds = {"validation": 0.0, "forgetting": 0.0, "selection": 0.0}
+
+    def _timed(self, kind: str, reading: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        value = reading()
+        self.seconds[kind] += time.perf_counter() - start
+        return value
 
     def _settle(self, args, state, model: nn.Module, tokenizer) -> None:
         """What the constructor left open, from the training arguments: the schedule (``validation_steps``, else
@@ -133,13 +142,18 @@ class BestStepCallback(TrainerCallback):
     def _evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
         was_training = model.training
         model.eval()
-        entry = {"step": step, "score": float(self.evaluate_fn(model))}
+        entry = {"step": step, "score": float(self._timed("validation", lambda: self.evaluate_fn(model)))}
         if self.forgetting_fn is not None:
-            reading = self.forgetting_fn(model)
+            reading = self._timed("forgetting", lambda: self.forgetting_fn(model))
             entry["forgetting"], entry["forgetting_stderr"] = reading.delta, reading.stderr
         if self.selection_fn is not None:  # step 0 is the base the meter measured when it was made
             at_base = step == 0 and hasattr(self.selection_fn, "base_reading")
-            entry.update((self.selection_fn.base_reading() if at_base else self.selection_fn(model)).fields())
+            score = (
+                self.selection_fn.base_reading()
+                if at_base
+                else self._timed("selection", lambda: self.selection_fn(model))
+            )
+            entry.update(score.fields())
         model.train(was_training)
         self.history.append(entry)
         notes = _selection_note(entry) + _forgetting_note(entry)

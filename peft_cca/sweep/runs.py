@@ -51,6 +51,7 @@ class RunResult:
     paper_step: int | None = None  # the paper's rule within this run (best validation), when a bound chose
     paper_score: float | None = None
     bound_met: bool | None = None  # None: no --max-forgetting; False: no step stayed under it
+    seconds: dict[str, float] = field(default_factory=dict)  # the whole run and its readings (BestStepCallback)
     state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     @classmethod
@@ -59,6 +60,9 @@ class RunResult:
     ) -> RunResult:
         """The run a finished ``Trainer`` and its :class:`BestStepCallback` describe (CCA or LoRA alike)."""
         losses = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
+        total = next((e["train_runtime"] for e in reversed(trainer.state.log_history) if "train_runtime" in e), None)
+        seconds = {"run": round(total, 1)} if total is not None else {}
+        seconds.update((kind, round(value, 1)) for kind, value in callback.seconds.items() if value)
         return cls(
             lr=lr,
             best_step=int(callback.best_step),
@@ -69,6 +73,7 @@ class RunResult:
             paper_step=callback.paper_step,
             paper_score=callback.paper_score,
             bound_met=callback.bound_met,
+            seconds=seconds,
             state=callback.best_state,
         )
 
