@@ -30,7 +30,7 @@ MOVED = {
     "peft_cca.trainer": "peft_cca.amplify.trainer",
     "peft_cca.lora_baseline": "peft_cca.baselines.lora",
     "peft_cca.report": "peft_cca.reports",
-    "peft_cca.demo": "peft_cca.cli.demo_plan",
+    "peft_cca.demo": "peft_cca.cli.demo_runner",
     "peft_cca.dcm.data": "peft_cca.localize.records",
     "peft_cca.amplify.callbacks": "peft_cca.sweep.callbacks",
     "peft_cca.evaluation.run_problems": "peft_cca.localize.problems",

@@ -6,8 +6,6 @@ the library modules (trainer, LoRA baseline, evaluation) import the same values,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 # stage 3 (amplify): the paper's learning-rate sweep, full-batch steps, and optimizer names -> TrainingArguments.optim
 DEFAULT_LRS: tuple[float, ...] = (1e-2, 5e-3, 1e-3, 5e-4, 1e-4, 5e-5, 1e-5)
 DEFAULT_STEPS = 50
@@ -25,25 +23,6 @@ LM_EVAL_TASKS: tuple[str, ...] = ("mmlu_stem", "mmlu_humanities", "triviaqa", "t
 
 # the LoRA baseline's learning-rate sweep
 DEFAULT_LORA_LRS: tuple[float, ...] = (5e-5, 1e-4, 2e-4, 5e-4)
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """The paper's LoRA hyper-parameters (everything but the learning rate, which is swept)."""
-
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.1
-    epochs: float = 2.0
-    effective_batch: int = 32
-    per_device_batch: int | str = 8  # the micro-batch, or "auto"
-    # a fraction, not a count: a fixed 5 warmup steps swallowed whole runs on small training splits
-    warmup_fraction: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    eval_every: int = 10
-    max_length: int | None = None  # None: the longest example's tokens (nothing is cut)
-    max_steps: int = -1  # > 0 caps the run (tests, quick looks)
 
 
 # `peft-cca calibrate`: the base-accuracy band of a retention task that can show forgetting, and the candidates

@@ -12,6 +12,7 @@ from tiny_tokenizer import tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
 import peft_cca  # noqa: F401 - registers the "cca" method
+from peft_cca.amplify.settings import AmplifySettings
 from peft_cca.amplify.trainer import amplify
 from peft_cca.defaults import NO_MASK_LABELS
 from peft_cca.reports import tables as report
@@ -44,10 +45,10 @@ def test_labels_are_the_reports():
 def test_no_mask_sites_trains_every_qkv_row_and_up_neuron_and_nothing_else(tmp_path):
     model = tiny_model("llama")
     before = snapshot(model)
+    settings = AmplifySettings(lrs=(0.5,), steps=1, no_mask="sites")
     result = amplify(
-        model, tiny_tokenizer(), records(), None, lrs=(0.5,), steps=1, evaluate_fn=constant, output_dir=tmp_path,
-        no_mask="sites",
-    )  # fmt: skip
+        model, tiny_tokenizer(), records(), None, None, settings, evaluate_fn=constant, output_dir=tmp_path
+    )
     trainable = {n for n, p in result.model.named_parameters() if p.requires_grad}
     assert trainable and all("cca_delta" in n for n in trainable)
     merged = result.model.merge_and_unload()
@@ -66,10 +67,10 @@ def test_no_mask_sites_trains_every_qkv_row_and_up_neuron_and_nothing_else(tmp_p
 def test_no_mask_all_trains_every_parameter_and_saves_a_full_model(tmp_path):
     model = tiny_model("llama")
     before = snapshot(model)
+    settings = AmplifySettings(lrs=(0.5,), steps=1, no_mask="all")
     result = amplify(
-        model, tiny_tokenizer(), records(), None, lrs=(0.5,), steps=1, evaluate_fn=constant, output_dir=tmp_path,
-        no_mask="all",
-    )  # fmt: skip
+        model, tiny_tokenizer(), records(), None, None, settings, evaluate_fn=constant, output_dir=tmp_path
+    )
     params = dict(result.model.named_parameters())
     assert set(params) == set(before) and all(p.requires_grad for p in params.values())
     changed = {n for n, p in params.items() if not torch.equal(p.detach(), before[n])}
@@ -94,9 +95,8 @@ def test_no_mask_all_restarts_every_lr_from_the_base_and_keeps_only_the_best_sta
         seen.append({n: p.detach().clone() for n, p in m.named_parameters()})
         return next(scores)
 
-    result = amplify(
-        model, tiny_tokenizer(), records(), None, lrs=(0.3, 0.1, 0.05), steps=2, evaluate_fn=scripted, no_mask="all"
-    )
+    settings = AmplifySettings(lrs=(0.3, 0.1, 0.05), steps=2, no_mask="all")
+    result = amplify(model, tiny_tokenizer(), records(), None, None, settings, evaluate_fn=scripted)
     assert result.best.lr == 0.1
     assert [r.state is None for r in result.runs] == [True, False, True]
     assert all(v.device.type == "cpu" for v in result.best.state.values())

@@ -108,7 +108,7 @@ def test_the_defaults_are_the_committed_calibration_tables():
 
 
 def test_a_demo_resume_keeps_the_retention_suite_it_recorded(tmp_path):
-    from peft_cca.cli.demo_plan import recorded_retention_tasks
+    from peft_cca.cli.demo_runner import recorded_retention_tasks
     from peft_cca.runtime.runfolder import atomic_write_json
 
     assert recorded_retention_tasks(tmp_path / "new") is None

@@ -42,9 +42,11 @@ def update() -> dict[str, torch.Tensor]:
     model = tiny_model("llama")
     circuit = Circuit(describe(model).shape, {0: {"q": [1], "k": [0]}, 1: {"mlp": [2, 7]}})
     peft_model = get_peft_model(model, CCAConfig(circuit=circuit))
-    train_one(
-        peft_model, records, lambda _m: 0.0, LR, pad_token_id=2, steps=STEPS, batch_size=BATCH, evaluate_at_start=False
-    )
+    from peft_cca.amplify.settings import AmplifySettings
+    from peft_cca.sweep.runs import Readings
+
+    settings = AmplifySettings(steps=STEPS, micro_batch=BATCH)
+    train_one(peft_model, records, LR, 2, Readings(lambda _m: 0.0), settings, evaluate_at_start=False)
     return trainable_state(peft_model)
 
 

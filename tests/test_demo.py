@@ -8,7 +8,10 @@ from dataclasses import replace
 import pytest
 
 from peft_cca.cli import main as peft_cca
-from peft_cca.cli.demo_plan import PRESETS, DemoSettings, estimate_cost, plan, run_demo
+from peft_cca.cli.demo_cost import estimate_cost
+from peft_cca.cli.demo_plan import DemoSettings, plan
+from peft_cca.cli.demo_presets import PRESETS
+from peft_cca.cli.demo_runner import run_demo
 from peft_cca.errors import CCAError, UsageError
 from peft_cca.tasks.protocol import PAPER
 

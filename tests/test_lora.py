@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import torch
 from peft import PeftModel
@@ -10,7 +11,6 @@ from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
 
 from peft_cca.baselines.lora import (
-    LoraSettings,
     _sft_config,
     example_lengths,
     lora_config,
@@ -19,6 +19,7 @@ from peft_cca.baselines.lora import (
     sft_dataset,
     target_kind,
 )
+from peft_cca.baselines.settings import LoraSettings
 from peft_cca.tasks.problem import Problem
 
 PROBLEMS = [
@@ -35,7 +36,7 @@ def test_prompt_tokens_are_masked_from_the_loss(tmp_path):
     peft_model = __import__("peft").get_peft_model(model, lora_config(model, LoraSettings()))
     trainer = SFTTrainer(
         model=peft_model,
-        args=_sft_config(str(tmp_path), 1e-3, LoraSettings(per_device_batch=2), 0),
+        args=_sft_config(str(tmp_path), 1e-3, LoraSettings(per_device_batch=2)),
         train_dataset=dataset,
         processing_class=tokenizer,
     )
@@ -58,7 +59,7 @@ def test_lora_recipe_runs_steps_and_keeps_the_best(tmp_path):
 
     settings = LoraSettings(per_device_batch=2, effective_batch=4, max_steps=2, eval_every=1)
     result = lora_sft(
-        model, tokenizer, PROBLEMS, lrs=(1e-2, 1e-3), settings=settings, evaluate_fn=scripted, output_dir=tmp_path
+        model, tokenizer, PROBLEMS, None, replace(settings, lrs=(1e-2, 1e-3)), evaluate_fn=scripted, output_dir=tmp_path
     )
     assert [[h["step"] for h in r.history] for r in result.runs] == [[0, 1, 2], [0, 1, 2]]
     assert (result.best.lr, result.best.best_step) == (1e-2, 2)
@@ -107,9 +108,8 @@ def test_nothing_is_cut_unless_asked_and_a_cut_is_announced(caplog):
 
 def test_lora_records_its_target_and_length(tmp_path):
     tokenizer, model = tiny_tokenizer(), tiny_model("llama")
-    settings = LoraSettings(per_device_batch=2, effective_batch=2, max_steps=1, eval_every=1)
-    lora_sft(model, tokenizer, [GSM, *PROBLEMS[:1]], lrs=(1e-3,), settings=settings, evaluate_fn=lambda _m: 0.0,
-             output_dir=tmp_path)  # fmt: skip
+    settings = LoraSettings(lrs=(1e-3,), per_device_batch=2, effective_batch=2, max_steps=1, eval_every=1)
+    lora_sft(model, tokenizer, [GSM, *PROBLEMS[:1]], None, settings, evaluate_fn=lambda _m: 0.0, output_dir=tmp_path)
     saved = json.loads((tmp_path / "lora.json").read_text())
     assert saved["target"].startswith("worked solution + answer sentence for 1 of 2")
     assert saved["max_length"] is None and saved["longest_example_tokens"] > 0 and saved["micro_batch"] == 2

@@ -17,12 +17,15 @@ from peft_cca import CCAConfig, Circuit, describe
 from peft_cca.amplify.loss import logit_difference
 from peft_cca.amplify.micro_batch import resolve_micro_batch
 from peft_cca.amplify.records import PivotCollator
+from peft_cca.amplify.settings import AmplifySettings
 from peft_cca.amplify.trainer import amplify, train_one
 from peft_cca.baselines.lora import example_lengths, lora_micro_batch, sft_dataset
-from peft_cca.defaults import CPU_TOKEN_BUDGET, LoraSettings
+from peft_cca.baselines.settings import LoraSettings
+from peft_cca.defaults import CPU_TOKEN_BUDGET
 from peft_cca.errors import UsageError
 from peft_cca.runtime.micro_batch import auto_micro_batch, cpu_token_budget, fit_micro_batch
 from peft_cca.sweep.callbacks import trainable_state
+from peft_cca.sweep.runs import Readings
 from peft_cca.tasks.problem import Problem
 
 PAD = 2
@@ -50,7 +53,8 @@ def cca_model():
 def gradient_after_one_step(micro_batch: int) -> dict[str, torch.Tensor]:
     """SGD with lr 1 from zero deltas: the deltas are minus the full-batch gradient."""
     model = cca_model()
-    train_one(model, records(), lambda _m: 0.0, 1.0, PAD, steps=1, batch_size=micro_batch, evaluate_at_start=False)
+    settings = AmplifySettings(steps=1, micro_batch=micro_batch)
+    train_one(model, records(), 1.0, PAD, Readings(lambda _m: 0.0), settings, evaluate_at_start=False)
     return trainable_state(model)
 
 
@@ -113,10 +117,10 @@ def test_auto_is_resolved_and_recorded(tmp_path):
     assert resolve_micro_batch("auto", model, records(), PAD) == RECORDS  # short rows: all fit the budget
     with pytest.raises(UsageError, match="micro-batch"):
         resolve_micro_batch(0, model, records(), PAD)
+    settings = AmplifySettings(lrs=(0.1,), steps=1, micro_batch="auto")
     result = amplify(
-        model, tiny_tokenizer(), records(), None, lrs=(0.1,), steps=1, batch_size="auto",
-        evaluate_fn=lambda _m: 0.0, output_dir=tmp_path,
-    )  # fmt: skip
+        model, tiny_tokenizer(), records(), None, None, settings, evaluate_fn=lambda _m: 0.0, output_dir=tmp_path
+    )
     assert result.best.micro_batch == RECORDS
     assert json.loads((tmp_path / "amplify.json").read_text())["micro_batch"] == RECORDS
 

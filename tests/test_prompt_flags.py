@@ -119,13 +119,15 @@ def test_later_stages_default_to_meta_json_and_their_flags_override_it(world, ru
 
 
 def _captured(monkeypatch, module: str, name: str) -> dict:
-    """Replace a stage's training function by one that records its keyword arguments and stops the command."""
+    """Replace a stage's training function by one that records the scoring of the settings it was given (stage 1's
+    prompt) and stops the command."""
     import importlib
 
     calls: dict = {}
 
     def record(*args, **kwargs):
-        calls.update(kwargs)
+        scoring = next(a for a in args if hasattr(a, "scoring")).scoring
+        calls.update(prompt_options=scoring.prompt_options, prompt_style=scoring.prompt_style)
         raise UsageError("stopped by the test")
 
     monkeypatch.setattr(importlib.import_module(module), name, record)

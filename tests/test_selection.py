@@ -11,6 +11,7 @@ from test_cca_trainer import PAD, circuit_of, id_rows
 from tiny_models import tiny_model
 
 from peft_cca import CCAConfig
+from peft_cca.amplify.settings import AmplifySettings
 from peft_cca.amplify.trainer import train_one
 from peft_cca.errors import UsageError
 from peft_cca.evaluation.selection import (
@@ -21,6 +22,8 @@ from peft_cca.evaluation.selection import (
     score_against,
 )
 from peft_cca.sweep.callbacks import BestStepCallback
+from peft_cca.sweep.runs import Readings
+from peft_cca.sweep.settings import StepChoice
 from peft_cca.tasks.problem import Problem
 
 
@@ -83,18 +86,9 @@ def _sweep(select_on: str, validation: list[float], selection: list[float], tmp_
     model = tiny_model("llama")
     peft_model = get_peft_model(model, CCAConfig(circuit=circuit_of(model)))
     scores = iter(validation)
-    return train_one(
-        peft_model,
-        id_rows(),
-        lambda _m: next(scores),
-        0.1,
-        PAD,
-        steps=4,
-        schedule=[1, 2, 3, 4],
-        output_dir=tmp_path,
-        selection_fn=ScriptedSelection(selection),
-        select_on=select_on,
-    )
+    readings = Readings(lambda _m: next(scores), selection=ScriptedSelection(selection))
+    settings = AmplifySettings(steps=4, step_choice=StepChoice(select_on=select_on))
+    return train_one(peft_model, id_rows(), 0.1, PAD, readings, settings, schedule=[1, 2, 3, 4], output_dir=tmp_path)
 
 
 def test_every_validated_step_records_its_selection_score_and_the_paper_rule_still_reads_validation(tmp_path):
@@ -148,8 +142,8 @@ def test_step_zero_reads_the_base_the_meter_measured_instead_of_generating_again
     model = tiny_model("llama")
     peft_model = get_peft_model(model, CCAConfig(circuit=circuit_of(model)))
     CountingMeter.calls = 0
+    readings = Readings(lambda _m: 0.5, selection=CountingMeter([0.7]))
     run = train_one(
-        peft_model, id_rows(), lambda _m: 0.5, 0.1, PAD, steps=2, schedule=[2], output_dir=tmp_path,
-        selection_fn=CountingMeter([0.7]),
-    )  # fmt: skip
+        peft_model, id_rows(), 0.1, PAD, readings, AmplifySettings(steps=2), schedule=[2], output_dir=tmp_path
+    )
     assert CountingMeter.calls == 1 and [e["selection_gain"] for e in run.history] == [0.0, pytest.approx(0.2)]

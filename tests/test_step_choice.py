@@ -18,11 +18,13 @@ from tiny_tokenizer import tiny_tokenizer
 
 import peft_cca  # noqa: F401 - registers the "cca" method
 from peft_cca import CCAConfig, Circuit, describe
+from peft_cca.amplify.settings import AmplifySettings
 from peft_cca.amplify.trainer import amplify
 from peft_cca.evaluation.forgetting import ForgettingMeter
 from peft_cca.reports.step_choice import describe_selection, replay, step_choice_rows, step_choice_table
 from peft_cca.sweep.callbacks import BestStepCallback
 from peft_cca.sweep.runs import RunResult, best_run, selection_summary
+from peft_cca.sweep.settings import StepChoice
 
 PAD = 2
 CORPUS = [
@@ -147,18 +149,10 @@ def test_amplify_records_forgetting_per_step_and_the_selection(tmp_path):
         {"prefix_ids": [5 + i, 9, 11 + i], "desired_token_id": 20 + i, "undesired_token_id": 30, "split": "train"}
         for i in range(3)
     ]
-    result = amplify(
-        base,
-        tokenizer,
-        records,
-        circuit,
-        evaluate_fn=lambda _m: 0.0,
-        lrs=(0.5, 0.05),
-        steps=4,
-        output_dir=tmp_path,
-        forgetting_tokens=200,
-        max_forgetting=1e9,
+    settings = AmplifySettings(
+        lrs=(0.5, 0.05), steps=4, step_choice=StepChoice(forgetting_tokens=200, max_forgetting=1e9)
     )
+    result = amplify(base, tokenizer, records, circuit, None, settings, evaluate_fn=lambda _m: 0.0, output_dir=tmp_path)
     assert all("forgetting" in e for r in result.runs for e in r.history if e["step"] > 0)
     assert result.runs[0].history[0]["forgetting"] == 0.0  # step 0 is the base itself
     saved = json.loads((tmp_path / "amplify.json").read_text())
@@ -188,21 +182,17 @@ def test_the_report_table_replays_each_bound_and_marks_one_not_met():
 
 
 def test_lora_measures_forgetting_on_the_same_rule(tmp_path):
-    from peft_cca.baselines.lora import LoraSettings, lora_sft
+    from peft_cca.baselines.lora import lora_sft
+    from peft_cca.baselines.settings import LoraSettings
     from peft_cca.tasks.problem import Problem
 
     problems = [Problem(id=f"p{i}", group_id="g", question=f"What is {i} + 2?", answer=str(i + 2)) for i in range(4)]
-    settings = LoraSettings(per_device_batch=2, effective_batch=4, max_steps=2, eval_every=1)
+    choice = StepChoice(forgetting_tokens=200, max_forgetting=0.0)
+    settings = LoraSettings(
+        lrs=(1e-2,), per_device_batch=2, effective_batch=4, max_steps=2, eval_every=1, step_choice=choice
+    )
     result = lora_sft(
-        tiny_model("llama"),
-        tiny_tokenizer(),
-        problems,
-        lrs=(1e-2,),
-        settings=settings,
-        evaluate_fn=lambda _m: 0.0,
-        output_dir=tmp_path,
-        forgetting_tokens=200,
-        max_forgetting=0.0,
+        tiny_model("llama"), tiny_tokenizer(), problems, None, settings, evaluate_fn=lambda _m: 0.0, output_dir=tmp_path
     )
     history = result.runs[0].history
     assert history[0]["forgetting"] == 0.0  # LoRA's B starts at zero: the fresh adapter is the base

@@ -15,9 +15,12 @@ import peft_cca  # noqa: F401 - registers the "cca" method
 from peft_cca import CCAConfig, Circuit, describe
 from peft_cca.amplify.loss import logit_difference
 from peft_cca.amplify.records import PivotCollator
+from peft_cca.amplify.settings import AmplifySettings
 from peft_cca.amplify.trainer import amplify, train_one
 from peft_cca.method.arch import ModelShape
 from peft_cca.sweep.callbacks import BestStepCallback, eval_schedule, trainable_state
+from peft_cca.sweep.runs import Readings
+from peft_cca.sweep.settings import Scoring
 from peft_cca.tasks.problem import Problem
 
 PAD = 2
@@ -54,7 +57,15 @@ def test_eval_schedule_is_the_authors():
 def test_one_step_moves_only_the_circuit_rows():
     model, _ = cca_model()
     before = {n.replace(".base_layer", ""): p.detach().clone() for n, p in model.get_base_model().named_parameters()}
-    train_one(model, records(5), constant, lr=0.5, pad_token_id=PAD, steps=1, batch_size=2, evaluate_at_start=False)
+    train_one(
+        model,
+        records(5),
+        0.5,
+        PAD,
+        Readings(constant),
+        AmplifySettings(steps=1, micro_batch=2),
+        evaluate_at_start=False,
+    )
     merged = model.merge_and_unload()
     changed = {}
     for name, param in merged.named_parameters():
@@ -80,7 +91,8 @@ def test_full_batch_accumulation_equals_one_big_batch(batch_size):
     expected = {n: -p.grad for n, p in reference.named_parameters() if p.requires_grad}
 
     model, _ = cca_model()
-    train_one(model, data, constant, lr=1.0, pad_token_id=PAD, steps=1, batch_size=batch_size, evaluate_at_start=False)
+    settings = AmplifySettings(steps=1, micro_batch=batch_size)
+    train_one(model, data, 1.0, PAD, Readings(constant), settings, evaluate_at_start=False)
     after = trainable_state(model)  # SGD with lr 1 from zero: the deltas are minus the gradient
     assert set(after) == set(expected)
     for name, value in expected.items():
@@ -103,7 +115,7 @@ def test_schedule_fires_at_exactly_the_specified_steps():
         steps_seen.append(len(steps_seen))
         return 0.0
 
-    run = train_one(model, records(2), record_step, lr=1e-3, pad_token_id=PAD, steps=50, batch_size=2)
+    run = train_one(model, records(2), 1e-3, PAD, Readings(record_step), AmplifySettings(steps=50, micro_batch=2))
     assert [h["step"] for h in run.history] == [0, 2, 4, 6, 8, 10, 20, 30, 40, 50]
     assert len(steps_seen) == 10
     assert run.best_step == 2  # all scores tie: the earliest trained step is kept
@@ -145,9 +157,8 @@ def test_amplify_sweeps_and_saves_the_best_run(tmp_path):
     model = tiny_model("llama")
     circuit = Circuit(describe(model).shape, {1: {"k": [0], "mlp": [1, 2]}})
     val = [Problem(id=f"p{i}", group_id=f"g{i % 2}", question=f"{i}+1?", answer=str(i + 1)) for i in range(4)]
-    result = amplify(
-        model, tokenizer, records(3), circuit, val, lrs=(1e-2, 1e-3), steps=2, max_new_tokens=3, output_dir=tmp_path
-    )
+    settings = AmplifySettings(lrs=(1e-2, 1e-3), steps=2, scoring=Scoring(max_new_tokens=3))
+    result = amplify(model, tokenizer, records(3), circuit, val, settings, output_dir=tmp_path)
     assert [r.lr for r in result.runs] == [1e-2, 1e-3]
     assert all(r.history[0]["step"] == 0 and r.history[-1]["step"] == 2 for r in result.runs)
     saved = json.loads((tmp_path / "amplify.json").read_text())
@@ -229,9 +240,9 @@ def test_the_library_refuses_nonsense_too():
     model, _ = cca_model()
     for kwargs, match in (({"steps": 0}, "steps"), ({"lrs": (float("nan"),)}, "learning rate"), ({"lrs": ()}, "lr")):
         with pytest.raises(UsageError, match=match):
-            amplify(model, tiny_tokenizer(), records(2), None, evaluate_fn=constant, **kwargs)
+            amplify(model, tiny_tokenizer(), records(2), None, None, AmplifySettings(**kwargs), evaluate_fn=constant)
     with pytest.raises(UsageError, match="no_mask"):
-        amplify(model, tiny_tokenizer(), records(2), None, evaluate_fn=constant, no_mask="everything")
+        amplify(model, tiny_tokenizer(), records(2), None, None, AmplifySettings(no_mask="everything"))
 
 
 def test_sweep_json_is_strict(tmp_path):
@@ -240,13 +251,16 @@ def test_sweep_json_is_strict(tmp_path):
     def diverged(_m) -> float:
         return float("nan")
 
-    amplify(model, tiny_tokenizer(), records(2), None, lrs=(0.1,), steps=2, evaluate_fn=diverged, output_dir=tmp_path)
+    settings = AmplifySettings(lrs=(0.1,), steps=2)
+    amplify(model, tiny_tokenizer(), records(2), None, None, settings, evaluate_fn=diverged, output_dir=tmp_path)
     text = (tmp_path / "amplify.json").read_text()
     assert "NaN" not in text and json.loads(text)["runs"][0]["history"][0]["score"] is None
 
 
 def test_a_run_shorter_than_the_schedule_scores_its_last_step():
     model, _ = cca_model()
-    run = train_one(model, records(3), lambda _m: 0.25, lr=0.1, pad_token_id=PAD, steps=1, evaluate_at_start=False)
+    run = train_one(
+        model, records(3), 0.1, PAD, Readings(lambda _m: 0.25), AmplifySettings(steps=1), evaluate_at_start=False
+    )
     assert (run.best_step, run.best_score) == (1, 0.25)
     assert run.history == [{"step": 1, "score": 0.25}]

@@ -14,8 +14,10 @@ def test_amplify_on_smollm2_raises_the_logit_difference(tmp_path):
     from peft_cca import Circuit, describe
     from peft_cca.amplify.loss import logit_difference
     from peft_cca.amplify.records import PivotCollator
+    from peft_cca.amplify.settings import AmplifySettings
     from peft_cca.amplify.trainer import amplify
     from peft_cca.runtime.loading import MissingModelPackageError, load_model
+    from peft_cca.sweep.settings import Scoring
     from peft_cca.tasks.problem import Problem
     from peft_cca.tasks.prompts import build_prompt, encode_prompt
 
@@ -40,9 +42,8 @@ def test_amplify_on_smollm2_raises_the_logit_difference(tmp_path):
     batch = PivotCollator(tokenizer.pad_token_id)(records)
     with torch.no_grad():
         before = logit_difference(model, batch).mean()
-    result = amplify(
-        model, tokenizer, records, circuit, val, lrs=(1e-2,), steps=2, max_new_tokens=8, output_dir=tmp_path
-    )
+    settings = AmplifySettings(lrs=(1e-2,), steps=2, scoring=Scoring(max_new_tokens=8))
+    result = amplify(model, tokenizer, records, circuit, val, settings, output_dir=tmp_path)
     with torch.no_grad():
         after = logit_difference(result.model, batch).mean()
     assert after > before

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +31,20 @@ from peft_cca.amplify.arguments import CCATrainingArguments
 from peft_cca.amplify.cca_trainer import CCATrainer
 from peft_cca.amplify.micro_batch import resolve_micro_batch
 from peft_cca.amplify.objective import Objective
-from peft_cca.defaults import DEFAULT_LRS, DEFAULT_STEPS, NO_MASK_LABELS, OPTIMIZERS
+from peft_cca.amplify.settings import AmplifySettings
+from peft_cca.defaults import DEFAULT_STEPS, NO_MASK_LABELS, OPTIMIZERS
 from peft_cca.errors import UsageError
 from peft_cca.method.circuit import Circuit
 from peft_cca.method.config import CCAConfig
 from peft_cca.runtime.placement import trainer_use_cpu
 from peft_cca.sweep.callbacks import (
-    BestStepCallback,
     EvaluateFn,
-    ForgettingFn,
-    SelectionFn,
     eval_schedule,
     load_trainable_state,
     trainable_state,
 )
 from peft_cca.sweep.runs import (
+    Readings,
     RunResult,
     SweepResult,
     best_run,
@@ -52,11 +52,11 @@ from peft_cca.sweep.runs import (
     forgetting_meter,
     meter_tokens,
     save_result,
+    scoring_options,
     selection_info,
     selection_meter,
     sweep_lrs,
 )
-from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, PromptOptions
 
 logger = logging.getLogger(__name__)
 
@@ -100,44 +100,39 @@ def cca_training_arguments(
 def train_one(
     model: nn.Module,
     records: Sequence[Mapping[str, Any]],
-    evaluate_fn: EvaluateFn,
     lr: float,
     pad_token_id: int,
+    readings: Readings,
+    settings: AmplifySettings | None = None,
     *,
-    steps: int = DEFAULT_STEPS,
-    batch_size: int | str = 8,
-    optimizer: str = "sgd",
-    seed: int = 0,
+    evaluate_at_start: bool = True,
     output_dir: str | Path | None = None,
     schedule: Iterable[int] | None = None,
-    evaluate_at_start: bool = True,
-    forgetting_fn: ForgettingFn | None = None,
-    max_forgetting: float | None = None,
-    objective: str = "paper",
-    selection_fn: SelectionFn | None = None,
-    select_on: str = "validation",
 ) -> RunResult:
     """Train ``model``'s trainable weights from their current values at one ``lr``; leaves the best step loaded.
 
-    ``batch_size`` is the micro-batch: a number or ``"auto"`` (:func:`auto_micro_batch`). ``forgetting_fn``,
-    ``max_forgetting``, ``selection_fn`` and ``select_on``: as :class:`BestStepCallback`'s.
+    ``settings`` gives the steps, optimizer, micro-batch (a number or ``"auto"``), objective, seed and the step
+    choice; ``readings`` what each validated step reads (see :class:`~peft_cca.sweep.runs.Readings`).
     """
-    check_schedule([lr], steps)
-    batch_size = resolve_micro_batch(batch_size, model, records, pad_token_id)
-    callback = BestStepCallback(
-        evaluate_fn,
-        eval_schedule(steps) if schedule is None else schedule,
+    settings = settings or AmplifySettings()
+    check_schedule([lr], settings.steps)
+    batch_size = resolve_micro_batch(settings.micro_batch, model, records, pad_token_id)
+    callback = readings.callback(
+        eval_schedule(settings.steps) if schedule is None else schedule,
+        settings.step_choice,
         evaluate_at_start=evaluate_at_start,
-        forgetting_fn=forgetting_fn,
-        max_forgetting=max_forgetting,
-        selection_fn=selection_fn,
-        select_on=select_on,
     )
     with tempfile.TemporaryDirectory() as scratch:
         # the Trainer runs where the runtime placed the model (a CPU placement on a GPU machine, MPS on a Mac)
-        use_cpu = trainer_use_cpu(model)
         args = cca_training_arguments(
-            output_dir or scratch, lr, steps, batch_size, optimizer, seed, use_cpu=use_cpu, objective=objective
+            output_dir or scratch,
+            lr,
+            settings.steps,
+            batch_size,
+            settings.optimizer,
+            settings.seed,
+            use_cpu=trainer_use_cpu(model),
+            objective=settings.objective,
         )
         trainer = CCATrainer(model, args, train_dataset=records, pad_token_id=pad_token_id, callbacks=[callback])
         trainer.train()
@@ -187,44 +182,27 @@ def amplify(
     records: Iterable[Mapping[str, Any]],
     circuit: Circuit | None,
     val_problems: Sequence | None = None,
+    settings: AmplifySettings | None = None,
     *,
-    lrs: Sequence[float] = DEFAULT_LRS,
-    steps: int = DEFAULT_STEPS,
-    optimizer: str = "sgd",
-    batch_size: int | str = 8,
-    mlp_targets: Sequence[str] = ("up",),
-    prompt_style: str = DEFAULT_PROMPT_STYLE,
-    max_new_tokens: int = 256,
-    eval_batch_size: int = 16,
     evaluate_fn: EvaluateFn | None = None,
     output_dir: str | Path | None = None,
-    seed: int = 0,
-    no_mask: str | None = None,
-    prompt_options: PromptOptions | None = None,
-    forgetting_tokens: int | None = None,
-    max_forgetting: float | None = None,
-    objective: str = "paper",
     selection_problems: Sequence | None = None,
-    select_on: str = "validation",
 ) -> SweepResult:
     """Learning-rate sweep of CCA; the best run (by validation macro exact match) is loaded and saved.
 
-    ``evaluate_fn(model) -> float`` replaces the validation exact match on ``val_problems`` when given.
-    ``no_mask``: None (train ``circuit``), ``"sites"`` (every circuit site) or ``"all"`` (every parameter of
-    the base model, saved as a full model in ``<output_dir>/model``). Writes ``<output_dir>/adapter/`` and
-    ``<output_dir>/amplify.json`` when ``output_dir`` is set. ``batch_size`` is the micro-batch or ``"auto"``.
-    ``prompt_options``: stage 1's template and exemplars, so validation prompts as the pivots were found.
-    ``forgetting_tokens``: measure forgetting (cross-entropy rise on that many tokens of held-out Wikipedia) at
-    every validation step; ``max_forgetting`` (nats per token; measured on 5,000 tokens unless given) keeps the
-    best-validated step within it instead of the paper's best-validated step. ``objective``: ``"paper"`` or
-    ``"margin:M"`` (:class:`~peft_cca.amplify.objective.Objective`). ``selection_problems`` (at least 40, none a
-    stage-1 problem): every validated step is also scored on them, with its gain over the base (the frontier);
-    ``select_on="selection"`` picks the step by that score.
+    ``settings`` (:class:`~peft_cca.amplify.settings.AmplifySettings`, what ``peft-cca amplify`` parses): the lrs
+    and steps, what trains (``no_mask``: None trains ``circuit``, ``"sites"`` every circuit site, ``"all"`` every
+    parameter of the base model, saved as a full model in ``<output_dir>/model``), the objective, how validation
+    scores (``scoring``: stage 1's prompt) and the step choice (``step_choice``: forgetting at every validated
+    step, the ``max_forgetting`` bound, ``select_on``). ``evaluate_fn(model) -> float`` replaces the validation
+    exact match on ``val_problems`` when given. ``selection_problems`` (at least 40, none a stage-1 problem): every
+    validated step is also scored on them, with its gain over the base (the frontier). Writes
+    ``<output_dir>/adapter/`` and ``<output_dir>/amplify.json`` when ``output_dir`` is set.
     """
-    check_schedule(lrs, steps)
-    objective = Objective.parse(objective).name
-    if no_mask not in (None, *NO_MASK_LABELS):
-        raise UsageError(f"no_mask is {no_mask!r}; choose one of {', '.join(NO_MASK_LABELS)} (--no-mask)")
+    settings = settings or AmplifySettings()
+    check_schedule(settings.lrs, settings.steps)
+    objective = Objective.parse(settings.objective).name
+    no_mask, scoring, choice = settings.no_mask, settings.scoring, settings.step_choice
     records = [r for r in records if split_of(r) == "train"]
     if not records:
         raise UsageError("amplify: no training records (split 'train') in the run; run localize first")
@@ -232,58 +210,35 @@ def amplify(
         trained = train_every_parameter(model)
         initial = trainable_state(trained)  # every lr starts from the base model again
     else:
-        trained = wrap(model, Circuit.full(model) if no_mask == "sites" else circuit, mlp_targets)
+        trained = wrap(model, Circuit.full(model) if no_mask == "sites" else circuit, settings.mlp_targets)
     if evaluate_fn is None:
         from peft_cca.evaluation.exact_match import validation_scorer
 
-        # validation covers every template, as in the paper (run_problems filters only training)
-        evaluate_fn = validation_scorer(
-            tokenizer,
-            val_problems or [],
-            prompt_style=prompt_style,
-            batch_size=eval_batch_size,
-            max_new_tokens=max_new_tokens,
-            what="amplify",
-            prompt_options=prompt_options,
-        )
+        # validation covers every template, as in the paper (localize.problems filters only training)
+        evaluate_fn = validation_scorer(tokenizer, val_problems or [], **scoring_options(scoring), what="amplify")
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    micro_batch = resolve_micro_batch(batch_size, trained, records, pad_id)
+    micro_batch = resolve_micro_batch(settings.micro_batch, trained, records, pad_id)
     if no_mask != "all":
         reset_deltas(trained)  # the reference is the base model, also when a trained PeftModel was passed
-    meter = forgetting_meter(trained, tokenizer, forgetting_tokens, max_forgetting)
-    scoring = {"prompt_style": prompt_style, "batch_size": eval_batch_size, "max_new_tokens": max_new_tokens}
-    selection = selection_meter(trained, tokenizer, selection_problems, prompt_options=prompt_options, **scoring)
+    meter = forgetting_meter(trained, tokenizer, choice)
+    selection = selection_meter(trained, tokenizer, selection_problems, scoring)
+    readings = Readings(evaluate_fn, meter, selection)
+    fixed = replace(settings, micro_batch=micro_batch, objective=objective)
 
     def train_at(lr: float, evaluate_at_start: bool) -> RunResult:
         if no_mask == "all":
             load_trainable_state(trained, initial)
         else:
             reset_deltas(trained)
-        return train_one(
-            trained,
-            records,
-            evaluate_fn,
-            lr,
-            pad_id,
-            steps=steps,
-            batch_size=micro_batch,
-            optimizer=optimizer,
-            seed=seed,
-            evaluate_at_start=evaluate_at_start,
-            forgetting_fn=meter,
-            max_forgetting=max_forgetting,
-            objective=objective,
-            selection_fn=selection,
-            select_on=select_on,
-        )
+        return train_one(trained, records, lr, pad_id, readings, fixed, evaluate_at_start=evaluate_at_start)
 
-    runs = sweep_lrs(lrs, train_at, "CCA")
+    runs = sweep_lrs(settings.lrs, train_at, "CCA")
     best = best_run(runs)
     load_trainable_state(trained, best.state)
-    result = SweepResult("cca", model=trained, best=best, runs=runs, max_forgetting=max_forgetting)
+    result = SweepResult("cca", model=trained, best=best, runs=runs, max_forgetting=choice.max_forgetting)
     extra: dict[str, Any] = {"micro_batch": micro_batch, "no_mask": no_mask, "forgetting_tokens": meter_tokens(meter)}
-    extra.update(objective=objective, select_on=select_on, **selection_info(selection))
+    extra.update(objective=objective, select_on=choice.select_on, **selection_info(selection))
     if no_mask is not None:
         extra["label"] = NO_MASK_LABELS[no_mask]
     if no_mask == "all":

@@ -24,20 +24,18 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import PrinterCallback
 
-from peft_cca.defaults import DEFAULT_LORA_LRS, LoraSettings
+from peft_cca.baselines.settings import LoraSettings
 from peft_cca.errors import UsageError
 from peft_cca.method.arch import describe
 from peft_cca.runtime.micro_batch import auto_micro_batch
 from peft_cca.runtime.placement import trainer_use_cpu
 from peft_cca.sweep.callbacks import (
     PAPER_VALIDATION_STEPS,
-    BestStepCallback,
     EvaluateFn,
-    ForgettingFn,
-    SelectionFn,
     load_trainable_state,
 )
 from peft_cca.sweep.runs import (
+    Readings,
     RunResult,
     SweepResult,
     best_run,
@@ -45,6 +43,7 @@ from peft_cca.sweep.runs import (
     forgetting_meter,
     meter_tokens,
     save_result,
+    scoring_options,
     selection_info,
     selection_meter,
     sweep_lrs,
@@ -165,7 +164,6 @@ def _sft_config(
     output_dir: str,
     lr: float,
     settings: LoraSettings,
-    seed: int,
     use_cpu: bool | None = None,
     micro_batch: int | None = None,
     max_length: int | None = None,
@@ -196,7 +194,7 @@ def _sft_config(
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
-        seed=seed,
+        seed=settings.seed,
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=use_cpu,  # where the runtime placed the model: MPS stays on MPS
     )
@@ -210,35 +208,26 @@ def train_lora_once(
     peft_model: PeftModel,
     tokenizer,
     dataset: Dataset,
-    evaluate_fn: EvaluateFn,
     lr: float,
     settings: LoraSettings,
-    seed: int = 0,
+    readings: Readings,
+    *,
     evaluate_at_start: bool = True,
     micro_batch: int | None = None,
     max_length: int | None = None,
-    forgetting_fn: ForgettingFn | None = None,
-    max_forgetting: float | None = None,
-    selection_fn: SelectionFn | None = None,
-    select_on: str = "validation",
 ) -> RunResult:
-    """One SFT run at ``lr``; the best validation step's LoRA weights are left loaded (within ``max_forgetting``
-    when given: the same rule as CCA's, for a fair comparison). With a ``selection_fn`` (the frontier) the paper's
-    early steps 2, 4, 6, 8, 10 are scored too, so LoRA's curve reaches down to the small gains CCA makes."""
+    """One SFT run at ``lr``; the best validation step's LoRA weights are left loaded (within the forgetting bound
+    when ``settings.step_choice`` gives one: the same rule as CCA's, for a fair comparison). With a selection
+    reading (the frontier) the paper's early steps 2, 4, 6, 8, 10 are scored too, so LoRA's curve reaches down to
+    the small gains CCA makes."""
     from trl import SFTTrainer
 
-    callback = BestStepCallback(
-        evaluate_fn,
-        PAPER_VALIDATION_STEPS if selection_fn is not None else (),
-        evaluate_at_start=evaluate_at_start,
-        every=settings.eval_every,
-        forgetting_fn=forgetting_fn,
-        max_forgetting=max_forgetting,
-        selection_fn=selection_fn,
-        select_on=select_on,
+    early = PAPER_VALIDATION_STEPS if readings.selection is not None else ()
+    callback = readings.callback(
+        early, settings.step_choice, evaluate_at_start=evaluate_at_start, every=settings.eval_every
     )
     with tempfile.TemporaryDirectory() as scratch:
-        args = _sft_config(scratch, lr, settings, seed, trainer_use_cpu(peft_model), micro_batch, max_length)
+        args = _sft_config(scratch, lr, settings, trainer_use_cpu(peft_model), micro_batch, max_length)
         trainer = SFTTrainer(
             model=peft_model,
             args=args,
@@ -258,96 +247,76 @@ def lora_sft(
     tokenizer,
     train_problems: Sequence[Problem],
     val_problems: Sequence[Problem] | None = None,
-    *,
-    lrs: Sequence[float] = DEFAULT_LORA_LRS,
     settings: LoraSettings | None = None,
-    prompt_style: str = DEFAULT_PROMPT_STYLE,
-    max_new_tokens: int = 256,
-    eval_batch_size: int = 16,
+    *,
     evaluate_fn: EvaluateFn | None = None,
     output_dir: str | Path | None = None,
-    seed: int = 0,
-    prompt_options: PromptOptions | None = None,
-    forgetting_tokens: int | None = None,
-    max_forgetting: float | None = None,
     selection_problems: Sequence[Problem] | None = None,
-    select_on: str = "validation",
 ) -> SweepResult:
     """Learning-rate sweep of the LoRA baseline; the best run (validation macro exact match) is loaded and saved.
 
-    ``model`` is a bare transformers model; it is wrapped per run and unwrapped between runs. ``prompt_options``
-    (stage 1's template and exemplars) prompt its training rows and its validation alike. ``forgetting_tokens``,
-    ``max_forgetting``, ``selection_problems`` and ``select_on``: as :func:`peft_cca.amplify.trainer.amplify`'s.
+    ``model`` is a bare transformers model; it is wrapped per run and unwrapped between runs. ``settings``
+    (:class:`~peft_cca.baselines.settings.LoraSettings`, what ``peft-cca lora`` parses): the lrs and the paper's
+    hyper-parameters; its ``scoring`` (stage 1's prompt) prompts the training rows and validation alike, and its
+    ``step_choice`` and ``selection_problems`` are as :func:`peft_cca.amplify.trainer.amplify`'s.
     """
     settings = settings or LoraSettings()
+    scoring, choice = settings.scoring, settings.step_choice
     if settings.max_steps == 0 or settings.epochs <= 0:
         raise UsageError("LoRA: nothing to train: give --epochs > 0 and --max-steps > 0 (or -1 for the epochs)")
-    check_schedule(lrs, 1, what="lora")
+    check_schedule(settings.lrs, 1, what="lora")
     if not train_problems:
         raise UsageError("LoRA: no training problems: check the run's task and split (or --train-limit)")
     if evaluate_fn is None:
         from peft_cca.evaluation.exact_match import validation_scorer
 
-        evaluate_fn = validation_scorer(
-            tokenizer,
-            val_problems or [],
-            prompt_style=prompt_style,
-            batch_size=eval_batch_size,
-            max_new_tokens=max_new_tokens,
-            what="lora_sft",
-            prompt_options=prompt_options,
-        )
+        evaluate_fn = validation_scorer(tokenizer, val_problems or [], **scoring_options(scoring), what="lora_sft")
 
-    dataset = sft_dataset(train_problems, tokenizer, prompt_style, prompt_options)
+    dataset = sft_dataset(train_problems, tokenizer, scoring.prompt_style, scoring.prompt_options)
     lengths = example_lengths(dataset, tokenizer)
     max_length = sequence_limit(lengths, settings.max_length)
     micro_batch = lora_micro_batch(model, tokenizer, dataset, lengths, settings)
-    meter = forgetting_meter(model, tokenizer, forgetting_tokens, max_forgetting)  # the bare base model
-    scoring = {"prompt_style": prompt_style, "batch_size": eval_batch_size, "max_new_tokens": max_new_tokens}
-    selection = selection_meter(model, tokenizer, selection_problems, prompt_options=prompt_options, **scoring)
+    meter = forgetting_meter(model, tokenizer, choice)  # the bare base model
+    selection = selection_meter(model, tokenizer, selection_problems, scoring)
+    readings = Readings(evaluate_fn, meter, selection)
 
     def train_at(lr: float, evaluate_at_start: bool) -> RunResult:
         nonlocal model
-        torch.manual_seed(seed)  # the same LoRA initialisation for every lr
+        torch.manual_seed(settings.seed)  # the same LoRA initialisation for every lr
         peft_model = get_peft_model(model, lora_config(model, settings))
         run = train_lora_once(
             peft_model,
             tokenizer,
             dataset,
-            evaluate_fn,
             lr,
             settings,
-            seed,
+            readings,
             evaluate_at_start=evaluate_at_start,
             micro_batch=micro_batch,
             max_length=max_length,
-            forgetting_fn=meter,
-            max_forgetting=max_forgetting,
-            selection_fn=selection,
-            select_on=select_on,
         )
         model = peft_model.unload()  # the base model without LoRA layers, weights untouched
         return run
 
-    runs = sweep_lrs(lrs, train_at, "LoRA")
+    runs = sweep_lrs(settings.lrs, train_at, "LoRA")
     best = best_run(runs)
     peft_model = get_peft_model(model, lora_config(model, settings))
     load_trainable_state(peft_model, best.state)
-    result = SweepResult("lora", model=peft_model, best=best, runs=runs, max_forgetting=max_forgetting)
+    result = SweepResult("lora", model=peft_model, best=best, runs=runs, max_forgetting=choice.max_forgetting)
     # train_problems: what LoRA trained on, for Table 1 (CCA trains on pivots, LoRA on problems)
     save_result(
         result,
         output_dir,
         "lora.json",
         method="lora",
-        settings=settings.__dict__,
+        settings=settings.hyperparameters(),
         train_problems=len(train_problems),
         target=target_kind(train_problems),
         micro_batch=micro_batch,
         longest_example_tokens=max(lengths),
         max_length=max_length,
         forgetting_tokens=meter_tokens(meter),
-        select_on=select_on,
+        select_on=choice.select_on,
         **selection_info(selection),
     )
     return result

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,8 @@ from transformers import Trainer
 from peft_cca.errors import UsageError
 from peft_cca.runtime.placement import process_state
 from peft_cca.runtime.runfolder import atomic_write_json
-from peft_cca.sweep.callbacks import BestStepCallback, ForgettingFn, SelectionFn
+from peft_cca.sweep.callbacks import BestStepCallback, EvaluateFn, ForgettingFn, SelectionFn
+from peft_cca.sweep.settings import Scoring, StepChoice
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,30 @@ def check_schedule(lrs: Sequence[float], steps: int, what: str = "amplify") -> N
     for lr in lrs:
         if not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
             raise UsageError(f"{what}: learning rate {lr!r} must be a finite number > 0 (--lr)")
+
+
+@dataclass(frozen=True)
+class Readings:
+    """What a run reads at each validated step: validation (required), forgetting and the selection split."""
+
+    validation: EvaluateFn
+    forgetting: ForgettingFn | None = None
+    selection: SelectionFn | None = None
+
+    def callback(
+        self, schedule: Iterable[int], choice: StepChoice, *, evaluate_at_start: bool, every: int | None = None
+    ) -> BestStepCallback:
+        """The :class:`BestStepCallback` that takes these readings at ``schedule`` and keeps ``choice``'s step."""
+        return BestStepCallback(
+            self.validation,
+            schedule,
+            evaluate_at_start=evaluate_at_start,
+            every=every,
+            forgetting_fn=self.forgetting,
+            max_forgetting=choice.max_forgetting,
+            selection_fn=self.selection,
+            select_on=choice.select_on,
+        )
 
 
 @dataclass
@@ -200,30 +225,38 @@ def save_result(
     atomic_write_json(out / summary_name, {**result.to_dict(), **extra})
 
 
-def forgetting_meter(
-    model: nn.Module, tokenizer, forgetting_tokens: int | None, max_forgetting: float | None
-) -> ForgettingFn | None:
+def forgetting_meter(model: nn.Module, tokenizer, choice: StepChoice) -> ForgettingFn | None:
     """A :class:`~peft_cca.evaluation.forgetting.ForgettingMeter` on ``model`` as it is now (the base), or None.
 
-    Measured when ``forgetting_tokens`` is given, or on the default 5,000 tokens when only ``max_forgetting`` is.
+    Measured when ``choice.forgetting_tokens`` is given, or on the default 5,000 tokens when only a bound is.
     """
-    if not forgetting_tokens and max_forgetting is None:
+    if not choice.forgetting_tokens and choice.max_forgetting is None:
         return None
     from peft_cca.evaluation.forgetting import DEFAULT_MAX_TOKENS, ForgettingMeter
 
-    tokens = forgetting_tokens or DEFAULT_MAX_TOKENS
+    tokens = choice.forgetting_tokens or DEFAULT_MAX_TOKENS
     logger.info("forgetting: measuring the base on %d tokens of held-out Wikipedia", tokens)
     return ForgettingMeter.of_base(model, tokenizer, max_tokens=tokens)
 
 
-def selection_meter(model: nn.Module, tokenizer, problems: Sequence | None, **scoring: Any) -> SelectionFn | None:
+def scoring_options(scoring: Scoring) -> dict[str, Any]:
+    """``scoring`` as the keyword arguments of the exact-match scorers (validation and the selection split)."""
+    return {
+        "prompt_style": scoring.prompt_style,
+        "batch_size": scoring.batch_size,
+        "max_new_tokens": scoring.max_new_tokens,
+        "prompt_options": scoring.prompt_options,
+    }
+
+
+def selection_meter(model: nn.Module, tokenizer, problems: Sequence | None, scoring: Scoring) -> SelectionFn | None:
     """A :class:`~peft_cca.evaluation.selection.SelectionMeter` on ``model`` as it is now (the base), or None."""
     if not problems:
         return None
     from peft_cca.evaluation.selection import SelectionMeter
 
     logger.info("selection: measuring the base on %d held-out problems", len(problems))
-    return SelectionMeter.of_base(model, tokenizer, problems, **scoring)
+    return SelectionMeter.of_base(model, tokenizer, problems, **scoring_options(scoring))
 
 
 def selection_info(meter: SelectionFn | None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ HELP = "stage 3: train only the circuit (CCATrainer) and save the adapter"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from peft_cca.amplify.settings import AmplifySettings
     from peft_cca.cli.commands.options import (
         add_training_run_arguments,
         non_negative_int,
@@ -17,39 +18,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         positive_int,
         positive_int_or_auto,
     )
-    from peft_cca.defaults import DEFAULT_LRS, DEFAULT_STEPS, NO_MASK_LABELS, OPTIMIZERS
+    from peft_cca.defaults import NO_MASK_LABELS, OPTIMIZERS
+    from peft_cca.sweep.settings import default_of, help_of
+
+    def documented(name: str) -> dict:  # the flag's default and help, from AmplifySettings (one source)
+        return {"default": default_of(AmplifySettings, name), "help": help_of(AmplifySettings, name)}
 
     parser.add_argument("--run", required=True, type=Path, help="run folder of stages 1-2 (records.jsonl, meta.json)")
     parser.add_argument("--model", help="model name or path (default: the one in meta.json)")
     parser.add_argument("--circuit", type=Path, help="circuit JSON (default: <run>/circuit.json)")
+    parser.add_argument("--no-mask", nargs="?", const="sites", choices=sorted(NO_MASK_LABELS), **documented("no_mask"))
+    lrs = documented("lrs")
+    parser.add_argument("--lr", type=positive_float, nargs="+", default=list(lrs["default"]), help=lrs["help"])
+    parser.add_argument("--steps", type=positive_int, **documented("steps"))
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), **documented("optimizer"))
     parser.add_argument(
-        "--no-mask",
-        nargs="?",
-        const="sites",
-        choices=sorted(NO_MASK_LABELS),
-        help='the "CCA w/o mask" ablations: sites (the default) trains every q/k/v head row and MLP neuron a '
-        "circuit can hold; all (the authors') trains every parameter of the model and saves it in <out>/model",
+        "--micro-batch", "--batch-size", dest="micro_batch", type=positive_int_or_auto, **documented("micro_batch")
     )
-    parser.add_argument("--lr", type=positive_float, nargs="+", default=list(DEFAULT_LRS), help="lr(s) to sweep")
-    parser.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS, help="full-batch optimizer steps per lr")
-    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd")
+    parser.add_argument("--objective", type=objective_spec, **documented("objective"))
+    targets = documented("mlp_targets")
     parser.add_argument(
-        "--micro-batch",
-        "--batch-size",
-        dest="micro_batch",
-        type=positive_int_or_auto,
-        default=8,
-        help="rows per forward pass, or auto: the largest that fits (steps are always full-batch: the gradient "
-        "is the same for every size)",
+        "--mlp-targets",
+        nargs="+",
+        choices=["up", "gate", "down"],
+        default=list(targets["default"]),
+        help=targets["help"],
     )
-    parser.add_argument(
-        "--objective",
-        type=objective_spec,
-        default="paper",
-        help="the loss: paper, -(logit_d - logit_u) (the default); margin:M, max(0, M - (logit_d - logit_u)): a "
-        "record stops pushing once its desired token leads by M logits (beyond the paper)",
-    )
-    parser.add_argument("--mlp-targets", nargs="+", default=["up"], choices=["up", "gate", "down"])
     parser.add_argument("--task", help="task spec for validation problems (default: the one in meta.json)")
     parser.add_argument("--split-seed", type=non_negative_int, help="split seed (default: the one in meta.json)")
     add_training_run_arguments(parser, "output folder (default: <run>/amplify, <run>/amplify-nomask[-all])")
@@ -75,6 +69,26 @@ def output_settings(args: argparse.Namespace, model: str, circuit: Path | None, 
         "circuit": str(circuit) if circuit else None,
         "runtime": runtime,
     }
+
+
+def settings_from_args(args: argparse.Namespace, meta, options):
+    """The parsed flags as :class:`~peft_cca.amplify.settings.AmplifySettings`, what :func:`amplify` takes; ``meta``
+    (stage 1's record) and ``options`` (its prompt) fill what the flags leave to stage 1."""
+    from peft_cca.amplify.settings import AmplifySettings
+    from peft_cca.cli.commands.options import scoring_from_args, step_choice_from_args
+
+    return AmplifySettings(
+        lrs=tuple(args.lr),
+        steps=args.steps,
+        optimizer=args.optimizer,
+        micro_batch=args.micro_batch,
+        mlp_targets=tuple(args.mlp_targets),
+        no_mask=args.no_mask,
+        objective=args.objective,
+        seed=args.seed,
+        scoring=scoring_from_args(args, meta, options),
+        step_choice=step_choice_from_args(args),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,7 +124,6 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.method.circuit import Circuit
     from peft_cca.runtime.loading import load_model
     from peft_cca.runtime.placement import record_runtime
-    from peft_cca.tasks.protocol import setting
 
     circuit = Circuit.load(circuit_path) if circuit_path is not None else None  # a damaged one: refused in seconds
     if circuit is not None and not len(circuit):
@@ -126,30 +139,8 @@ def run(args: argparse.Namespace) -> int:
     record_runtime(out, model)
     trains = {None: str(circuit), "sites": "every circuit site", "all": "every parameter"}[args.no_mask]
     print(f"amplify: {len(records)} records, {len(val)} validation problems, training {trains}")
-    result = amplify(
-        model,
-        tokenizer,
-        records,
-        circuit,
-        val,
-        lrs=args.lr,
-        steps=args.steps,
-        optimizer=args.optimizer,
-        batch_size=args.micro_batch,
-        mlp_targets=args.mlp_targets,
-        prompt_style=args.prompt_style or meta.prompt_style or "auto",
-        max_new_tokens=setting(args.max_new_tokens, args.task or meta.task, "eval_max_new_tokens"),
-        eval_batch_size=args.eval_batch_size,
-        output_dir=out,
-        seed=args.seed,
-        no_mask=args.no_mask,
-        prompt_options=options,
-        forgetting_tokens=args.forgetting_tokens,
-        max_forgetting=args.max_forgetting,
-        selection_problems=selection,
-        select_on=args.select_on,
-        objective=args.objective,
-    )
+    settings = settings_from_args(args, meta, options)
+    result = amplify(model, tokenizer, records, circuit, val, settings, output_dir=out, selection_problems=selection)
     if result.selection is not None:
         from peft_cca.reports.step_choice import describe_selection
 

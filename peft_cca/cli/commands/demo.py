@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 from peft_cca.cli.commands.evaluate import GENERAL_MODES, default_general
 from peft_cca.cli.commands.options import (
     add_prompt_arguments,
     non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    probability,
 )
-from peft_cca.cli.demo_plan import PRESETS, SKIPPABLE, DemoSettings, recorded_retention_tasks, run_demo
+from peft_cca.cli.demo_plan import DemoSettings
+from peft_cca.cli.demo_presets import PRESETS, SKIPPABLE, Preset
+from peft_cca.cli.demo_runner import recorded_retention_tasks, run_demo
 from peft_cca.runtime.placement import add_runtime_arguments, runtime_argv
 from peft_cca.tasks import DEFAULT_RETENTION_TASKS, DEFAULT_TASK, PROMPT_STYLES, retention_tasks_for
 from peft_cca.tasks.protocol import PAPER
 
 HELP = "every stage end to end on the offline model, with a comparison table"
-
-
-def _comma_list(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
-    """An argparse type for a comma list whose every item passes ``kind`` (a type of commands/options.py)."""
-
-    def parse(text: str) -> tuple[Any, ...]:
-        items = [v.strip() for v in text.split(",")]
-        if not all(items):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma list such as 1e-3,1e-2 (an item is empty)")
-        return tuple(kind(v) for v in items)
-
-    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,24 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_runtime_arguments(parser, training=True)
     group = parser.add_argument_group("counts (override the preset)")
-    group.add_argument("--problems", type=positive_int, help="problems drawn from the task")
-    group.add_argument("--n-samples", type=positive_int, help="sampled counterfactual traces per problem")
-    group.add_argument("--max-new-tokens", type=positive_int, help="generation budget per trace of stage 1")
-    group.add_argument(
-        "--eval-max-new-tokens", type=positive_int, help="generation budget of evaluation and validation"
-    )
-    group.add_argument("--lambdas", type=_comma_list(non_negative_float), help="DCM sparsity weights, comma-separated")
-    group.add_argument("--max-fraction", type=probability, help="component budget of the lambda sweep, e.g. 0.02")
-    group.add_argument("--dcm-epochs", type=positive_int, help="DCM epochs")
-    group.add_argument("--dcm-lr", type=positive_float, help="DCM Adam learning rate")
-    group.add_argument("--lrs", type=_comma_list(positive_float), help="CCA learning rates, comma-separated")
-    group.add_argument("--steps", type=positive_int, help="CCA full-batch steps")
-    group.add_argument("--seeds", type=_comma_list(non_negative_int), help="CCA seeds, e.g. 0,1,2")
-    group.add_argument("--val-limit", type=positive_int, help="validation problems used to pick the best step")
-    group.add_argument("--test-limit", type=positive_int, help="test problems evaluated")
-    group.add_argument("--retention-size", type=positive_int, help="problems per retention task")
-    group.add_argument("--lora-lrs", type=_comma_list(positive_float), help="LoRA learning rates, comma-separated")
-    group.add_argument("--lora-epochs", type=positive_int, help="LoRA epochs over the training problems")
+    for count in fields(Preset):  # one flag per count, from its field (demo_presets.py)
+        flag = "--" + count.name.replace("_", "-")
+        group.add_argument(flag, type=count.metadata["type"], help=count.metadata["help"])
 
 
 def prompt_argv(args: argparse.Namespace) -> list[str]:
@@ -146,27 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
     resolve(args.model)  # a mistyped model is one line now, not a failed first stage after the plan
 
-    overrides = {
-        name: getattr(args, name)
-        for name in (
-            "problems",
-            "n_samples",
-            "max_new_tokens",
-            "eval_max_new_tokens",
-            "lambdas",
-            "max_fraction",
-            "dcm_epochs",
-            "dcm_lr",
-            "lrs",
-            "steps",
-            "seeds",
-            "val_limit",
-            "test_limit",
-            "retention_size",
-            "lora_lrs",
-            "lora_epochs",
-        )
-    }
+    overrides = {count.name: getattr(args, count.name) for count in fields(Preset)}
     settings = DemoSettings(
         out=args.out,
         model=args.model,

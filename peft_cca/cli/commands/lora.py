@@ -9,6 +9,7 @@ HELP = "the LoRA SFT baseline on the same training problems"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from peft_cca.baselines.settings import LoraSettings
     from peft_cca.cli.commands.options import (
         add_training_run_arguments,
         fraction_of_one,
@@ -17,35 +18,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         positive_int,
         positive_int_or_auto,
     )
-    from peft_cca.defaults import DEFAULT_LORA_LRS, LoraSettings
+    from peft_cca.sweep.settings import default_of, help_of
 
-    defaults = LoraSettings()
+    def documented(name: str) -> dict:  # the flag's default and help, from LoraSettings (one source)
+        return {"default": default_of(LoraSettings, name), "help": help_of(LoraSettings, name)}
+
     parser.add_argument("--run", required=True, type=Path, help="stage 1 run folder (meta.json)")
     parser.add_argument("--model", help="model name or path (default: the one in meta.json)")
     parser.add_argument("--task", help="task spec (default: the one in meta.json)")
     parser.add_argument("--split-seed", type=non_negative_int, default=0, help="split seed with --task")
-    parser.add_argument("--lr", type=positive_float, nargs="+", default=list(DEFAULT_LORA_LRS), help="lr(s) to sweep")
-    parser.add_argument("--epochs", type=positive_float, default=defaults.epochs)
-    parser.add_argument("--effective-batch", type=positive_int, default=defaults.effective_batch)
+    lrs = documented("lrs")
+    parser.add_argument("--lr", type=positive_float, nargs="+", default=list(lrs["default"]), help=lrs["help"])
+    parser.add_argument("--epochs", type=positive_float, **documented("epochs"))
+    parser.add_argument("--effective-batch", type=positive_int, **documented("effective_batch"))
     parser.add_argument(
-        "--micro-batch",
-        "--batch-size",
-        dest="micro_batch",
-        type=positive_int_or_auto,
-        default=defaults.per_device_batch,
-        help="rows per forward pass on each process, or auto: the largest that fits and divides the effective "
-        "batch (the effective batch, and so the gradient, stays the same)",
+        "--micro-batch", "--batch-size", dest="micro_batch", type=positive_int_or_auto, **documented("per_device_batch")
     )
-    parser.add_argument("--eval-every", type=positive_int, default=defaults.eval_every, help="validation every N steps")
-    parser.add_argument("--max-steps", type=positive_int, help="cap the optimizer steps (default: the epochs decide)")
-    parser.add_argument(
-        "--max-length",
-        type=positive_int,
-        help="cut examples to this many tokens, with a warning (default: no cut, the longest example decides)",
-    )
-    parser.add_argument("--rank", type=positive_int, default=defaults.rank)
-    parser.add_argument("--alpha", type=positive_int, default=defaults.alpha)
-    parser.add_argument("--dropout", type=fraction_of_one, default=defaults.dropout)
+    parser.add_argument("--eval-every", type=positive_int, **documented("eval_every"))
+    parser.add_argument("--max-steps", type=positive_int, help=help_of(LoraSettings, "max_steps"))
+    parser.add_argument("--max-length", type=positive_int, **documented("max_length"))
+    parser.add_argument("--rank", type=positive_int, **documented("rank"))
+    parser.add_argument("--alpha", type=positive_int, **documented("alpha"))
+    parser.add_argument("--dropout", type=fraction_of_one, **documented("dropout"))
     parser.add_argument("--train-limit", type=positive_int, help="use at most this many training problems")
     add_training_run_arguments(parser, "output folder (default: <run>/lora)")
 
@@ -60,6 +54,29 @@ def output_settings(args: argparse.Namespace, model: str, runtime: dict) -> dict
 
     keys += settings_set_later(args)
     return {**{key: getattr(args, key) for key in keys}, "model": model, "runtime": runtime}
+
+
+def settings_from_args(args: argparse.Namespace, meta, options):
+    """The parsed flags as :class:`~peft_cca.baselines.settings.LoraSettings`, what :func:`lora_sft` takes; ``meta``
+    (stage 1's record) and ``options`` (its prompt) fill what the flags leave to stage 1."""
+    from peft_cca.baselines.settings import LoraSettings
+    from peft_cca.cli.commands.options import scoring_from_args, step_choice_from_args
+
+    return LoraSettings(
+        lrs=tuple(args.lr),
+        rank=args.rank,
+        alpha=args.alpha,
+        dropout=args.dropout,
+        epochs=args.epochs,
+        effective_batch=args.effective_batch,
+        per_device_batch=args.micro_batch,
+        eval_every=args.eval_every,
+        max_steps=args.max_steps or -1,
+        max_length=args.max_length,
+        seed=args.seed,
+        scoring=scoring_from_args(args, meta, options),
+        step_choice=step_choice_from_args(args),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,11 +104,9 @@ def run(args: argparse.Namespace) -> int:
         clear_outputs(out, ("adapter", "lora.json"))
 
     from peft_cca.baselines.lora import lora_sft, target_kind
-    from peft_cca.defaults import LoraSettings
     from peft_cca.localize.problems import stage_problems
     from peft_cca.runtime.loading import load_model
     from peft_cca.runtime.placement import record_runtime
-    from peft_cca.tasks.protocol import setting
 
     model, tokenizer = load_model(model_name, runtime)
 
@@ -99,37 +114,10 @@ def run(args: argparse.Namespace) -> int:
         return stage_problems(args.run, split, task=args.task, split_seed=args.split_seed, limit=limit)
 
     train, val = problems("train", args.train_limit), problems("validation", args.val_limit)
-    settings = LoraSettings(
-        rank=args.rank,
-        alpha=args.alpha,
-        dropout=args.dropout,
-        epochs=args.epochs,
-        effective_batch=args.effective_batch,
-        per_device_batch=args.micro_batch,
-        eval_every=args.eval_every,
-        max_steps=args.max_steps or -1,
-        max_length=args.max_length,
-    )
+    settings = settings_from_args(args, meta, options)
     record_runtime(out, model)
     print(f"LoRA: {len(train)} training problems, {len(val)} validation problems; target: {target_kind(train)}")
-    result = lora_sft(
-        model,
-        tokenizer,
-        train,
-        val,
-        lrs=args.lr,
-        settings=settings,
-        prompt_style=args.prompt_style or meta.prompt_style or "auto",
-        max_new_tokens=setting(args.max_new_tokens, args.task or meta.task, "eval_max_new_tokens"),
-        eval_batch_size=args.eval_batch_size,
-        output_dir=out,
-        seed=args.seed,
-        prompt_options=options,
-        forgetting_tokens=args.forgetting_tokens,
-        max_forgetting=args.max_forgetting,
-        selection_problems=selection,
-        select_on=args.select_on,
-    )
+    result = lora_sft(model, tokenizer, train, val, settings, output_dir=out, selection_problems=selection)
     if result.selection is not None:
         from peft_cca.reports.step_choice import describe_selection
 

@@ -12,6 +12,7 @@ import argparse
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def _number(text: str, kind: Callable[[str], float | int], what: str) -> float | int:
@@ -128,21 +129,15 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_step_choice_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--forgetting-tokens`` and ``--max-forgetting``: let the choice of step see what it costs elsewhere."""
+    """``--forgetting-tokens`` and ``--max-forgetting``: let the choice of step see what it costs elsewhere (help
+    and defaults: :class:`~peft_cca.sweep.settings.StepChoice`)."""
+    from peft_cca.sweep.settings import StepChoice, help_of
+
     parser.add_argument(
-        "--forgetting-tokens",
-        type=non_negative_int,
-        metavar="N",
-        help="measure forgetting (cross-entropy rise on N tokens of held-out Wikipedia, PEFT's measure) at every "
-        "validation step and record it in the curve (default: off; 5000 with --max-forgetting)",
+        "--forgetting-tokens", type=non_negative_int, metavar="N", help=help_of(StepChoice, "forgetting_tokens")
     )
     parser.add_argument(
-        "--max-forgetting",
-        type=non_negative_float,
-        metavar="NATS",
-        help="keep the best-validated step whose forgetting is at most NATS per token (e.g. 0.01) instead of the "
-        "paper's best-validated step; the summary records what both rules pick and what the bound cost on "
-        "validation (default: off, the paper's rule)",
+        "--max-forgetting", type=non_negative_float, metavar="NATS", help=help_of(StepChoice, "max_forgetting")
     )
 
 
@@ -163,12 +158,13 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
         help="task spec the selection problems are drawn from (default: the run's own; for reasoning-gym give a "
         "larger size= so problems beyond stage 1's exist)",
     )
+    from peft_cca.sweep.settings import SELECT_ON, StepChoice, default_of, help_of
+
     parser.add_argument(
         "--select-on",
-        choices=["validation", "selection"],
-        default="validation",
-        help="which score picks the step: validation (the paper's) or the selection split (with --max-forgetting: "
-        "the best selection gain within the bound)",
+        choices=SELECT_ON,
+        default=default_of(StepChoice, "select_on"),
+        help=help_of(StepChoice, "select_on"),
     )
 
 
@@ -178,7 +174,14 @@ def add_training_run_arguments(parser: argparse.ArgumentParser, out_help: str) -
 
     parser.add_argument("--val-limit", type=positive_int, help="use at most this many validation problems")
     add_generation_arguments(parser)
-    parser.add_argument("--eval-batch-size", type=positive_int, default=16)
+    from peft_cca.sweep.settings import Scoring, default_of, help_of
+
+    parser.add_argument(
+        "--eval-batch-size",
+        type=positive_int,
+        default=default_of(Scoring, "batch_size"),
+        help=help_of(Scoring, "batch_size"),
+    )
     add_step_choice_arguments(parser)
     add_selection_arguments(parser)
     parser.add_argument("--out", type=Path, help=out_help)
@@ -225,4 +228,39 @@ def prompt_options_from_args(args: argparse.Namespace):
         template=args.prompt_template,
         shots=args.num_fewshot,
         seed=args.fewshot_seed,
+    )
+
+
+def comma_list(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
+    """An argparse type for a comma list whose every item passes ``kind`` (a type of commands/options.py)."""
+
+    def parse(text: str) -> tuple[Any, ...]:
+        items = [v.strip() for v in text.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma list such as 1e-3,1e-2 (an item is empty)")
+        return tuple(kind(v) for v in items)
+
+    return parse
+
+
+def scoring_from_args(args: argparse.Namespace, meta, options):
+    """How ``amplify`` and ``lora`` score validation: their flags over what stage 1 recorded (``meta``, a
+    :class:`~peft_cca.localize.folder.Stage1Meta`), with stage 1's prompt ``options``."""
+    from peft_cca.sweep.settings import Scoring
+    from peft_cca.tasks.protocol import setting
+
+    return Scoring(
+        prompt_style=args.prompt_style or meta.prompt_style or "auto",
+        max_new_tokens=setting(args.max_new_tokens, args.task or meta.task, "eval_max_new_tokens"),
+        batch_size=args.eval_batch_size,
+        prompt_options=options,
+    )
+
+
+def step_choice_from_args(args: argparse.Namespace):
+    """The step choice of ``amplify`` and ``lora``: ``--forgetting-tokens``, ``--max-forgetting``, ``--select-on``."""
+    from peft_cca.sweep.settings import StepChoice
+
+    return StepChoice(
+        forgetting_tokens=args.forgetting_tokens, max_forgetting=args.max_forgetting, select_on=args.select_on
     )
