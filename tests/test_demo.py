@@ -129,8 +129,8 @@ def test_cost_estimate_counts_tokens_by_hand(tmp_path):
     costs = {c.stage: c for c in estimate_cost(settings)}
     # 80 problems: 42 train, 6 validation, 32 test; one lambda, so only train is localized; chat prompts
     assert costs["localize"].decode_tokens == 42 * 32 * (1 + 3 + 4)
-    # one arm x 2 lrs x 10 steps over 42 records of an 80-token prompt and half a 32-token trace
-    assert costs["amplify"].train_tokens == 1 * 2 * 10 * 42 * (80 + 16)
+    # one arm x 1 lr x 10 steps over 42 records of an 80-token prompt and half a 32-token trace
+    assert costs["amplify"].train_tokens == 1 * 1 * 10 * 42 * (80 + 16)
     # base, cca and lora on 32 test problems and 8 problems of 4 retention tasks
     assert costs["evaluate"].decode_tokens == 3 * (32 + 4 * 8) * 32
 
@@ -217,6 +217,6 @@ def test_training_measures_forgetting_per_step_with_the_general_suite_and_takes_
     measured = dict(plan(DemoSettings(out=tmp_path, preset="quick", general="offline", max_forgetting=0.01)))
     for arm in ("cca-seed0", "cca-nomask-seed0", "lora-seed0"):
         argv = measured[arm]
-        assert argv[argv.index("--forgetting-tokens") + 1] == "2000"  # the quick preset's corpus size
+        assert argv[argv.index("--forgetting-tokens") + 1] == "1000"  # the quick preset's corpus size
         assert argv[argv.index("--max-forgetting") + 1] == "0.01"
     assert "max_forgetting" not in DemoSettings(out=tmp_path).recorded()  # older folders resume

@@ -181,6 +181,7 @@ def test_a_cached_run_resumes_from_its_finished_batches_without_generating_them_
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_bases_evaluate_with_fp32_deltas(dtype):
     from peft_cca.evaluation.model_eval import evaluate_model
+    from peft_cca.evaluation.settings import EvaluationSettings, Scoring
 
     fp32, half = perturbed_cca(scale=0.05), perturbed_cca(scale=0.05, dtype=dtype)
     assert {p.dtype for n, p in half.named_parameters() if "cca_delta" in n} == {torch.float32}
@@ -189,7 +190,8 @@ def test_half_precision_bases_evaluate_with_fp32_deltas(dtype):
     with torch.no_grad():
         torch.testing.assert_close(half(input_ids=ids).logits.float(), fp32(input_ids=ids).logits, atol=0.05, rtol=0)
     tokenizer, problems = tiny_tokenizer(), _problems(4)
-    result = evaluate_model(half, tokenizer, problems, retention_tasks=(), max_new_tokens=4, batch_size=2)
+    settings = EvaluationSettings(scoring=Scoring(max_new_tokens=4, batch_size=2), retention_tasks=())
+    result = evaluate_model(half, tokenizer, problems, settings)
     assert 0.0 <= result["test"]["macro"] <= 1.0 and result["test"]["n"] == 4
     assert 0.0 < result["general"]["kl"] < 0.1
 

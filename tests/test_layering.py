@@ -15,12 +15,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "peft_cca"
 
 # modules at the package root that import nothing of ours but each other: errors, JSON reading, the pipeline's
 # default settings, the deprecated-path aliases and the hook that loads the method when peft loads
-FOUNDATION = ("peft_cca.errors", "peft_cca.jsonfiles", "peft_cca.defaults", "peft_cca._moved", "peft_cca._peft_hook")
+FOUNDATION = (
+    "peft_cca.errors",
+    "peft_cca.jsonfiles",
+    "peft_cca.defaults",
+    "peft_cca.documented",
+    "peft_cca._moved",
+    "peft_cca._peft_hook",
+)
 # bottom to top; a module may import its own layer and the layers below it, never one above
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "foundation",
-        ("peft_cca.errors", "peft_cca.jsonfiles", "peft_cca.defaults", "peft_cca._moved", "peft_cca._peft_hook"),
+        FOUNDATION,
     ),
     ("method", ("peft_cca.method",)),
     ("runtime", ("peft_cca.runtime",)),

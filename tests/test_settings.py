@@ -12,7 +12,9 @@ from peft_cca.amplify.settings import AmplifySettings
 from peft_cca.baselines.settings import LoraSettings
 from peft_cca.cli import build_parser
 from peft_cca.cli.demo_presets import Preset
-from peft_cca.sweep.settings import Scoring, StepChoice, help_of
+from peft_cca.documented import help_of
+from peft_cca.evaluation.settings import Scoring
+from peft_cca.sweep.settings import StepChoice
 
 # dataclass field -> (command, flag) of every setting a command parses
 FLAGS = {

@@ -17,10 +17,10 @@ from peft_cca.amplify.loss import logit_difference
 from peft_cca.amplify.records import PivotCollator
 from peft_cca.amplify.settings import AmplifySettings
 from peft_cca.amplify.trainer import amplify, train_one
+from peft_cca.evaluation.settings import Scoring
 from peft_cca.method.arch import ModelShape
 from peft_cca.sweep.callbacks import BestStepCallback, eval_schedule, trainable_state
 from peft_cca.sweep.runs import Readings
-from peft_cca.sweep.settings import Scoring
 from peft_cca.tasks.problem import Problem
 
 PAD = 2

@@ -16,8 +16,8 @@ def test_amplify_on_smollm2_raises_the_logit_difference(tmp_path):
     from peft_cca.amplify.records import PivotCollator
     from peft_cca.amplify.settings import AmplifySettings
     from peft_cca.amplify.trainer import amplify
+    from peft_cca.evaluation.settings import Scoring
     from peft_cca.runtime.loading import MissingModelPackageError, load_model
-    from peft_cca.sweep.settings import Scoring
     from peft_cca.tasks.problem import Problem
     from peft_cca.tasks.prompts import build_prompt, encode_prompt
 

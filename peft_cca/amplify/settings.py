@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peft_cca.defaults import DEFAULT_LRS, DEFAULT_STEPS, NO_MASK_LABELS, OPTIMIZERS
+from peft_cca.documented import described
 from peft_cca.errors import UsageError
-from peft_cca.sweep.settings import Scoring, StepChoice, described
+from peft_cca.evaluation.settings import Scoring
+from peft_cca.sweep.settings import StepChoice
 
 
 @dataclass(frozen=True)

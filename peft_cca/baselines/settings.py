@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peft_cca.defaults import DEFAULT_LORA_LRS
-from peft_cca.sweep.settings import Scoring, StepChoice, described
+from peft_cca.documented import described
+from peft_cca.evaluation.settings import Scoring
+from peft_cca.sweep.settings import StepChoice
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # every stage for real at small counts: ~15 minutes on 2 CPU cores
+    # every stage for real at small counts, one lr: under 12 minutes on 2 idle CPU cores (benchmarks/demo_stages.py)
     "quick": Preset(
         problems=80,
         n_samples=3,
@@ -70,7 +70,7 @@ PRESETS: dict[str, Preset] = {
         max_fraction=0.02,
         dcm_epochs=10,
         dcm_lr=0.05,
-        lrs=(1e-2, 1e-3),
+        lrs=(1e-2,),
         steps=10,
         seeds=(0,),
         val_limit=16,
@@ -129,7 +129,8 @@ SKIPPABLE = ("cca-nomask", "lora")
 # offline general suite per preset: (tasks, all when empty; documents per task, per subject for MMLU, all when
 # None; tokens of the forgetting corpus): minutes per evaluation on a CPU for quick, the whole suite for paper
 GENERAL_SIZES: dict[str, tuple[tuple[str, ...], int | None, int]] = {
-    "quick": (("cca_mmlu_stem", "cca_mmlu_humanities", "cca_triviaqa"), 3, 2000),
+    # four standard benchmarks a 135M model is well above chance on (so it can lose points), 10 documents each
+    "quick": (("cca_hellaswag_val", "cca_arc_easy_val", "cca_piqa_val", "cca_lambada_openai_test"), 10, 1000),
     "full": ((), 20, 5000),
     "paper": ((), None, 50000),
 }

@@ -14,9 +14,9 @@ from torch import nn
 from peft_cca.evaluation.drift import NEUTRAL_TEXTS, kl_drift
 from peft_cca.evaluation.exact_match import evaluate_exact_match, on_main
 from peft_cca.evaluation.lm_eval_bridge import lm_eval_bridge
-from peft_cca.evaluation.retention import RETENTION_TASKS, retention, retention_problems
+from peft_cca.evaluation.retention import retention, retention_problems
+from peft_cca.evaluation.settings import EvaluationSettings
 from peft_cca.tasks.problem import Problem
-from peft_cca.tasks.prompts import DEFAULT_PROMPT_STYLE, PromptOptions
 
 
 def adapter_summary(model: nn.Module) -> dict[str, Any]:
@@ -52,34 +52,31 @@ def evaluate_model(
     model: nn.Module,
     tokenizer,
     test_problems: Sequence[Problem],
+    settings: EvaluationSettings | None = None,
     *,
     val_problems: Sequence[Problem] | None = None,
-    retention_tasks: Sequence[str] = RETENTION_TASKS,
-    retention_size: int = 50,
-    kl_texts: Sequence[str] = NEUTRAL_TEXTS,
-    lm_eval_tasks: Sequence[str] | None = None,
-    lm_eval_limit: int | float | None = None,
-    general_tasks: Sequence[str] | None = None,
-    general_limit: int | None = None,
-    forgetting_tokens: int | None = None,
-    prompt_style: str = DEFAULT_PROMPT_STYLE,
-    max_new_tokens: int = 256,
-    batch_size: int = 16,
     cache: Path | None = None,
-    prompt_options: PromptOptions | None = None,
 ) -> dict[str, Any]:
     """Everything Tables 1 and 2 need for one model: ``{"test", "validation", "general": {...}}`` plus its config.
 
-    KL drift is measured against the same model with adapters disabled (0 for a bare base model); every process
-    computes it (it is small, and so it is the same number in any launch); lm-eval runs on the main process.
-    ``cache`` is a folder from :func:`prepare_cache` whose sub-folders keep finished batches per section.
-    ``prompt_options`` (stage 1's template and exemplars) prompt the target task only, not the general suite.
-    ``general_tasks`` run the offline suite (``general_limit`` documents per task, per subject for MMLU; default its
-    CPU limits) and ``forgetting_tokens`` the cross-entropy on held-out Wikipedia text, both on the main process;
-    the cross-entropy keeps its per-document sums so that the report pairs every arm with the base per document.
-    ``seconds`` holds each section's wall time (a resumed section counts only what it computed).
+    ``settings`` (:class:`~peft_cca.evaluation.settings.EvaluationSettings`, what ``peft-cca evaluate`` parses) say
+    what is measured. KL drift is measured against the same model with adapters disabled (0 for a bare base model);
+    every process computes it (it is small, and so it is the same number in any launch); lm-eval runs on the main
+    process. ``cache`` is a folder from :func:`prepare_cache` whose sub-folders keep finished batches per section.
+    ``settings.scoring.prompt_options`` (stage 1's template and exemplars) prompt the target task only, not the
+    general suite. The offline general suite (``general_limit`` documents per task, per subject for MMLU; default
+    its CPU limits) and the cross-entropy on held-out Wikipedia text run on the main process; the cross-entropy
+    keeps its per-document sums so that the report pairs every arm with the base per document. ``seconds`` holds
+    each section's wall time (a resumed section counts only what it computed).
     """
-    em = {"prompt_style": prompt_style, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    settings = settings or EvaluationSettings()
+    scoring = settings.scoring
+    prompt_options = scoring.prompt_options
+    em = {
+        "prompt_style": scoring.prompt_style,
+        "max_new_tokens": scoring.max_new_tokens,
+        "batch_size": scoring.batch_size,
+    }
     seconds: dict[str, float] = {}  # wall time per section, so a slow evaluation says where its time went
 
     @contextmanager
@@ -91,7 +88,8 @@ def evaluate_model(
     def section(name: str) -> dict[str, Any]:
         return {**em, "cache": None if cache is None else Path(cache) / name}
 
-    held_out = retention_problems(retention_tasks, retention_size) if retention_tasks else []  # a bad name fails now
+    retention_tasks, batch_size = settings.retention_tasks, scoring.batch_size
+    held_out = retention_problems(retention_tasks, settings.retention_size) if retention_tasks else []  # fails now
     result: dict[str, Any] = {**adapter_summary(model)}
     # per-problem results kept: a change against the base gets its paired standard error (compare's Table 1)
     with clock("test"):
@@ -120,25 +118,28 @@ def evaluate_model(
             general["retention"] = retention(
                 model, tokenizer, problems=held_out, **section("retention"), progress="retention"
             )
-    if kl_texts:
+    if settings.kl:
         adapted = hasattr(model, "disable_adapter")
         with clock("kl"):
-            general["kl"] = kl_drift(model, tokenizer, kl_texts, batch_size=batch_size) if adapted else 0.0
-    if lm_eval_tasks:
+            general["kl"] = kl_drift(model, tokenizer, NEUTRAL_TEXTS, batch_size=batch_size) if adapted else 0.0
+    if settings.lm_eval_tasks:
+        hub_tasks, hub_limit = list(settings.lm_eval_tasks), settings.lm_eval_limit
         with clock("lm_eval"):
-            general["lm_eval"] = on_main(lambda: lm_eval_bridge(model, tokenizer, lm_eval_tasks, limit=lm_eval_limit))
-    if general_tasks:
+            general["lm_eval"] = on_main(lambda: lm_eval_bridge(model, tokenizer, hub_tasks, limit=hub_limit))
+    if settings.general_tasks:
         from peft_cca.evaluation.general_suite import run_general_suite
 
-        limits = dict.fromkeys(general_tasks, general_limit) if general_limit else None
+        general_tasks = list(settings.general_tasks)
+        limits = dict.fromkeys(general_tasks, settings.general_limit) if settings.general_limit else None
         with clock("general_suite"):
             suite = on_main(
                 lambda: run_general_suite(model, tokenizer, general_tasks, limits=limits, batch_size=batch_size)
             )
         general["lm_eval"] = {**general.get("lm_eval", {}), **suite}
-    if forgetting_tokens:
+    if settings.forgetting_tokens:
         from peft_cca.evaluation.forgetting import cross_entropy
 
+        forgetting_tokens = settings.forgetting_tokens
         with clock("cross_entropy"):
             reading = on_main(
                 lambda: asdict(cross_entropy(model, tokenizer, max_tokens=forgetting_tokens, progress="cross-entropy"))

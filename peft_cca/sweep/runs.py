@@ -18,10 +18,11 @@ from torch import nn
 from transformers import Trainer
 
 from peft_cca.errors import UsageError
+from peft_cca.evaluation.settings import Scoring
 from peft_cca.runtime.placement import process_state
 from peft_cca.runtime.runfolder import atomic_write_json
 from peft_cca.sweep.callbacks import BestStepCallback, EvaluateFn, ForgettingFn, SelectionFn
-from peft_cca.sweep.settings import Scoring, StepChoice
+from peft_cca.sweep.settings import StepChoice
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         positive_int_or_auto,
     )
     from peft_cca.defaults import NO_MASK_LABELS, OPTIMIZERS
-    from peft_cca.sweep.settings import default_of, help_of
+    from peft_cca.documented import default_of, help_of
 
     def documented(name: str) -> dict:  # the flag's default and help, from AmplifySettings (one source)
         return {"default": default_of(AmplifySettings, name), "help": help_of(AmplifySettings, name)}

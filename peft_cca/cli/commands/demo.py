@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=sorted(PRESETS),
         default="full",
         help="full (default): the paper's protocol with lambda and lr sweeps and 3 seeds (hours on a CPU); "
-        "quick: every stage at small counts, ~15 min on 2 CPU cores; paper: the paper on GSM-Symbolic for a GPU "
-        f"(default task {PAPER.task}; the authors' prompt, budgets, sampling and DCM schedule), e.g. "
+        "quick: every stage at small counts, under 12 min on 2 idle CPU cores; paper: the paper on GSM-Symbolic "
+        f"for a GPU (default task {PAPER.task}; the authors' prompt, budgets, sampling and DCM schedule), e.g. "
         "--preset paper --model google/gemma-2-2b-it",
     )
     parser.add_argument(
@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=GENERAL_MODES,
         default=default_general(),
         help="general abilities in every evaluation (see `peft-cca evaluate --help`); the offline suite runs at the "
-        "preset's size: quick 3 documents per task on MMLU STEM/Humanities and TriviaQA, full 20 on every "
+        "preset's size: quick 10 documents each of HellaSwag, ARC-Easy, PIQA and LAMBADA, full 20 on every "
         "task, paper all (default: offline where its data is installed, else none)",
     )
     parser.add_argument(

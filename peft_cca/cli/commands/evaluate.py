@@ -56,7 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="reasoning-gym tasks of the retention suite (none: skip; default: the model's calibrated suite for an "
         f"offline model, see peft-cca calibrate, else {' '.join(RETENTION_TASKS)})",
     )
-    parser.add_argument("--retention-size", type=positive_int, default=50, help="problems per retention task")
+    from peft_cca.documented import default_of, help_of
+    from peft_cca.evaluation.settings import EvaluationSettings, Scoring
+
+    parser.add_argument(
+        "--retention-size",
+        type=positive_int,
+        default=default_of(EvaluationSettings, "retention_size"),
+        help=help_of(EvaluationSettings, "retention_size"),
+    )
     parser.add_argument("--no-kl", action="store_true", help="skip the KL drift on neutral text")
     parser.add_argument(
         "--lm-eval",
@@ -98,7 +106,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tokens of held-out Wikipedia text for the cross-entropy rise, PEFT's forgetting measure "
         "(default 5000; 0 skips; with --general none it is skipped too)",
     )
-    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=default_of(Scoring, "batch_size"),
+        help=help_of(Scoring, "batch_size"),
+    )
     add_runtime_arguments(parser)
 
 
@@ -151,12 +164,12 @@ def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from peft_cca.cli.commands.options import prompt_options_from_args
     from peft_cca.defaults import LM_EVAL_TASKS
-    from peft_cca.evaluation.drift import NEUTRAL_TEXTS
     from peft_cca.evaluation.exact_match import on_main, prepare_cache
     from peft_cca.evaluation.general_data import WIKIPEDIA, package_file
     from peft_cca.evaluation.model_eval import evaluate_model
     from peft_cca.evaluation.offline_tasks import available_tasks, check_task_data
     from peft_cca.evaluation.retention import retention_problems
+    from peft_cca.evaluation.settings import EvaluationSettings, Scoring
     from peft_cca.localize.problems import stage_problems
     from peft_cca.runtime.loading import check_adapter_folder, load_adapter, load_model, resolve
     from peft_cca.runtime.placement import runtime_from_args
@@ -203,24 +216,25 @@ def run(args: argparse.Namespace) -> int:
     if args.general == "hub":
         lm_tasks = lm_tasks or list(LM_EVAL_TASKS)
     limit = int(args.lm_eval_limit) if args.lm_eval_limit and args.lm_eval_limit >= 1 else args.lm_eval_limit
-    result = evaluate_model(
-        model,
-        tokenizer,
-        problems("test", args.test_limit),
-        val_problems=problems("validation", args.val_limit) if args.val_limit != 0 else None,
-        retention_tasks=args.retention_tasks,
+    settings = EvaluationSettings(
+        scoring=Scoring(
+            prompt_style=args.prompt_style or meta.prompt_style or "auto",
+            max_new_tokens=setting(args.max_new_tokens, args.task or meta.task, "eval_max_new_tokens"),
+            batch_size=args.batch_size,
+            prompt_options=options,
+        ),
+        retention_tasks=tuple(args.retention_tasks),
         retention_size=args.retention_size,
-        kl_texts=() if args.no_kl else NEUTRAL_TEXTS,
-        lm_eval_tasks=lm_tasks,
+        kl=not args.no_kl,
+        lm_eval_tasks=tuple(lm_tasks) if lm_tasks else None,
         lm_eval_limit=limit,
-        general_tasks=offline,
+        general_tasks=tuple(offline) if offline else None,
         general_limit=args.general_limit,
         forgetting_tokens=args.forgetting_tokens if args.general != "none" else None,
-        prompt_style=args.prompt_style or meta.prompt_style or "auto",
-        max_new_tokens=setting(args.max_new_tokens, args.task or meta.task, "eval_max_new_tokens"),
-        batch_size=args.batch_size,
-        cache=cache,
-        prompt_options=options,
+    )
+    val = problems("validation", args.val_limit) if args.val_limit != 0 else None
+    result = evaluate_model(
+        model, tokenizer, problems("test", args.test_limit), settings, val_problems=val, cache=cache
     )
     result = {"name": args.name or (args.adapter.parent.name if args.adapter else "base"), **info, **result}
     if whole_model:  # every parameter was trainable: the "w/o mask" row, whose label amplify.json gave

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         positive_int,
         positive_int_or_auto,
     )
-    from peft_cca.sweep.settings import default_of, help_of
+    from peft_cca.documented import default_of, help_of
 
     def documented(name: str) -> dict:  # the flag's default and help, from LoraSettings (one source)
         return {"default": default_of(LoraSettings, name), "help": help_of(LoraSettings, name)}

@@ -131,7 +131,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
 def add_step_choice_arguments(parser: argparse.ArgumentParser) -> None:
     """``--forgetting-tokens`` and ``--max-forgetting``: let the choice of step see what it costs elsewhere (help
     and defaults: :class:`~peft_cca.sweep.settings.StepChoice`)."""
-    from peft_cca.sweep.settings import StepChoice, help_of
+    from peft_cca.documented import help_of
+    from peft_cca.sweep.settings import StepChoice
 
     parser.add_argument(
         "--forgetting-tokens", type=non_negative_int, metavar="N", help=help_of(StepChoice, "forgetting_tokens")
@@ -158,7 +159,8 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
         help="task spec the selection problems are drawn from (default: the run's own; for reasoning-gym give a "
         "larger size= so problems beyond stage 1's exist)",
     )
-    from peft_cca.sweep.settings import SELECT_ON, StepChoice, default_of, help_of
+    from peft_cca.documented import default_of, help_of
+    from peft_cca.sweep.settings import SELECT_ON, StepChoice
 
     parser.add_argument(
         "--select-on",
@@ -174,7 +176,8 @@ def add_training_run_arguments(parser: argparse.ArgumentParser, out_help: str) -
 
     parser.add_argument("--val-limit", type=positive_int, help="use at most this many validation problems")
     add_generation_arguments(parser)
-    from peft_cca.sweep.settings import Scoring, default_of, help_of
+    from peft_cca.documented import default_of, help_of
+    from peft_cca.evaluation.settings import Scoring
 
     parser.add_argument(
         "--eval-batch-size",
@@ -246,7 +249,7 @@ def comma_list(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
 def scoring_from_args(args: argparse.Namespace, meta, options):
     """How ``amplify`` and ``lora`` score validation: their flags over what stage 1 recorded (``meta``, a
     :class:`~peft_cca.localize.folder.Stage1Meta`), with stage 1's prompt ``options``."""
-    from peft_cca.sweep.settings import Scoring
+    from peft_cca.evaluation.settings import Scoring
     from peft_cca.tasks.protocol import setting
 
     return Scoring(
