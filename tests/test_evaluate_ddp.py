@@ -33,7 +33,7 @@ def _run_folder(tmp_path: Path) -> tuple[Path, Path]:
     return model_dir, run
 
 
-def test_two_processes_write_the_bytes_one_process_writes(tmp_path):
+def test_two_processes_write_what_one_process_writes(tmp_path):
     _, run = _run_folder(tmp_path)
     argv = ["--run", str(run), "--retention-tasks", "letter_counting", "--retention-size", "3"]
     argv += ["--max-new-tokens", "6", "--batch-size", "2", "--device", "cpu"]
@@ -45,7 +45,9 @@ def test_two_processes_write_the_bytes_one_process_writes(tmp_path):
     command += [str(ROOT / "recipes" / "evaluate.py"), *argv, "--out", str(double)]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert double.read_bytes() == single.read_bytes()
+    one, two = json.loads(single.read_text()), json.loads(double.read_text())
+    assert set(one.pop("seconds")) == set(two.pop("seconds"))  # wall times differ; what was timed does not
+    assert two == one and double.read_text().count("\n") == single.read_text().count("\n")
     result = json.loads(single.read_text())
     assert result["test"]["n"] >= 8 and result["runtime"]["dtype"] == "float32"
     assert not (tmp_path / "one.json.parts").exists() and not (tmp_path / "two.json.parts").exists()
