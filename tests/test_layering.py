@@ -163,6 +163,20 @@ def test_the_arms_share_the_sweep_and_not_each_other():
     assert "peft_cca.sweep.runs" in from_baselines and "peft_cca.sweep.runs" in GRAPH["peft_cca.amplify.trainer"]
 
 
+def test_command_line_flags_live_in_the_cli():
+    """Only peft_cca.cli builds parsers: the library takes settings dataclasses, never an argparse Namespace."""
+    outside = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "cli" in path.relative_to(PACKAGE).parts[:1]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if "argparse" in names:
+                outside.append(path.relative_to(PACKAGE).as_posix())
+    assert outside == []
+
+
 def test_there_is_no_import_loop():
     assert import_loops(GRAPH) == []
 

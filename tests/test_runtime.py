@@ -106,9 +106,11 @@ def test_every_stage_takes_the_placement_flags(command):
 
 def test_runtime_argv_round_trips_through_the_parser():
     parser = argparse.ArgumentParser()
-    rt.add_runtime_arguments(parser)
+    from peft_cca.cli.runtime_flags import add_runtime_arguments, runtime_argv
+
+    add_runtime_arguments(parser)
     args = parser.parse_args(["--device", "cpu", "--dtype", "fp32", "--device-map", "auto"])
-    assert parser.parse_args(rt.runtime_argv(args)) == args
+    assert parser.parse_args(runtime_argv(args)) == args
 
 
 def test_the_demo_passes_the_placement_to_every_stage_and_checkpointing_to_training_only(tmp_path):

@@ -1,7 +1,7 @@
 """Where a model runs: device, dtype, attention kernel, device map and gradient checkpointing, decided once.
 
-Every command, the demo and the recipes take the same flags (:func:`add_runtime_arguments`), turn them into a
-:class:`Runtime` (:func:`runtime_from_args`, which refuses what cannot run with one line) and load through
+Every command, the demo and the recipes take the same flags (``peft_cca.cli.runtime_flags``), turn them into a
+:class:`Runtime` (:func:`resolve_runtime`, which refuses what cannot run with one line) and load through
 ``models.load_model(name, runtime)``. Under ``accelerate launch`` the device is the process's own
 (``PartialState().device``), so data-parallel processes never share a GPU.
 
@@ -20,7 +20,6 @@ Choices made here, so that every stage makes them the same way:
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -211,57 +210,6 @@ def resolve_runtime(
                 "processes use an FSDP config instead (recipes/accelerate/fsdp.yaml) or launch one process"
             )
     return Runtime(resolved_device, resolved_dtype, attn, device_map, gradient_checkpointing)
-
-
-def add_runtime_arguments(parser: argparse.ArgumentParser, *, training: bool = False) -> None:
-    """The placement flags; ``training`` adds ``--gradient-checkpointing``."""
-    group = parser.add_argument_group("where the model runs")
-    group.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    group.add_argument(
-        "--dtype",
-        default="auto",
-        choices=sorted(DTYPES),
-        help="base weights' dtype; auto: bf16 on an accelerator that runs it, else fp32 (CCA deltas are always fp32)",
-    )
-    group.add_argument(
-        "--attn-implementation",
-        default="auto",
-        choices=ATTN_IMPLEMENTATIONS,
-        help="attention kernel; auto: transformers' choice for the model (sdpa, or eager for Gemma-2's softcapping)",
-    )
-    group.add_argument(
-        "--device-map",
-        choices=DEVICE_MAPS,
-        help="split a model larger than one GPU over all GPUs of this process (accelerate's big-model placement)",
-    )
-    if training:
-        group.add_argument(
-            "--gradient-checkpointing",
-            action="store_true",
-            help="recompute activations in the backward pass: less memory for long prefixes, about 30%% more time",
-        )
-
-
-def runtime_from_args(args: argparse.Namespace, *, training: bool = False) -> Runtime:
-    """:func:`resolve_runtime` from the flags of :func:`add_runtime_arguments` (absent flags take their defaults)."""
-    return resolve_runtime(
-        getattr(args, "device", "auto"),
-        getattr(args, "dtype", "auto"),
-        getattr(args, "attn_implementation", None) or "auto",
-        getattr(args, "device_map", None),
-        getattr(args, "gradient_checkpointing", False),
-        training=training,
-    )
-
-
-def runtime_argv(args: argparse.Namespace) -> list[str]:
-    """The placement flags of ``args`` as command-line words, for a command that runs other commands (the demo)."""
-    words = ["--device", args.device, "--dtype", args.dtype, "--attn-implementation", args.attn_implementation]
-    if getattr(args, "device_map", None):
-        words += ["--device-map", args.device_map]
-    if getattr(args, "gradient_checkpointing", False):
-        words.append("--gradient-checkpointing")
-    return words
 
 
 def check_model_supports(model_class: type, runtime: Runtime) -> None:

@@ -92,9 +92,9 @@ def settings_from_args(args: argparse.Namespace, meta, options):
 
 
 def run(args: argparse.Namespace) -> int:
+    from peft_cca.cli.runtime_flags import runtime_from_args
     from peft_cca.errors import UsageError
     from peft_cca.localize.folder import read_meta
-    from peft_cca.runtime.placement import runtime_from_args
     from peft_cca.runtime.runfolder import check_settings, clear_outputs, ensure_output_dir
 
     meta = read_meta(args.run)  # a missing or damaged meta.json is one line naming it

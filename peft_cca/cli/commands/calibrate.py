@@ -10,9 +10,9 @@ HELP = "choose a retention suite the base model can lose: the tasks it scores 0.
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from peft_cca.cli.commands.options import positive_int, probability
+    from peft_cca.cli.runtime_flags import add_runtime_arguments
     from peft_cca.defaults import RETENTION_CANDIDATES
     from peft_cca.runtime.loading import DEFAULT_MODEL
-    from peft_cca.runtime.placement import add_runtime_arguments
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help="offline name, hub id or local path")
     parser.add_argument(
@@ -51,10 +51,10 @@ def resumable_rows(out: Path, measured: dict) -> dict[str, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from peft_cca.cli.runtime_flags import runtime_from_args
     from peft_cca.errors import UsageError
     from peft_cca.evaluation.calibration import calibrate, render_table
     from peft_cca.runtime.loading import load_model, resolve
-    from peft_cca.runtime.placement import runtime_from_args
     from peft_cca.runtime.runfolder import atomic_write_json, atomic_write_text, ensure_output_file
 
     if args.low > args.high:

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         positive_int,
         probability,
     )
-    from peft_cca.runtime.placement import add_runtime_arguments
+    from peft_cca.cli.runtime_flags import add_runtime_arguments
 
     parser.description = (
         "Learn a mask in [0,1] per query/key/value head and MLP neuron that, applied at the pivot token, raises "
@@ -141,13 +141,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from peft_cca.cli.runtime_flags import runtime_from_args
     from peft_cca.dcm.find import empty_circuit_advice, search_circuits
     from peft_cca.dcm.train import AUTHORS_STEP_LR, DCMConfig
     from peft_cca.errors import UsageError
     from peft_cca.localize.folder import has_meta, read_meta
     from peft_cca.localize.records import load_records
     from peft_cca.runtime.loading import load_model
-    from peft_cca.runtime.placement import record_runtime, runtime_from_args
+    from peft_cca.runtime.placement import record_runtime
     from peft_cca.runtime.runfolder import ensure_output_dir
     from peft_cca.tasks.protocol import setting
 

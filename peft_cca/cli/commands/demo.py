@@ -14,7 +14,7 @@ from peft_cca.cli.commands.options import (
 from peft_cca.cli.demo_plan import DemoSettings
 from peft_cca.cli.demo_presets import PRESETS, SKIPPABLE, Preset
 from peft_cca.cli.demo_runner import recorded_retention_tasks, run_demo
-from peft_cca.runtime.placement import add_runtime_arguments, runtime_argv
+from peft_cca.cli.runtime_flags import add_runtime_arguments, runtime_argv
 from peft_cca.tasks import DEFAULT_RETENTION_TASKS, DEFAULT_TASK, PROMPT_STYLES, retention_tasks_for
 from peft_cca.tasks.protocol import PAPER
 

@@ -29,9 +29,9 @@ HELP = "exact match on the target task, retention suite, forgetting and general 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from peft_cca.cli.commands.options import add_generation_arguments, non_negative_int, positive_float, positive_int
+    from peft_cca.cli.runtime_flags import add_runtime_arguments
     from peft_cca.defaults import LM_EVAL_TASKS
     from peft_cca.evaluation.offline_tasks import OFFLINE_TASKS
-    from peft_cca.runtime.placement import add_runtime_arguments
     from peft_cca.tasks import DEFAULT_RETENTION_TASKS as RETENTION_TASKS
 
     parser.add_argument("--run", required=True, type=Path, help="stage 1 run folder (meta.json, records.jsonl)")
@@ -163,6 +163,7 @@ def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from peft_cca.cli.commands.options import prompt_options_from_args
+    from peft_cca.cli.runtime_flags import runtime_from_args
     from peft_cca.defaults import LM_EVAL_TASKS
     from peft_cca.evaluation.exact_match import on_main, prepare_cache
     from peft_cca.evaluation.general_data import WIKIPEDIA, package_file
@@ -172,7 +173,6 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.evaluation.settings import EvaluationSettings, Scoring
     from peft_cca.localize.problems import stage_problems
     from peft_cca.runtime.loading import check_adapter_folder, load_adapter, load_model, resolve
-    from peft_cca.runtime.placement import runtime_from_args
     from peft_cca.runtime.runfolder import atomic_write_json, ensure_output_file
     from peft_cca.tasks.protocol import setting
 

@@ -18,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         positive_int,
         probability,
     )
+    from peft_cca.cli.runtime_flags import add_runtime_arguments
     from peft_cca.runtime.loading import DEFAULT_MODEL
-    from peft_cca.runtime.placement import add_runtime_arguments
     from peft_cca.tasks import DEFAULT_TASK, PROMPT_STYLES
     from peft_cca.tasks.sources import __doc__ as spec_doc
 
@@ -135,11 +135,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from peft_cca.cli.runtime_flags import runtime_from_args
     from peft_cca.localize.folder import why_no_records
     from peft_cca.localize.records import RECORDS
     from peft_cca.localize.run import LocalizeConfig, config_settings, localize
     from peft_cca.runtime.loading import load_model
-    from peft_cca.runtime.placement import runtime_from_args
     from peft_cca.runtime.runfolder import check_settings, ensure_output_dir
     from peft_cca.tasks import load_problems
     from peft_cca.tasks.protocol import setting

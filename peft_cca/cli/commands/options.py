@@ -172,7 +172,7 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_training_run_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
     """The flags ``amplify`` and ``lora`` share after their own: validation, output folder, seed, placement."""
-    from peft_cca.runtime.placement import add_runtime_arguments
+    from peft_cca.cli.runtime_flags import add_runtime_arguments
 
     parser.add_argument("--val-limit", type=positive_int, help="use at most this many validation problems")
     add_generation_arguments(parser)
