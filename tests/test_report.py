@@ -235,3 +235,29 @@ def test_compare_quiet_writes_without_printing(tmp_path, capsys):
     path.write_text(json.dumps(RUNS[0]))
     assert main(["compare", "--runs", str(path), "--out", str(tmp_path / "r"), "--quiet"]) == 0
     assert "Table 1" not in capsys.readouterr().out and (tmp_path / "r" / "report.md").exists()
+
+
+def test_the_report_shows_which_letters_a_model_picked_beside_its_accuracy(tmp_path):
+    from peft_cca.reports import write_report
+
+    mmlu = {"acc": 0.25, "n": 40, "pred_A": 0.975, "pred_B": 0.025, "pred_C": 0.0, "pred_D": 0.0}
+    runs = [
+        {
+            "name": "base",
+            "config": "Base",
+            "test": {"macro": 0.5, "n": 4},
+            "general": {"lm_eval": {"cca_mmlu_stem": mmlu}},
+        }
+    ]
+    tables = write_report(runs, tmp_path)
+    assert tables["letter_shares"] == [
+        {
+            "run": "base",
+            "task": "cca_mmlu_stem",
+            "acc": 0.25,
+            "n": 40,
+            **{letter: mmlu[f"pred_{letter}"] for letter in "ABCD"},
+        }
+    ]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| base | cca_mmlu_stem | 40 | 25.0% | 98% | 2% | 0% | 0% |" in markdown

@@ -15,6 +15,7 @@ from peft_cca.reports.frontier import (
     matched_gain_table,
     plot_frontier,
 )
+from peft_cca.reports.general import letter_share_rows, render_letter_shares
 from peft_cca.reports.plots import kept_step, lr_colors, plot_circuits, plot_curves, plot_general
 from peft_cca.reports.step_choice import step_choice_rows, step_choice_table
 from peft_cca.reports.tables import (
@@ -75,6 +76,15 @@ def write_report(runs: Sequence[Mapping[str, Any]], out_dir: str | Path) -> dict
     }
     step_rows = step_choice_rows(runs)
     markdown = render_markdown(tables)
+    letters = letter_share_rows(runs)
+    if letters:  # MMLU: which letters each model picked, beside its accuracy (letter bias shows here)
+        tables["letter_shares"] = letters
+        markdown += (
+            "\n## Multiple choice: the letters picked\n\nAn accuracy close to the share of one letter among the "
+            "gold answers, with that letter picked nearly always, is letter bias, not knowledge.\n\n"
+            + render_letter_shares(letters)
+            + "\n"
+        )
     if step_rows:
         tables["step_choice"] = step_rows
         markdown += (

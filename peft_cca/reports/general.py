@@ -236,3 +236,32 @@ def render_table2(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         *(note if left_out else []),
         "\n".join(lines),
     ]
+
+
+LETTERS = ("A", "B", "C", "D")
+
+
+def letter_share_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per run and multiple-choice task that recorded them (MMLU: ``pred_A`` ... ``pred_D``), the share of each
+    letter the model picked beside its accuracy: an accuracy near the share of gold answers that are one letter is
+    letter bias, not knowledge."""
+    rows = []
+    for run in runs:
+        for task, metrics in sorted(((run.get("general") or {}).get("lm_eval") or {}).items()):
+            if all(f"pred_{letter}" in metrics for letter in LETTERS):
+                shares = {letter: metrics[f"pred_{letter}"] for letter in LETTERS}
+                rows.append(
+                    {"run": run.get("name"), "task": task, "acc": metrics.get("acc"), "n": metrics.get("n"), **shares}
+                )
+    return rows
+
+
+def render_letter_shares(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The letter-share table of :func:`letter_share_rows`, in markdown."""
+    header = "| Run | Task | n | acc | " + " | ".join(f"picked {letter}" for letter in LETTERS) + " |"
+    lines = [header, "|" + "---|" * (4 + len(LETTERS))]
+    for r in rows:
+        shares = " | ".join(f"{100 * r[letter]:.0f}%" for letter in LETTERS)
+        acc = "-" if r["acc"] is None else f"{100 * r['acc']:.1f}%"
+        lines.append(f"| {r['run']} | {r['task']} | {r['n']} | {acc} | {shares} |")
+    return "\n".join(lines)
