@@ -122,3 +122,16 @@ def test_prefix_method_runs(lm, tmp_path):
     summary = localize(*lm, _problems()[:3], config, tmp_path)
     records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
     assert all(r["method"] == "prefix" for r in records) and summary["records"] == len(records)
+
+
+def test_the_pivot_bar_moves_inside_a_chunk_in_tokens(lm, tmp_path, capsys, monkeypatch):
+    """One chunk holds every problem here (batch 8 > 4 problems): the bar still reports tokens while it runs."""
+    from dataclasses import replace
+
+    from peft_cca.localize import run as run_module
+
+    ticks = iter(range(0, 10_000, 5))  # every reading of the clock is 5 s later: every call redraws
+    monkeypatch.setattr(run_module.time, "monotonic", lambda: float(next(ticks)))
+    localize(*lm, _problems()[:4], replace(CONFIG, batch_size=8), tmp_path, model_name="tiny")
+    frames = capsys.readouterr().err.replace("\n", "\r").split("\r")
+    assert any("pivots (branching)" in f and "0/4" in f and " tokens]" in f for f in frames)  # before any finished

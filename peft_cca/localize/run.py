@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -339,13 +340,23 @@ def localize(
     # Fixed chunks of the todo list, recomputed whole when any problem is left: same batches on resume.
     chunks = [list(range(b, min(b + config.batch_size, len(todo)))) for b in range(0, len(todo), config.batch_size)]
     pending = [chunk for chunk in chunks if not all(todo[k][0].id in done for k in chunk)]
+    # a chunk of problems is one batch of work that can take minutes: the bar also counts the tokens processed so far
+    # (this process's), so it moves while a chunk runs, not only when one ends
+    bars: list = []
+    processed = [0, 0.0]  # tokens so far, when the bar last redrew
+
+    def note(tokens: int) -> None:
+        processed[0] += tokens
+        if bars and time.monotonic() - processed[1] >= 2.0:  # at most every 2 s: a log file gets no flood
+            processed[1] = time.monotonic()
+            bars[0].set_postfix_str(f"{processed[0]:,} tokens", refresh=True)
 
     def compute(chunk: list[int]) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
         problems_, prompts_ = [todo[k][0] for k in chunk], [todo[k][1] for k in chunk]
         traces = [
             Trace(tuple(greedy[p.id]["token_ids"]), greedy[p.id]["text"], greedy[p.id]["correct"]) for p in problems_
         ]
-        counters = [TokenCounter() for _ in chunk]
+        counters = [TokenCounter(listener=note) for _ in chunk]
         # each prompt is prefilled once, for its samples and its fast branching alike
         caches = prefill_caches(
             model,
@@ -398,6 +409,7 @@ def localize(
         unit="problem",
         disable=not main,
     ) as bar:
+        bars.append(bar)
         for _, results in _rounds(state, pending, compute):
             for problem_id, status, record in results:
                 if problem_id in done:

@@ -54,6 +54,8 @@ class TokenCounter:
     decode: int = 0
     calls: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
+    # told the tokens of every call as it finishes: a progress bar that moves inside a long batch of work
+    listener: Callable[[int], None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def total(self) -> int:
@@ -64,6 +66,8 @@ class TokenCounter:
         self.decode += decode
         self.calls += 1
         self.by_kind[kind] = self.by_kind.get(kind, 0) + prefill + decode
+        if self.listener is not None:
+            self.listener(prefill + decode)
 
 
 def cut_at_stop(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]:
