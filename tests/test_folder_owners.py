@@ -1,6 +1,6 @@
-"""Each file of stage 1's run folder has one owner module: only it names the file in code, and only it reads the
-old keys of older folders. Read with ``ast`` over the whole package, so a new module that opens ``meta.json`` by hand
-fails here, not on a user's folder after the format changes."""
+"""Each file of stage 1's run folder, and each sweep's summary, has one owner module: only it names the file in
+code, and only it reads the old keys of older folders. Read with ``ast`` over the whole package, so a new module that
+opens ``meta.json`` by hand fails here, not on a user's folder after the format changes."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ OWNERS = {
     "summary.json": "peft_cca/localize/folder.py",
     "records.jsonl": "peft_cca/localize/records.py",
     "progress.jsonl": "peft_cca/localize/records.py",
+    "amplify.json": "peft_cca/sweep/runs.py",
+    "lora.json": "peft_cca/sweep/runs.py",
     # keys of format-1 folders, read by the typed reader only
     "task_spec": "peft_cca/localize/folder.py",
     "tokenizer_vocab_size": "peft_cca/localize/folder.py",
@@ -48,3 +50,18 @@ def test_the_check_finds_a_module_that_opens_the_file_by_hand():
     """The rule itself can fail: a by-hand read is caught, a help string is not."""
     by_hand = ast.parse('meta = json.loads((run / "meta.json").read_text())\nhelp = "run folder (meta.json)"')
     assert names_in_code(by_hand, "meta.json") == [1]
+
+
+def test_the_sweep_summary_reader_takes_both_formats(tmp_path):
+    """A summary written before format 2 has no arm and no version: the file's name says the arm."""
+    import json
+
+    from peft_cca.sweep.runs import SUMMARY_FORMAT, read_sweep_summary
+
+    assert read_sweep_summary(tmp_path) is None
+    (tmp_path / "lora.json").write_text(json.dumps({"runs": [], "best": {}}))
+    old = read_sweep_summary(tmp_path)
+    assert old["arm"] == "lora" and old["format_version"] == 1
+    (tmp_path / "lora.json").unlink()
+    (tmp_path / "amplify.json").write_text(json.dumps({"format_version": SUMMARY_FORMAT, "arm": "cca", "runs": []}))
+    assert read_sweep_summary(tmp_path)["format_version"] == SUMMARY_FORMAT == 2

@@ -242,7 +242,7 @@ def amplify(
     if no_mask is not None:
         extra["label"] = NO_MASK_LABELS[no_mask]
     if no_mask == "all":
-        save_result(result, output_dir, "amplify.json", folder="model", tokenizer=tokenizer, **extra)
+        save_result(result, output_dir, folder="model", tokenizer=tokenizer, **extra)
     else:
-        save_result(result, output_dir, "amplify.json", **extra)
+        save_result(result, output_dir, **extra)
     return result

@@ -307,7 +307,6 @@ def lora_sft(
     save_result(
         result,
         output_dir,
-        "lora.json",
         method="lora",
         settings=settings.hyperparameters(),
         train_problems=len(train_problems),

@@ -258,3 +258,14 @@ def load_records(
     records = _drop_without_signal(records, file)
     logger.info("loaded %d Error-Localization records from %s", len(records), file)
     return records
+
+
+def records_in_split(folder: str | Path, split: str) -> int:
+    """How many records of ``<folder>/records.jsonl`` are in ``split`` (0 without the file); a damaged line is one
+    error naming it."""
+    path = Path(folder) / RECORDS
+    lines = path.read_bytes().splitlines() if path.is_file() else []
+    rows = (
+        parse_object(line, path, _FIX, line=n, error=DatasetError) for n, line in enumerate(lines, 1) if line.strip()
+    )
+    return sum(1 for row in rows if row.get("split", "train") == split)

@@ -204,17 +204,22 @@ def selection_summary(runs: Sequence[RunResult], max_forgetting: float | None) -
     }
 
 
+# the sweep summary of each arm, beside its adapter: this module writes and reads them (format 1: before 0.2's
+# run-folder owners, with no "format_version" and no "arm"; the file's name says the arm)
+SUMMARY_FILES = {"cca": "amplify.json", "lora": "lora.json"}
+SUMMARY_FORMAT = 2
+
+
 def save_result(
     result: SweepResult,
     output_dir: str | Path | None,
-    summary_name: str,
     *,
     folder: str = "adapter",
     tokenizer=None,
     **extra: Any,
 ) -> None:
-    """``<output_dir>/<folder>/`` (the adapter, or a full model with its tokenizer) and the sweep summary as
-    strict JSON, written by the main process only."""
+    """``<output_dir>/<folder>/`` (the adapter, or a full model with its tokenizer) and the sweep summary
+    (``amplify.json`` or ``lora.json`` by the arm) as strict JSON, written by the main process only."""
     if output_dir is None or not process_state().is_main_process:
         return
     out = Path(output_dir)
@@ -223,7 +228,21 @@ def save_result(
     result.model.save_pretrained(result.adapter_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(result.adapter_dir)
-    atomic_write_json(out / summary_name, {**result.to_dict(), **extra})
+    summary = {"format_version": SUMMARY_FORMAT, **result.to_dict(), **extra}
+    atomic_write_json(out / SUMMARY_FILES[result.arm], summary)
+
+
+def read_sweep_summary(folder: str | Path) -> dict[str, Any] | None:
+    """The sweep summary in ``folder`` (an amplify or lora output folder), with its ``arm`` (read from the file's
+    name for format 1); None when the folder holds none. A damaged file is one line naming it."""
+    from peft_cca.jsonfiles import read_object
+
+    for arm, name in SUMMARY_FILES.items():
+        path = Path(folder) / name
+        if path.is_file():
+            data = read_object(path, f"rerun the stage that wrote {name} ({'amplify' if arm == 'cca' else arm})")
+            return {"arm": arm, "format_version": 1, **data}
+    return None
 
 
 def forgetting_meter(model: nn.Module, tokenizer, choice: StepChoice) -> ForgettingFn | None:

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.errors import UsageError
     from peft_cca.localize.folder import read_meta
     from peft_cca.runtime.runfolder import check_settings, clear_outputs, ensure_output_dir
+    from peft_cca.sweep.runs import SUMMARY_FILES
 
     meta = read_meta(args.run)  # a missing or damaged meta.json is one line naming it
     circuit_path = None if args.no_mask else (args.circuit or args.run / "circuit.json")
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     selection = selection_from_args(args)  # a request it cannot meet is refused before settings.json
     check_settings(out, output_settings(args, model_name, circuit_path, runtime.record()), overwrite=args.overwrite)
     if args.overwrite:
-        clear_outputs(out, ("adapter", "model", "amplify.json"))
+        clear_outputs(out, ("adapter", "model", SUMMARY_FILES["cca"]))
 
     from peft_cca.amplify.trainer import amplify
     from peft_cca.localize.problems import stage_problems

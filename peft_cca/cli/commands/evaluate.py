@@ -115,50 +115,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_runtime_arguments(parser)
 
 
-def _split_of(records: Path, number: int, line: str) -> Any:
-    """The split of one record line; a damaged line is one error naming the file and line."""
-    from peft_cca.jsonfiles import parse_object
-
-    return parse_object(line, records, "rerun stage 1 (localize)", line=number).get("split", "train")
-
-
 def _provenance(run_dir: Path, adapter: Path | None) -> dict[str, Any]:
-    """Localization method, seed, dataset size and validation curves, read from the files the stages wrote."""
-    from peft_cca.jsonfiles import read_object
+    """Localization method, seed, dataset size and validation curves, read through the owners of the files the
+    stages wrote (stage 1's folder and records, the sweep's summary)."""
     from peft_cca.localize.folder import read_meta
-    from peft_cca.localize.records import RECORDS
+    from peft_cca.localize.records import records_in_split
+    from peft_cca.sweep.runs import read_sweep_summary
 
     meta = read_meta(run_dir)  # a missing or damaged meta.json is one line naming it
-    records = run_dir / RECORDS
-    lines = records.read_text().splitlines() if records.exists() else []
-    size = sum(1 for n, line in enumerate(lines, 1) if line.strip() and _split_of(records, n, line) == "train")
-    curves = []
-    method = None  # the localization method matters only to a CCA adapter, trained on the pivots
-    trained: dict[str, Any] = {}  # what the reports show of the training: ablation label, kept step, LoRA's data
-    if adapter is not None:
-        for name in ("amplify.json", "lora.json"):
-            summary = adapter.parent / name
-            if summary.exists():
-                data = read_object(summary, f"rerun the stage that wrote {name} (amplify or lora)")
-                curves = [{"lr": r["lr"], "history": r["history"]} for r in data["runs"]]
-                best = data.get("best") or {}
-                trained = {
-                    "label": data.get("label"),
-                    "kept": {"lr": best["lr"], "step": best["best_step"]} if "best_step" in best else None,
-                    "train_problems": data.get("train_problems"),
-                    "selection": data.get("selection"),
-                    "objective": data.get("objective"),
-                }
-                if name == "amplify.json":
-                    method = meta.method
-    return {
-        "method": method,
+    info: dict[str, Any] = {
+        "method": None,  # the localization method matters only to a CCA adapter, trained on the pivots
         "seed": meta.split_seed,
-        "dataset_size": size,
-        "curves": curves,
+        "dataset_size": records_in_split(run_dir, "train"),
+        "curves": [],
         "model": meta.model,
-        **trained,
     }
+    summary = read_sweep_summary(adapter.parent) if adapter is not None else None
+    if summary is not None:  # what the reports show of the training: ablation label, kept step, LoRA's data
+        best = summary.get("best") or {}
+        info.update(
+            curves=[{"lr": r["lr"], "history": r["history"]} for r in summary["runs"]],
+            label=summary.get("label"),
+            kept={"lr": best["lr"], "step": best["best_step"]} if "best_step" in best else None,
+            train_problems=summary.get("train_problems"),
+            selection=summary.get("selection"),
+            objective=summary.get("objective"),
+            method=meta.method if summary["arm"] == "cca" else None,
+        )
+    return info
 
 
 def run(args: argparse.Namespace) -> int:

@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from peft_cca.errors import UsageError
     from peft_cca.localize.folder import read_meta
     from peft_cca.runtime.runfolder import check_settings, clear_outputs, ensure_output_dir
+    from peft_cca.sweep.runs import SUMMARY_FILES
 
     meta = read_meta(args.run)  # a missing or damaged meta.json is one line naming it
     runtime = runtime_from_args(args, training=True)
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     selection = selection_from_args(args)  # a request it cannot meet is refused before settings.json
     check_settings(out, output_settings(args, model_name, runtime.record()), overwrite=args.overwrite)
     if args.overwrite:
-        clear_outputs(out, ("adapter", "lora.json"))
+        clear_outputs(out, ("adapter", SUMMARY_FILES["lora"]))
 
     from peft_cca.baselines.lora import lora_sft, target_kind
     from peft_cca.localize.problems import stage_problems
