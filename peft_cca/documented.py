@@ -23,5 +23,12 @@ def default_of(settings: type, name: str) -> Any:
     return found.default_factory() if found.default is MISSING else found.default
 
 
+def flag_options(settings: type, name: str) -> dict[str, Any]:
+    """``default=`` and ``help=`` of the flag of field ``name``, for ``add_argument(..., **flag_options(...))``; a
+    tuple default becomes a list, as argparse gives ``nargs`` values."""
+    default = default_of(settings, name)
+    return {"default": list(default) if isinstance(default, tuple) else default, "help": help_of(settings, name)}
+
+
 def _field(settings: type, name: str):
     return next(f for f in fields(settings) if f.name == name)

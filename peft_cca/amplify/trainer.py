@@ -52,7 +52,6 @@ from peft_cca.sweep.runs import (
     forgetting_meter,
     meter_tokens,
     save_result,
-    scoring_options,
     selection_info,
     selection_meter,
     sweep_lrs,
@@ -215,7 +214,7 @@ def amplify(
         from peft_cca.evaluation.exact_match import validation_scorer
 
         # validation covers every template, as in the paper (localize.problems filters only training)
-        evaluate_fn = validation_scorer(tokenizer, val_problems or [], **scoring_options(scoring), what="amplify")
+        evaluate_fn = validation_scorer(tokenizer, val_problems or [], **scoring.exact_match_options(), what="amplify")
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     micro_batch = resolve_micro_batch(settings.micro_batch, trained, records, pad_id)

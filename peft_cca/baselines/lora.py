@@ -43,7 +43,6 @@ from peft_cca.sweep.runs import (
     forgetting_meter,
     meter_tokens,
     save_result,
-    scoring_options,
     selection_info,
     selection_meter,
     sweep_lrs,
@@ -270,7 +269,7 @@ def lora_sft(
     if evaluate_fn is None:
         from peft_cca.evaluation.exact_match import validation_scorer
 
-        evaluate_fn = validation_scorer(tokenizer, val_problems or [], **scoring_options(scoring), what="lora_sft")
+        evaluate_fn = validation_scorer(tokenizer, val_problems or [], **scoring.exact_match_options(), what="lora_sft")
 
     dataset = sft_dataset(train_problems, tokenizer, scoring.prompt_style, scoring.prompt_options)
     lengths = example_lengths(dataset, tokenizer)

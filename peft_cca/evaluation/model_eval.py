@@ -72,11 +72,7 @@ def evaluate_model(
     settings = settings or EvaluationSettings()
     scoring = settings.scoring
     prompt_options = scoring.prompt_options
-    em = {
-        "prompt_style": scoring.prompt_style,
-        "max_new_tokens": scoring.max_new_tokens,
-        "batch_size": scoring.batch_size,
-    }
+    em = scoring.exact_match_options(with_prompt=False)  # the target task adds stage 1's prompt, retention not
     seconds: dict[str, float] = {}  # wall time per section, so a slow evaluation says where its time went
 
     @contextmanager

@@ -4,6 +4,7 @@ scoring (also what validation uses during training) and one model's whole evalua
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from peft_cca.documented import described
 from peft_cca.tasks import DEFAULT_RETENTION_TASKS
@@ -21,6 +22,16 @@ class Scoring:
     prompt_options: PromptOptions | None = field(
         default=None, metadata={"help": "stage 1's template and exemplars (None: the style's own)"}
     )
+
+    def exact_match_options(self, *, with_prompt: bool = True) -> dict[str, Any]:
+        """These settings as the keyword arguments of the exact-match scorers; ``with_prompt=False`` leaves stage
+        1's prompt options out (the retention tasks are prompted in the style's own way)."""
+        options = {
+            "prompt_style": self.prompt_style,
+            "batch_size": self.batch_size,
+            "max_new_tokens": self.max_new_tokens,
+        }
+        return {**options, "prompt_options": self.prompt_options} if with_prompt else options
 
 
 @dataclass(frozen=True)

@@ -62,14 +62,10 @@ def discard_unfinished() -> list[Path]:
     removed = []
     while _MADE:
         folder = _MADE.pop()
-        if folder.is_dir() and not any(finished_work(d) for d in (folder, *_subfolders(folder))):
+        if folder.is_dir() and not finished_work(folder):  # a sub-folder with any non-empty file counts as work
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
-
-
-def _subfolders(folder: Path) -> list[Path]:
-    return [d for d in folder.rglob("*") if d.is_dir()]
 
 
 def json_safe(value: Any) -> Any:

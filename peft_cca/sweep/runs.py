@@ -259,16 +259,6 @@ def forgetting_meter(model: nn.Module, tokenizer, choice: StepChoice) -> Forgett
     return ForgettingMeter.of_base(model, tokenizer, max_tokens=tokens)
 
 
-def scoring_options(scoring: Scoring) -> dict[str, Any]:
-    """``scoring`` as the keyword arguments of the exact-match scorers (validation and the selection split)."""
-    return {
-        "prompt_style": scoring.prompt_style,
-        "batch_size": scoring.batch_size,
-        "max_new_tokens": scoring.max_new_tokens,
-        "prompt_options": scoring.prompt_options,
-    }
-
-
 def selection_meter(model: nn.Module, tokenizer, problems: Sequence | None, scoring: Scoring) -> SelectionFn | None:
     """A :class:`~peft_cca.evaluation.selection.SelectionMeter` on ``model`` as it is now (the base), or None."""
     if not problems:
@@ -276,7 +266,7 @@ def selection_meter(model: nn.Module, tokenizer, problems: Sequence | None, scor
     from peft_cca.evaluation.selection import SelectionMeter
 
     logger.info("selection: measuring the base on %d held-out problems", len(problems))
-    return SelectionMeter.of_base(model, tokenizer, problems, **scoring_options(scoring))
+    return SelectionMeter.of_base(model, tokenizer, problems, **scoring.exact_match_options())
 
 
 def selection_info(meter: SelectionFn | None) -> dict[str, Any]:

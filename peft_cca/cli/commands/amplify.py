@@ -19,30 +19,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         positive_int_or_auto,
     )
     from peft_cca.defaults import NO_MASK_LABELS, OPTIMIZERS
-    from peft_cca.documented import default_of, help_of
-
-    def documented(name: str) -> dict:  # the flag's default and help, from AmplifySettings (one source)
-        return {"default": default_of(AmplifySettings, name), "help": help_of(AmplifySettings, name)}
+    from peft_cca.documented import flag_options
 
     parser.add_argument("--run", required=True, type=Path, help="run folder of stages 1-2 (records.jsonl, meta.json)")
     parser.add_argument("--model", help="model name or path (default: the one in meta.json)")
     parser.add_argument("--circuit", type=Path, help="circuit JSON (default: <run>/circuit.json)")
-    parser.add_argument("--no-mask", nargs="?", const="sites", choices=sorted(NO_MASK_LABELS), **documented("no_mask"))
-    lrs = documented("lrs")
-    parser.add_argument("--lr", type=positive_float, nargs="+", default=list(lrs["default"]), help=lrs["help"])
-    parser.add_argument("--steps", type=positive_int, **documented("steps"))
-    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), **documented("optimizer"))
     parser.add_argument(
-        "--micro-batch", "--batch-size", dest="micro_batch", type=positive_int_or_auto, **documented("micro_batch")
+        "--no-mask",
+        nargs="?",
+        const="sites",
+        choices=sorted(NO_MASK_LABELS),
+        **flag_options(AmplifySettings, "no_mask"),
     )
-    parser.add_argument("--objective", type=objective_spec, **documented("objective"))
-    targets = documented("mlp_targets")
+    parser.add_argument("--lr", type=positive_float, nargs="+", **flag_options(AmplifySettings, "lrs"))
+    parser.add_argument("--steps", type=positive_int, **flag_options(AmplifySettings, "steps"))
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), **flag_options(AmplifySettings, "optimizer"))
     parser.add_argument(
-        "--mlp-targets",
-        nargs="+",
-        choices=["up", "gate", "down"],
-        default=list(targets["default"]),
-        help=targets["help"],
+        "--micro-batch",
+        "--batch-size",
+        dest="micro_batch",
+        type=positive_int_or_auto,
+        **flag_options(AmplifySettings, "micro_batch"),
+    )
+    parser.add_argument("--objective", type=objective_spec, **flag_options(AmplifySettings, "objective"))
+    parser.add_argument(
+        "--mlp-targets", nargs="+", choices=["up", "gate", "down"], **flag_options(AmplifySettings, "mlp_targets")
     )
     parser.add_argument("--task", help="task spec for validation problems (default: the one in meta.json)")
     parser.add_argument("--split-seed", type=non_negative_int, help="split seed (default: the one in meta.json)")

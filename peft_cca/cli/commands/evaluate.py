@@ -56,14 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="reasoning-gym tasks of the retention suite (none: skip; default: the model's calibrated suite for an "
         f"offline model, see peft-cca calibrate, else {' '.join(RETENTION_TASKS)})",
     )
-    from peft_cca.documented import default_of, help_of
+    from peft_cca.documented import flag_options
     from peft_cca.evaluation.settings import EvaluationSettings, Scoring
 
     parser.add_argument(
         "--retention-size",
         type=positive_int,
-        default=default_of(EvaluationSettings, "retention_size"),
-        help=help_of(EvaluationSettings, "retention_size"),
+        **flag_options(EvaluationSettings, "retention_size"),
     )
     parser.add_argument("--no-kl", action="store_true", help="skip the KL drift on neutral text")
     parser.add_argument(
@@ -109,8 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size",
         type=positive_int,
-        default=default_of(Scoring, "batch_size"),
-        help=help_of(Scoring, "batch_size"),
+        **flag_options(Scoring, "batch_size"),
     )
     add_runtime_arguments(parser)
 

@@ -18,28 +18,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         positive_int,
         positive_int_or_auto,
     )
-    from peft_cca.documented import default_of, help_of
-
-    def documented(name: str) -> dict:  # the flag's default and help, from LoraSettings (one source)
-        return {"default": default_of(LoraSettings, name), "help": help_of(LoraSettings, name)}
+    from peft_cca.documented import flag_options, help_of
 
     parser.add_argument("--run", required=True, type=Path, help="stage 1 run folder (meta.json)")
     parser.add_argument("--model", help="model name or path (default: the one in meta.json)")
     parser.add_argument("--task", help="task spec (default: the one in meta.json)")
     parser.add_argument("--split-seed", type=non_negative_int, default=0, help="split seed with --task")
-    lrs = documented("lrs")
-    parser.add_argument("--lr", type=positive_float, nargs="+", default=list(lrs["default"]), help=lrs["help"])
-    parser.add_argument("--epochs", type=positive_float, **documented("epochs"))
-    parser.add_argument("--effective-batch", type=positive_int, **documented("effective_batch"))
+    parser.add_argument("--lr", type=positive_float, nargs="+", **flag_options(LoraSettings, "lrs"))
+    parser.add_argument("--epochs", type=positive_float, **flag_options(LoraSettings, "epochs"))
+    parser.add_argument("--effective-batch", type=positive_int, **flag_options(LoraSettings, "effective_batch"))
     parser.add_argument(
-        "--micro-batch", "--batch-size", dest="micro_batch", type=positive_int_or_auto, **documented("per_device_batch")
+        "--micro-batch",
+        "--batch-size",
+        dest="micro_batch",
+        type=positive_int_or_auto,
+        **flag_options(LoraSettings, "per_device_batch"),
     )
-    parser.add_argument("--eval-every", type=positive_int, **documented("eval_every"))
+    parser.add_argument("--eval-every", type=positive_int, **flag_options(LoraSettings, "eval_every"))
     parser.add_argument("--max-steps", type=positive_int, help=help_of(LoraSettings, "max_steps"))
-    parser.add_argument("--max-length", type=positive_int, **documented("max_length"))
-    parser.add_argument("--rank", type=positive_int, **documented("rank"))
-    parser.add_argument("--alpha", type=positive_int, **documented("alpha"))
-    parser.add_argument("--dropout", type=fraction_of_one, **documented("dropout"))
+    parser.add_argument("--max-length", type=positive_int, **flag_options(LoraSettings, "max_length"))
+    parser.add_argument("--rank", type=positive_int, **flag_options(LoraSettings, "rank"))
+    parser.add_argument("--alpha", type=positive_int, **flag_options(LoraSettings, "alpha"))
+    parser.add_argument("--dropout", type=fraction_of_one, **flag_options(LoraSettings, "dropout"))
     parser.add_argument("--train-limit", type=positive_int, help="use at most this many training problems")
     add_training_run_arguments(parser, "output folder (default: <run>/lora)")
 

@@ -159,14 +159,13 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
         help="task spec the selection problems are drawn from (default: the run's own; for reasoning-gym give a "
         "larger size= so problems beyond stage 1's exist)",
     )
-    from peft_cca.documented import default_of, help_of
+    from peft_cca.documented import flag_options
     from peft_cca.sweep.settings import SELECT_ON, StepChoice
 
     parser.add_argument(
         "--select-on",
         choices=SELECT_ON,
-        default=default_of(StepChoice, "select_on"),
-        help=help_of(StepChoice, "select_on"),
+        **flag_options(StepChoice, "select_on"),
     )
 
 
@@ -176,14 +175,13 @@ def add_training_run_arguments(parser: argparse.ArgumentParser, out_help: str) -
 
     parser.add_argument("--val-limit", type=positive_int, help="use at most this many validation problems")
     add_generation_arguments(parser)
-    from peft_cca.documented import default_of, help_of
+    from peft_cca.documented import flag_options
     from peft_cca.evaluation.settings import Scoring
 
     parser.add_argument(
         "--eval-batch-size",
         type=positive_int,
-        default=default_of(Scoring, "batch_size"),
-        help=help_of(Scoring, "batch_size"),
+        **flag_options(Scoring, "batch_size"),
     )
     add_step_choice_arguments(parser)
     add_selection_arguments(parser)
